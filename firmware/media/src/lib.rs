@@ -1,0 +1,1 @@
+//! lucid-media: frames in, H.264 access units and CMAF/fMP4 chunks out.
