@@ -6,3 +6,46 @@
 //! Architecture invariant: this crate does no IO (no files, sockets, clocks or threads)
 //! and compiles for every target, so the daemon, the offline verifier and the tests all
 //! run the same code. Randomness comes in through `ring::rand::SecureRandom` arguments.
+//!
+//! The front door re-exports the main types; the modules hold the details.
+//!
+//! ```
+//! use lucid_core::{Checkpoint, Signer, merkle};
+//! let rng = ring::rand::SystemRandom::new();
+//! let signer = Signer::from_pkcs8("my-device", &Signer::generate_pkcs8(&rng)?)?;
+//! let leaves = [merkle::leaf_hash(b"record 0"), merkle::leaf_hash(b"record 1")];
+//! let checkpoint = Checkpoint { origin: "lucid/example/s1".into(), size: 2, root: merkle::root(&leaves) };
+//! let note = lucid_core::sign_checkpoint(&checkpoint, &signer)?;
+//! let verifier = lucid_core::Verifier::from_vkey(&signer.vkey())?;
+//! assert_eq!(verifier.verify_checkpoint(&note)?, checkpoint);
+//! # Ok::<(), lucid_core::NoteError>(())
+//! ```
+
+// Nothing here needs unsafe; forbidding it keeps the audit surface to ring and blake3.
+#![forbid(unsafe_code)]
+
+pub mod chunk;
+pub mod evidence;
+pub mod manifest;
+pub mod merkle;
+pub mod note;
+pub mod seal;
+
+mod hex;
+#[cfg(test)]
+mod testutil;
+
+pub use chunk::{
+    ChunkHeader, ChunkRecord, Flags, FormatError, MAX_SEALED_CHUNK, validate_session_id,
+};
+pub use evidence::{EvidenceError, EvidenceReport, EvidenceWriter, VerifyError, verify_evidence};
+pub use manifest::{
+    Manifest, ManifestError, SessionKind, SignedManifest, sign_manifest, verify_manifest,
+};
+pub use merkle::{Hash, MerkleError, MerkleTree};
+pub use note::{
+    Checkpoint, NoteError, Signer, Verifier, device_id_from_public_key, sign_checkpoint,
+};
+pub use seal::{
+    Cipher, DataKey, Kek, SealError, open_chunk, seal_chunk, unwrap_data_key, wrap_data_key,
+};

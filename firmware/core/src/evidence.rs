@@ -1,0 +1,1179 @@
+//! The evidence bundle: a reproducible POSIX ustar archive holding everything needed to
+//! check a session offline (device key, signed manifest, init segment, checkpoints,
+//! records, sealed chunks), its streaming writer, and the verifier.
+//!
+//! It owns the bundle layout and the order of the verifier's checks. It must not open
+//! files or sockets: the writer takes any `io::Write` and the verifier any `io::Read`,
+//! and the verifier needs no key but the device's public one (it checks integrity and
+//! order, not content, so it never decrypts).
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+
+use crate::chunk::{self, ChunkRecord, FormatError, MAX_SEALED_CHUNK};
+use crate::hex;
+use crate::manifest::{self, Manifest, ManifestError, SignedManifest};
+use crate::merkle::{self, MerkleTree};
+use crate::note::{self, Checkpoint, NoteError, Verifier};
+use crate::seal::Cipher;
+
+/// The exact content of `lucid-evidence/VERSION`.
+pub const EVIDENCE_VERSION: &str = "lucid-evidence 1\n";
+
+/// A record is at most its fixed part plus a 64-byte session id.
+const MAX_RECORD: u64 = 121 + chunk::MAX_SESSION_ID_LEN as u64;
+
+/// The kinds of entry, in the order they must appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Section {
+    Version,
+    Vkey,
+    Manifest,
+    ManifestSig,
+    Init,
+    Checkpoints,
+    Records,
+    Chunks,
+    /// Past the last entry.
+    End,
+}
+
+impl Section {
+    const ALL: [Section; 9] = [
+        Section::Version,
+        Section::Vkey,
+        Section::Manifest,
+        Section::ManifestSig,
+        Section::Init,
+        Section::Checkpoints,
+        Section::Records,
+        Section::Chunks,
+        Section::End,
+    ];
+
+    fn next(self) -> Section {
+        Self::ALL[(self as usize + 1).min(Self::ALL.len() - 1)]
+    }
+
+    /// Entries larger than this are refused before they are read.
+    fn max_size(self) -> u64 {
+        match self {
+            Section::Version => 64,
+            Section::Vkey => 4096,
+            Section::Manifest => 1 << 20,
+            Section::ManifestSig => 256,
+            Section::Init | Section::Chunks => MAX_SEALED_CHUNK as u64,
+            Section::Checkpoints => 64 << 10,
+            Section::Records => MAX_RECORD,
+            Section::End => 0,
+        }
+    }
+
+    /// The path of the single-file sections, or the directory of the numbered ones.
+    fn path(self) -> &'static str {
+        match self {
+            Section::Version => "lucid-evidence/VERSION",
+            Section::Vkey => "lucid-evidence/device.vkey",
+            Section::Manifest => "lucid-evidence/manifest.json",
+            Section::ManifestSig => "lucid-evidence/manifest.json.sig",
+            Section::Init => "lucid-evidence/init.mp4",
+            Section::Checkpoints => "lucid-evidence/checkpoints/",
+            Section::Records => "lucid-evidence/records/",
+            Section::Chunks => "lucid-evidence/chunks/",
+            Section::End => "",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Section::Checkpoints => ".note",
+            Section::Records => ".rec",
+            Section::Chunks => ".sealed",
+            _ => "",
+        }
+    }
+
+    fn numbered(self) -> bool {
+        matches!(
+            self,
+            Section::Checkpoints | Section::Records | Section::Chunks
+        )
+    }
+}
+
+/// The path of entry `n` of a section (n is ignored for single-file sections). Numbers
+/// are 20 zero-padded digits so lexical order is numeric order in any tool.
+fn entry_path(section: Section, n: u64) -> String {
+    if section.numbered() {
+        format!("{}{n:020}{}", section.path(), section.suffix())
+    } else {
+        section.path().into()
+    }
+}
+
+/// The section and number of a path, or `None` if the path is not part of the layout.
+fn parse_path(path: &str) -> Option<(Section, u64)> {
+    for section in &Section::ALL[..8] {
+        if section.numbered() {
+            let digits = path
+                .strip_prefix(section.path())
+                .and_then(|r| r.strip_suffix(section.suffix()));
+            if let Some(d) = digits {
+                if d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()) {
+                    return d.parse().ok().map(|n| (*section, n));
+                }
+                return None;
+            }
+        } else if path == section.path() {
+            return Some((*section, 0));
+        }
+    }
+    None
+}
+
+/// Why a bundle could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    /// The underlying writer failed.
+    #[error("writing evidence bundle: {0}")]
+    Io(#[from] io::Error),
+    /// Entries were added out of the layout's order, or twice.
+    #[error("{path} added out of order")]
+    OutOfOrder { path: String },
+    /// An entry is larger than the verifier accepts.
+    #[error("{path} is {size} bytes, over the {max} byte limit")]
+    TooLarge { path: String, size: u64, max: u64 },
+    /// An entry's content does not parse far enough to know where it goes.
+    #[error("{what}: {reason}")]
+    BadEntry { what: &'static str, reason: String },
+}
+
+/// Writes a bundle entry by entry, in layout order, straight to `W`: a session of any
+/// length needs memory for one chunk at a time. Every entry is a regular file with mode
+/// 0644, uid/gid 0 and mtime 0, so the same session always yields the same bytes.
+pub struct EvidenceWriter<W: Write> {
+    tar: tar::Builder<W>,
+    last: Option<(Section, u64)>,
+}
+
+impl<W: Write> std::fmt::Debug for EvidenceWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvidenceWriter")
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> EvidenceWriter<W> {
+    /// Starts a bundle and writes VERSION, device.vkey, manifest.json and its signature.
+    pub fn new(
+        out: W,
+        device_vkey: &str,
+        manifest: &SignedManifest,
+    ) -> Result<Self, EvidenceError> {
+        let mut w = EvidenceWriter {
+            tar: tar::Builder::new(out),
+            last: None,
+        };
+        w.append(Section::Version, 0, EVIDENCE_VERSION.as_bytes())?;
+        w.append(Section::Vkey, 0, format!("{device_vkey}\n").as_bytes())?;
+        w.append(Section::Manifest, 0, &manifest.bytes)?;
+        w.append(
+            Section::ManifestSig,
+            0,
+            manifest.signature_file().as_bytes(),
+        )?;
+        Ok(w)
+    }
+
+    /// Adds the plaintext init segment (camera sessions only).
+    pub fn init_segment(&mut self, init: &[u8]) -> Result<(), EvidenceError> {
+        self.append(Section::Init, 0, init)
+    }
+
+    /// Adds a signed checkpoint note; checkpoints must come in ascending size.
+    pub fn checkpoint(&mut self, note: &str) -> Result<(), EvidenceError> {
+        let size = note::unverified_size(note).map_err(|e| EvidenceError::BadEntry {
+            what: "checkpoint note",
+            reason: e.to_string(),
+        })?;
+        self.append(Section::Checkpoints, size, note.as_bytes())
+    }
+
+    /// Adds a chunk record; records must come in ascending index.
+    pub fn record(&mut self, record: &ChunkRecord) -> Result<(), EvidenceError> {
+        self.append(Section::Records, record.index, &record.encode())
+    }
+
+    /// Adds a sealed chunk, filed under the index in its header; chunks must come in
+    /// ascending index, after all records.
+    pub fn chunk(&mut self, sealed: &[u8]) -> Result<(), EvidenceError> {
+        let header = chunk::sealed_header(sealed).map_err(|e| EvidenceError::BadEntry {
+            what: "sealed chunk",
+            reason: e.to_string(),
+        })?;
+        self.append(Section::Chunks, header.index, sealed)
+    }
+
+    /// Writes the end-of-archive marker and returns the writer.
+    pub fn finish(self) -> Result<W, EvidenceError> {
+        Ok(self.tar.into_inner()?)
+    }
+
+    fn append(&mut self, section: Section, n: u64, data: &[u8]) -> Result<(), EvidenceError> {
+        let path = entry_path(section, n);
+        if self.last.is_some_and(|last| (section, n) <= last) {
+            return Err(EvidenceError::OutOfOrder { path });
+        }
+        let (size, max) = (data.len() as u64, section.max_size());
+        if size > max {
+            return Err(EvidenceError::TooLarge { path, size, max });
+        }
+        self.tar.append(&tar_header(&path, size)?, data)?;
+        self.last = Some((section, n));
+        Ok(())
+    }
+}
+
+/// A reproducible ustar header: fixed owner, mode and time.
+pub(crate) fn tar_header(path: &str, size: u64) -> io::Result<tar::Header> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path)?;
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    Ok(h)
+}
+
+/// The first reason a bundle fails verification.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The input is not a readable tar archive.
+    #[error("unreadable tar archive: {source}")]
+    Archive {
+        #[source]
+        source: io::Error,
+    },
+    /// An entry whose path is not part of the layout.
+    #[error("unknown entry {path:?}")]
+    UnknownEntry { path: String },
+    /// An entry that is not a regular file (directory, link, device...).
+    #[error("{path} is not a regular file")]
+    NotRegularFile { path: String },
+    /// The same path twice.
+    #[error("duplicate entry {path}")]
+    DuplicateEntry { path: String },
+    /// An entry before one it must follow (layout order, ascending numbers).
+    #[error("{path} is out of order")]
+    OutOfOrder { path: String },
+    /// An entry larger than its kind can be.
+    #[error("{path} is {size} bytes, over the {max} byte limit")]
+    EntryTooLarge { path: String, size: u64, max: u64 },
+    /// A required entry is absent.
+    #[error("missing {path}")]
+    MissingEntry { path: String },
+    /// VERSION is not `lucid-evidence 1`.
+    #[error("unsupported bundle version {found:?}")]
+    UnsupportedVersion { found: String },
+    /// An entry's content does not parse.
+    #[error("{path}: {reason}")]
+    MalformedEntry { path: String, reason: String },
+    /// device.vkey is not a valid verifier key.
+    #[error("device.vkey: {source}")]
+    BadDeviceKey {
+        #[source]
+        source: NoteError,
+    },
+    /// The manifest signature does not verify with device.vkey.
+    #[error("manifest signature does not verify with the bundle's device key")]
+    BadManifestSignature,
+    /// manifest.device_vkey is not device.vkey.
+    #[error("manifest names device key {manifest:?}, bundle has {bundle:?}")]
+    DeviceKeyMismatch { manifest: String, bundle: String },
+    /// manifest.device_id is not derived from the device key.
+    #[error("manifest device id {manifest} is not the key's id {key}")]
+    DeviceIdMismatch { manifest: String, key: String },
+    /// Manifest fields contradict each other.
+    #[error("manifest is inconsistent: {reason}")]
+    ManifestInconsistent { reason: &'static str },
+    /// init.mp4 is present without a digest in the manifest, or its BLAKE3 differs.
+    #[error("init.mp4 does not match the manifest's init_segment_blake3")]
+    InitSegmentMismatch,
+    /// A checkpoint note does not verify with the device key.
+    #[error("checkpoint {size}: {source}")]
+    BadCheckpointSignature {
+        size: u64,
+        #[source]
+        source: NoteError,
+    },
+    /// A checkpoint filed under one size says another.
+    #[error("checkpoint filed as size {path_size} says size {note_size}")]
+    CheckpointSizeMismatch { path_size: u64, note_size: u64 },
+    /// A checkpoint of another log.
+    #[error("checkpoint {size} has origin {origin:?}, expected {expected:?}")]
+    WrongOrigin {
+        size: u64,
+        origin: String,
+        expected: String,
+    },
+    /// A record does not decode.
+    #[error("record {index}: {source}")]
+    MalformedRecord {
+        index: u64,
+        #[source]
+        source: FormatError,
+    },
+    /// A record filed under one index says another.
+    #[error("record filed as {path_index} says index {record_index}")]
+    MisplacedRecord { path_index: u64, record_index: u64 },
+    /// A record of another session.
+    #[error("record {index} belongs to session {session_id:?}")]
+    ForeignRecord { index: u64, session_id: String },
+    /// A record beyond the manifest's chunk count.
+    #[error("record {index} is beyond the manifest's {chunk_count} chunks")]
+    ExtraRecord { index: u64, chunk_count: u64 },
+    /// A gap in the record indices.
+    #[error("record {index} is missing")]
+    MissingRecord { index: u64 },
+    /// Fewer records than the manifest's chunk count: the log was truncated.
+    #[error("log truncated: manifest says {expected} chunks, bundle has {found} records")]
+    Truncated { expected: u64, found: u64 },
+    /// A checkpoint larger than the log.
+    #[error("checkpoint {size} is beyond the {records} records present")]
+    CheckpointBeyondLog { size: u64, records: u64 },
+    /// The records' tree root at this size is not the checkpoint's.
+    #[error("records do not hash to the root of checkpoint {size}")]
+    RootMismatch { size: u64 },
+    /// Two successive checkpoints are not consistent.
+    #[error("checkpoint {from} is not consistent with checkpoint {to}")]
+    Inconsistent { from: u64, to: u64 },
+    /// The last checkpoint is not the manifest's final checkpoint.
+    #[error("the last checkpoint is not the manifest's final_checkpoint")]
+    FinalCheckpointMismatch,
+    /// manifest.root is not the root of the records.
+    #[error("manifest root does not match the records")]
+    ManifestRootMismatch,
+    /// A sealed chunk whose header does not decode.
+    #[error("chunk {index}: {source}")]
+    MalformedChunk {
+        index: u64,
+        #[source]
+        source: FormatError,
+    },
+    /// A chunk sealed for another session.
+    #[error("chunk {index} was sealed for session {session_id:?}")]
+    ForeignChunk { index: u64, session_id: String },
+    /// A chunk filed under one index whose header says another.
+    #[error("chunk filed as {path_index} is sealed as index {header_index}")]
+    MisplacedChunk { path_index: u64, header_index: u64 },
+    /// A chunk with no record.
+    #[error("chunk {index} has no record")]
+    ChunkWithoutRecord { index: u64 },
+    /// A chunk's BLAKE3 is not its record's: the sealed bytes were changed.
+    #[error("chunk {index}: sealed bytes do not match the record's BLAKE3")]
+    ChunkDigestMismatch { index: u64 },
+    /// A chunk's header or length disagrees with its record.
+    #[error("chunk {index}: {source}")]
+    ChunkRecordMismatch {
+        index: u64,
+        #[source]
+        source: FormatError,
+    },
+    /// A recorded chunk is absent.
+    #[error("chunk {index} is missing")]
+    MissingChunk { index: u64 },
+    /// A chunk's inclusion proof against the final checkpoint fails.
+    #[error("chunk {index} is not included in the final checkpoint")]
+    InclusionFailed { index: u64 },
+}
+
+/// What a successful verification established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceReport {
+    /// The session.
+    pub session_id: String,
+    /// The recording device, derived from its key.
+    pub device_id: String,
+    /// Chunks present, recorded, and proven included.
+    pub chunk_count: u64,
+    /// Checkpoints whose signature, root and consistency were checked.
+    pub checkpoints_checked: usize,
+    /// Lowercase hex of the final root.
+    pub root_hex: String,
+    /// The verified manifest.
+    pub manifest: Manifest,
+}
+
+/// Verifies a bundle read from `r`, streaming: chunks are checked as they arrive and
+/// dropped, so memory grows with the number of records, not the size of the media.
+/// Returns the first failure; see the design document for the order of checks.
+pub fn verify_evidence<R: Read>(r: R) -> Result<EvidenceReport, VerifyError> {
+    let mut archive = tar::Archive::new(r);
+    let archive_err = |source| VerifyError::Archive { source };
+    let mut v = Verification::default();
+    for entry in archive.entries().map_err(archive_err)? {
+        let mut entry = entry.map_err(archive_err)?;
+        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let (section, n) =
+            parse_path(&path).ok_or_else(|| VerifyError::UnknownEntry { path: path.clone() })?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(VerifyError::NotRegularFile { path });
+        }
+        if !v.seen.insert(path.clone()) {
+            return Err(VerifyError::DuplicateEntry { path });
+        }
+        if v.last.is_some_and(|last| (section, n) <= last) {
+            return Err(VerifyError::OutOfOrder { path });
+        }
+        v.last = Some((section, n));
+        let (size, max) = (entry.size(), section.max_size());
+        if size > max {
+            return Err(VerifyError::EntryTooLarge { path, size, max });
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        (&mut entry)
+            .take(max + 1)
+            .read_to_end(&mut data)
+            .map_err(archive_err)?;
+        v.advance(section)?;
+        v.entry(section, n, &path, data)?;
+    }
+    v.advance(Section::End)?;
+    v.report()
+}
+
+/// Verified manifest context.
+struct Head {
+    verifier: Verifier,
+    manifest: Manifest,
+    origin: String,
+    init_blake3: Option<[u8; 32]>,
+    root: [u8; 32],
+}
+
+/// Verification state between entries.
+#[derive(Default)]
+struct Verification {
+    seen: HashSet<String>,
+    last: Option<(Section, u64)>,
+    /// The section whose exit checks have not run yet.
+    stage: Option<Section>,
+    version: bool,
+    vkey: Option<(String, Verifier)>,
+    manifest_bytes: Option<Vec<u8>>,
+    signature: Option<[u8; 64]>,
+    head: Option<Head>,
+    init_seen: bool,
+    checkpoints: Vec<(Checkpoint, String)>,
+    records: Vec<ChunkRecord>,
+    tree: Option<MerkleTree>,
+    chunk_seen: Vec<bool>,
+}
+
+fn malformed(section: Section, reason: impl ToString) -> VerifyError {
+    VerifyError::MalformedEntry {
+        path: section.path().into(),
+        reason: reason.to_string(),
+    }
+}
+
+fn missing(section: Section) -> VerifyError {
+    VerifyError::MissingEntry {
+        path: section.path().into(),
+    }
+}
+
+impl Verification {
+    fn head(&self) -> &Head {
+        // advance() verifies the head before any later section is processed.
+        self.head
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("head verified before use"))
+    }
+
+    /// Runs the exit checks of every section before `to`, in order. Each check needs
+    /// only what came before it, so the first failure reported is the earliest one.
+    fn advance(&mut self, to: Section) -> Result<(), VerifyError> {
+        let mut stage = self.stage.unwrap_or(Section::Version);
+        while stage < to {
+            match stage {
+                Section::Version if !self.version => return Err(missing(stage)),
+                Section::Vkey if self.vkey.is_none() => return Err(missing(stage)),
+                Section::Manifest if self.manifest_bytes.is_none() => return Err(missing(stage)),
+                Section::ManifestSig => self.verify_head()?,
+                Section::Init if self.head().init_blake3.is_some() && !self.init_seen => {
+                    return Err(missing(stage));
+                }
+                Section::Checkpoints if self.checkpoints.is_empty() => return Err(missing(stage)),
+                Section::Records => self.verify_log()?,
+                Section::Chunks => self.verify_chunks_complete()?,
+                _ => {}
+            }
+            stage = stage.next();
+            self.stage = Some(stage);
+        }
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        section: Section,
+        n: u64,
+        path: &str,
+        data: Vec<u8>,
+    ) -> Result<(), VerifyError> {
+        match section {
+            Section::Version => {
+                if data != EVIDENCE_VERSION.as_bytes() {
+                    return Err(VerifyError::UnsupportedVersion {
+                        found: String::from_utf8_lossy(&data).into(),
+                    });
+                }
+                self.version = true;
+            }
+            Section::Vkey => {
+                let text = std::str::from_utf8(&data)
+                    .ok()
+                    .and_then(|t| t.strip_suffix('\n'))
+                    .ok_or_else(|| malformed(section, "not UTF-8 text ending in a newline"))?;
+                let verifier = Verifier::from_vkey(text)
+                    .map_err(|source| VerifyError::BadDeviceKey { source })?;
+                self.vkey = Some((text.to_owned(), verifier));
+            }
+            Section::Manifest => self.manifest_bytes = Some(data),
+            Section::ManifestSig => {
+                self.signature =
+                    Some(manifest::parse_signature_file(&data).map_err(|e| malformed(section, e))?);
+            }
+            Section::Init => {
+                if self.head().init_blake3 != Some(*blake3::hash(&data).as_bytes()) {
+                    return Err(VerifyError::InitSegmentMismatch);
+                }
+                self.init_seen = true;
+            }
+            Section::Checkpoints => self.checkpoint(n, path, data)?,
+            Section::Records => self.record(n, &data)?,
+            Section::Chunks => self.chunk(n, &data)?,
+            Section::End => {}
+        }
+        Ok(())
+    }
+
+    fn verify_head(&mut self) -> Result<(), VerifyError> {
+        let (vkey_text, verifier) = self.vkey.clone().ok_or_else(|| missing(Section::Vkey))?;
+        let bytes = self
+            .manifest_bytes
+            .as_deref()
+            .ok_or_else(|| missing(Section::Manifest))?;
+        let sig = self
+            .signature
+            .ok_or_else(|| missing(Section::ManifestSig))?;
+        let manifest = manifest::verify_manifest(bytes, &sig, &verifier).map_err(|e| match e {
+            ManifestError::BadSignature => VerifyError::BadManifestSignature,
+            other => malformed(Section::Manifest, other),
+        })?;
+        if manifest.device_vkey != vkey_text {
+            return Err(VerifyError::DeviceKeyMismatch {
+                manifest: manifest.device_vkey,
+                bundle: vkey_text,
+            });
+        }
+        let key_id = verifier.device_id();
+        if manifest.device_id != key_id {
+            return Err(VerifyError::DeviceIdMismatch {
+                manifest: manifest.device_id,
+                key: key_id,
+            });
+        }
+        chunk::validate_session_id(&manifest.session_id)
+            .map_err(|e| malformed(Section::Manifest, e))?;
+        let inconsistent = |reason| Err(VerifyError::ManifestInconsistent { reason });
+        if manifest.tree_size != manifest.chunk_count {
+            return inconsistent("tree_size is not chunk_count");
+        }
+        if Cipher::from_name(&manifest.cipher).is_none() {
+            return inconsistent("unknown cipher name");
+        }
+        let Some(root) = hex::decode_32(&manifest.root) else {
+            return inconsistent("root is not 64 lowercase hex digits");
+        };
+        let init_blake3 = match &manifest.init_segment_blake3 {
+            None => None,
+            Some(h) => match hex::decode_32(h) {
+                Some(d) => Some(d),
+                None => return inconsistent("init_segment_blake3 is not 64 lowercase hex digits"),
+            },
+        };
+        let origin = note::session_origin(&manifest.device_id, &manifest.session_id);
+        self.head = Some(Head {
+            verifier,
+            manifest,
+            origin,
+            init_blake3,
+            root,
+        });
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, path_size: u64, path: &str, data: Vec<u8>) -> Result<(), VerifyError> {
+        let text = String::from_utf8(data).map_err(|_| VerifyError::MalformedEntry {
+            path: path.into(),
+            reason: "not UTF-8".into(),
+        })?;
+        let head = self.head();
+        let cp = head.verifier.verify_checkpoint(&text).map_err(|source| {
+            VerifyError::BadCheckpointSignature {
+                size: path_size,
+                source,
+            }
+        })?;
+        if cp.size != path_size {
+            return Err(VerifyError::CheckpointSizeMismatch {
+                path_size,
+                note_size: cp.size,
+            });
+        }
+        if cp.origin != head.origin {
+            return Err(VerifyError::WrongOrigin {
+                size: cp.size,
+                origin: cp.origin,
+                expected: head.origin.clone(),
+            });
+        }
+        self.checkpoints.push((cp, text));
+        Ok(())
+    }
+
+    fn record(&mut self, index: u64, data: &[u8]) -> Result<(), VerifyError> {
+        let record = ChunkRecord::decode(data)
+            .map_err(|source| VerifyError::MalformedRecord { index, source })?;
+        if record.index != index {
+            return Err(VerifyError::MisplacedRecord {
+                path_index: index,
+                record_index: record.index,
+            });
+        }
+        let manifest = &self.head().manifest;
+        if record.session_id != manifest.session_id {
+            return Err(VerifyError::ForeignRecord {
+                index,
+                session_id: record.session_id,
+            });
+        }
+        if index >= manifest.chunk_count {
+            return Err(VerifyError::ExtraRecord {
+                index,
+                chunk_count: manifest.chunk_count,
+            });
+        }
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// After the last record: the log is complete, and every checkpoint is a head of it.
+    fn verify_log(&mut self) -> Result<(), VerifyError> {
+        // Records arrive in strictly ascending order, so the first position whose index
+        // differs is the first gap.
+        if let Some(pos) = self
+            .records
+            .iter()
+            .enumerate()
+            .position(|(i, r)| r.index != i as u64)
+        {
+            return Err(VerifyError::MissingRecord { index: pos as u64 });
+        }
+        let head = self.head();
+        let found = self.records.len() as u64;
+        if found < head.manifest.chunk_count {
+            return Err(VerifyError::Truncated {
+                expected: head.manifest.chunk_count,
+                found,
+            });
+        }
+        let tree = MerkleTree::from_leaves(
+            &self
+                .records
+                .iter()
+                .map(ChunkRecord::leaf_hash)
+                .collect::<Vec<_>>(),
+        );
+        for (cp, _) in &self.checkpoints {
+            if cp.size > found {
+                return Err(VerifyError::CheckpointBeyondLog {
+                    size: cp.size,
+                    records: found,
+                });
+            }
+            if tree.root(cp.size).ok() != Some(cp.root) {
+                return Err(VerifyError::RootMismatch { size: cp.size });
+            }
+        }
+        for pair in self.checkpoints.windows(2) {
+            let (a, b) = (&pair[0].0, &pair[1].0);
+            let ok = tree.consistency_proof(a.size, b.size).is_ok_and(|proof| {
+                merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &proof).is_ok()
+            });
+            if !ok {
+                return Err(VerifyError::Inconsistent {
+                    from: a.size,
+                    to: b.size,
+                });
+            }
+        }
+        let (last_cp, last_text) = self
+            .checkpoints
+            .last()
+            .ok_or_else(|| missing(Section::Checkpoints))?;
+        if *last_text != head.manifest.final_checkpoint || last_cp.size != head.manifest.tree_size {
+            return Err(VerifyError::FinalCheckpointMismatch);
+        }
+        if tree.root(found).ok() != Some(head.root) {
+            return Err(VerifyError::ManifestRootMismatch);
+        }
+        self.chunk_seen = vec![false; self.records.len()];
+        self.tree = Some(tree);
+        Ok(())
+    }
+
+    fn chunk(&mut self, index: u64, sealed: &[u8]) -> Result<(), VerifyError> {
+        let header = chunk::sealed_header(sealed)
+            .map_err(|source| VerifyError::MalformedChunk { index, source })?;
+        if header.session_id != self.head().manifest.session_id {
+            return Err(VerifyError::ForeignChunk {
+                index,
+                session_id: header.session_id,
+            });
+        }
+        if header.index != index {
+            return Err(VerifyError::MisplacedChunk {
+                path_index: index,
+                header_index: header.index,
+            });
+        }
+        let record = self
+            .records
+            .get(index as usize)
+            .ok_or(VerifyError::ChunkWithoutRecord { index })?;
+        record
+            .matches_sealed(sealed)
+            .map_err(|source| match source {
+                FormatError::DigestMismatch => VerifyError::ChunkDigestMismatch { index },
+                source => VerifyError::ChunkRecordMismatch { index, source },
+            })?;
+        self.chunk_seen[index as usize] = true;
+        Ok(())
+    }
+
+    /// After the last chunk: every record has its chunk, and every chunk is provably in
+    /// the final checkpoint.
+    fn verify_chunks_complete(&mut self) -> Result<(), VerifyError> {
+        if let Some(index) = self.chunk_seen.iter().position(|seen| !seen) {
+            return Err(VerifyError::MissingChunk {
+                index: index as u64,
+            });
+        }
+        let tree = self
+            .tree
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("log verified before chunks"));
+        let (final_cp, _) = self
+            .checkpoints
+            .last()
+            .ok_or_else(|| missing(Section::Checkpoints))?;
+        for (i, leaf) in tree.leaves().iter().enumerate() {
+            let i = i as u64;
+            let ok = tree.inclusion_proof(i, final_cp.size).is_ok_and(|proof| {
+                merkle::verify_inclusion(leaf, i, final_cp.size, &proof, &final_cp.root).is_ok()
+            });
+            if !ok {
+                return Err(VerifyError::InclusionFailed { index: i });
+            }
+        }
+        Ok(())
+    }
+
+    fn report(self) -> Result<EvidenceReport, VerifyError> {
+        let head = self
+            .head
+            .unwrap_or_else(|| unreachable!("head verified at the end"));
+        Ok(EvidenceReport {
+            session_id: head.manifest.session_id.clone(),
+            device_id: head.manifest.device_id.clone(),
+            chunk_count: self.records.len() as u64,
+            checkpoints_checked: self.checkpoints.len(),
+            root_hex: hex::encode(&head.root),
+            manifest: head.manifest,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{Fixture, entries, tar_of};
+
+    fn fixture() -> Fixture {
+        Fixture::new("sess-1", 20, &[5, 12, 20])
+    }
+
+    fn verify_entries(e: &[(String, Vec<u8>)]) -> Result<EvidenceReport, VerifyError> {
+        verify_evidence(&tar_of(e)[..])
+    }
+
+    fn find(e: &[(String, Vec<u8>)], path: &str) -> usize {
+        e.iter()
+            .position(|(p, _)| p == path)
+            .unwrap_or_else(|| panic!("no {path}"))
+    }
+
+    #[test]
+    fn good_bundle_verifies_and_is_reproducible() {
+        let f = fixture();
+        let bundle = f.bundle();
+        assert_eq!(bundle, f.bundle(), "same session, same bytes");
+        assert_eq!(&bundle[257..263], b"ustar\0");
+        let report = verify_evidence(&bundle[..]).unwrap();
+        assert_eq!(report.session_id, "sess-1");
+        assert_eq!(report.device_id, f.signer.verifier().device_id());
+        assert_eq!(report.chunk_count, 20);
+        assert_eq!(report.checkpoints_checked, 3);
+        assert_eq!(report.root_hex, f.manifest().root);
+        // The layout, in order.
+        let paths: Vec<String> = entries(&bundle).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            paths[..6],
+            [
+                "lucid-evidence/VERSION",
+                "lucid-evidence/device.vkey",
+                "lucid-evidence/manifest.json",
+                "lucid-evidence/manifest.json.sig",
+                "lucid-evidence/init.mp4",
+                "lucid-evidence/checkpoints/00000000000000000005.note",
+            ]
+        );
+        assert_eq!(paths[8], "lucid-evidence/records/00000000000000000000.rec");
+        assert_eq!(
+            paths[28],
+            "lucid-evidence/chunks/00000000000000000000.sealed"
+        );
+        assert_eq!(paths.len(), 48);
+        // A round trip through the test's own tar writer changes nothing.
+        assert_eq!(tar_of(&entries(&bundle)), bundle);
+    }
+
+    #[test]
+    fn data_session_without_init_verifies() {
+        let f = Fixture::new_data("data-1", 3, &[3]);
+        verify_evidence(&f.bundle()[..]).unwrap();
+    }
+
+    #[test]
+    fn flipped_bit_in_a_sealed_chunk() {
+        let mut e = entries(&fixture().bundle());
+        let i = find(&e, &entry_path(Section::Chunks, 7));
+        let last = e[i].1.len() - 20;
+        e[i].1[last] ^= 0x04;
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::ChunkDigestMismatch { index: 7 })
+        ));
+    }
+
+    #[test]
+    fn flipped_bit_in_a_record() {
+        let mut e = entries(&fixture().bundle());
+        let i = find(&e, &entry_path(Section::Records, 15));
+        e[i].1[60] ^= 0x01; // inside the plaintext BLAKE3: still decodes
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::RootMismatch { size: 20 })
+        ));
+        let i = find(&e, &entry_path(Section::Records, 3));
+        e[i].1[60] ^= 0x01;
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::RootMismatch { size: 5 })
+        ));
+    }
+
+    #[test]
+    fn flipped_bit_in_a_checkpoint() {
+        let mut e = entries(&fixture().bundle());
+        let i = find(&e, &entry_path(Section::Checkpoints, 12));
+        // The first '=' ends the root's base64 (the origin and size have none).
+        let root_line = e[i].1.iter().position(|&b| b == b'=').unwrap() - 5;
+        e[i].1[root_line] ^= 0x01;
+        let err = verify_entries(&e).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::BadCheckpointSignature { size: 12, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flipped_bit_in_the_manifest() {
+        let mut e = entries(&fixture().bundle());
+        let i = find(&e, Section::Manifest.path());
+        let mid = e[i].1.len() / 2;
+        e[i].1[mid] ^= 0x01;
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::BadManifestSignature)
+        ));
+    }
+
+    #[test]
+    fn removed_chunk() {
+        let mut e = entries(&fixture().bundle());
+        e.remove(find(&e, &entry_path(Section::Chunks, 9)));
+        let err = verify_entries(&e).unwrap_err();
+        assert!(matches!(err, VerifyError::MissingChunk { index: 9 }));
+        assert_eq!(err.to_string(), "chunk 9 is missing");
+    }
+
+    #[test]
+    fn truncated_log() {
+        let mut e = entries(&fixture().bundle());
+        e.remove(find(&e, &entry_path(Section::Records, 19)));
+        e.remove(find(&e, &entry_path(Section::Chunks, 19)));
+        let err = verify_entries(&e).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VerifyError::Truncated {
+                    expected: 20,
+                    found: 19
+                }
+            ),
+            "{err}"
+        );
+        // A record taken from the middle is a gap, named by index.
+        let mut e = entries(&fixture().bundle());
+        e.remove(find(&e, &entry_path(Section::Records, 4)));
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::MissingRecord { index: 4 })
+        ));
+    }
+
+    #[test]
+    fn swapped_chunks() {
+        let base = entries(&fixture().bundle());
+        let (a, b) = (
+            find(&base, &entry_path(Section::Chunks, 3)),
+            find(&base, &entry_path(Section::Chunks, 4)),
+        );
+        // Reordered in the archive.
+        let mut e = base.clone();
+        e.swap(a, b);
+        let err = verify_entries(&e).unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::OutOfOrder { path } if path.ends_with("00000000000000000003.sealed"))
+        );
+        // Contents exchanged under the right names.
+        let mut e = base.clone();
+        let tmp = e[a].1.clone();
+        e[a].1 = e[b].1.clone();
+        e[b].1 = tmp;
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::MisplacedChunk {
+                path_index: 3,
+                header_index: 4
+            })
+        ));
+    }
+
+    #[test]
+    fn duplicated_entry() {
+        let mut e = entries(&fixture().bundle());
+        let i = find(&e, &entry_path(Section::Records, 2));
+        e.insert(i + 1, e[i].clone());
+        assert!(
+            matches!(verify_entries(&e), Err(VerifyError::DuplicateEntry { path }) if path.ends_with("02.rec"))
+        );
+    }
+
+    #[test]
+    fn foreign_chunk() {
+        let f = fixture();
+        let other = Fixture::with_key("other-session", 20, &[20], f.key.as_bytes(), &f.pkcs8);
+        let mut e = entries(&f.bundle());
+        let i = find(&e, &entry_path(Section::Chunks, 6));
+        e[i].1 = other.sealed[6].clone();
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::ForeignChunk { index: 6, session_id }) if session_id == "other-session"
+        ));
+        // An extra chunk past the log has no record.
+        let mut e = entries(&f.bundle());
+        e.push((entry_path(Section::Chunks, 20), f.seal_extra(20)));
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::ChunkWithoutRecord { index: 20 })
+        ));
+    }
+
+    #[test]
+    fn checkpoint_signed_by_another_key() {
+        let f = fixture();
+        let intruder =
+            Fixture::with_key("sess-1", 1, &[1], f.key.as_bytes(), &Fixture::fresh_pkcs8());
+        let cp = f.checkpoint(12);
+        let forged = note::sign_checkpoint(&cp, &intruder.signer).unwrap();
+        let mut e = entries(&f.bundle());
+        let i = find(&e, &entry_path(Section::Checkpoints, 12));
+        e[i].1 = forged.into_bytes();
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::BadCheckpointSignature {
+                size: 12,
+                source: NoteError::NoSignature { .. }
+            })
+        ));
+    }
+
+    #[test]
+    fn structural_failures() {
+        let base = entries(&fixture().bundle());
+        let mut e = base.clone();
+        e.push(("lucid-evidence/notes.txt".into(), b"hi".to_vec()));
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::UnknownEntry { .. })
+        ));
+
+        let mut e = base.clone();
+        e.remove(find(&e, Section::Init.path()));
+        assert!(
+            matches!(verify_entries(&e), Err(VerifyError::MissingEntry { path }) if path.ends_with("init.mp4"))
+        );
+
+        let mut e = base.clone();
+        e.remove(find(&e, Section::ManifestSig.path()));
+        assert!(
+            matches!(verify_entries(&e), Err(VerifyError::MissingEntry { path }) if path.ends_with(".sig"))
+        );
+
+        let mut e = base.clone();
+        let i = find(&e, Section::Version.path());
+        e[i].1 = b"lucid-evidence 2\n".to_vec();
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::UnsupportedVersion { .. })
+        ));
+
+        let mut e = base.clone();
+        let i = find(&e, Section::Init.path());
+        e[i].1[0] ^= 1;
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::InitSegmentMismatch)
+        ));
+
+        // Another device's key in device.vkey: the manifest no longer verifies.
+        let mut e = base.clone();
+        let i = find(&e, Section::Vkey.path());
+        let other = Fixture::with_key("sess-1", 1, &[1], &[9; 32], &Fixture::fresh_pkcs8());
+        e[i].1 = format!("{}\n", other.signer.vkey()).into_bytes();
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::BadManifestSignature)
+        ));
+
+        // The last checkpoint dropped: the log is longer than its final signed head.
+        let mut e = base.clone();
+        e.remove(find(&e, &entry_path(Section::Checkpoints, 20)));
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::FinalCheckpointMismatch)
+        ));
+
+        assert!(matches!(
+            verify_evidence(&b"not a tar"[..]),
+            Err(VerifyError::Archive { .. })
+        ));
+        assert!(matches!(
+            verify_evidence(&[0u8; 1024][..]),
+            Err(VerifyError::MissingEntry { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_and_non_regular_entries() {
+        let base = entries(&fixture().bundle());
+        let mut e = base.clone();
+        let i = find(&e, &entry_path(Section::Chunks, 0));
+        e[i].1 = vec![0; MAX_SEALED_CHUNK + 1];
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::EntryTooLarge { .. })
+        ));
+
+        let mut bytes = tar_of(&base);
+        // Turn the first entry (VERSION) into a directory; fix its checksum.
+        let mut h = tar::Header::from_byte_slice(&bytes[..512]).clone();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_cksum();
+        bytes[..512].copy_from_slice(h.as_bytes());
+        assert!(matches!(
+            verify_evidence(&bytes[..]),
+            Err(VerifyError::NotRegularFile { .. })
+        ));
+    }
+
+    #[test]
+    fn writer_refuses_out_of_order_entries() {
+        let f = fixture();
+        let mut w =
+            EvidenceWriter::new(Vec::new(), &f.signer.vkey(), &f.signed_manifest()).unwrap();
+        w.record(&f.records[1]).unwrap();
+        assert!(matches!(
+            w.record(&f.records[0]),
+            Err(EvidenceError::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            w.record(&f.records[1]),
+            Err(EvidenceError::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            w.checkpoint(&f.notes[0]),
+            Err(EvidenceError::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            w.init_segment(b"x"),
+            Err(EvidenceError::OutOfOrder { .. })
+        ));
+        w.chunk(&f.sealed[0]).unwrap();
+        assert!(matches!(
+            w.chunk(b"junk"),
+            Err(EvidenceError::BadEntry { .. })
+        ));
+    }
+
+    #[test]
+    fn paths_parse_strictly() {
+        assert_eq!(
+            parse_path("lucid-evidence/chunks/00000000000000000012.sealed"),
+            Some((Section::Chunks, 12))
+        );
+        for bad in [
+            "lucid-evidence/chunks/12.sealed",
+            "lucid-evidence/chunks/0000000000000000001x.sealed",
+            "lucid-evidence/chunks/99999999999999999999.sealed",
+            "./lucid-evidence/VERSION",
+            "lucid-evidence/VERSION/",
+            "lucid-evidence/records/00000000000000000012.sealed",
+        ] {
+            assert_eq!(parse_path(bad), None, "{bad}");
+        }
+        assert_eq!(
+            entry_path(Section::Records, 7),
+            "lucid-evidence/records/00000000000000000007.rec"
+        );
+    }
+}

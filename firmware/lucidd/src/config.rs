@@ -1,0 +1,185 @@
+//! Daemon configuration: defaults, then a TOML file, then `LUCID_*` environment variables
+//! and command-line flags (clap merges those two; flags win).
+//!
+//! Owns the meaning and validation of every setting. It must not open devices or sockets:
+//! a bad setting is reported here, before anything starts.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("invalid setting {key}: {msg}")]
+    Invalid { key: &'static str, msg: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The synthetic camera: a moving pattern with frame counter and clock.
+    Test,
+    /// A V4L2 capture device (the camera issue brings this path).
+    V4l2,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ports {
+    pub pipeline: u16,
+    pub recorder: u16,
+    pub processor: u16,
+    pub storage: u16,
+    pub gateway: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports { pipeline: 8083, recorder: 8084, processor: 8085, storage: 8086, gateway: 8087 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VideoConfig {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_bps: u32,
+    /// Time between IDR frames; chunks are cut only there.
+    pub keyframe_interval_ms: u32,
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        VideoConfig { width: 1280, height: 720, fps: 30, bitrate_bps: 2_000_000, keyframe_interval_ms: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordConfig {
+    /// Target chunk duration; a chunk is one or more whole GOPs, so at least one GOP.
+    pub chunk_target_ms: u32,
+    /// zstd is kept only when it saves at least this many percent of the payload.
+    pub compress_min_saving_pct: u8,
+    pub zstd_level: i32,
+    /// A signed checkpoint every N chunks ...
+    pub checkpoint_every_chunks: u64,
+    /// ... or every T seconds, whichever comes first, and always at stop.
+    pub checkpoint_every_secs: u64,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        RecordConfig {
+            chunk_target_ms: 1000,
+            compress_min_saving_pct: 5,
+            zstd_level: 3,
+            checkpoint_every_chunks: 10,
+            checkpoint_every_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub bind: IpAddr,
+    pub ports: Ports,
+    pub source: SourceKind,
+    pub video: VideoConfig,
+    pub record: RecordConfig,
+    /// Bearer token for mutating routes; generated into the data dir when unset.
+    #[serde(skip_serializing)]
+    pub api_token: Option<String>,
+    /// `*` or a comma-separated list of origins.
+    pub cors_origins: String,
+    /// Storage reports unhealthy below this many free bytes (an SD card is small).
+    pub min_free_bytes: u64,
+    /// Largest JSON request body accepted (base64 chunk uploads included).
+    pub max_body_bytes: usize,
+    /// Largest decoded chunk accepted from clients.
+    pub max_chunk_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./var/lucid"),
+            bind: IpAddr::from([0, 0, 0, 0]),
+            ports: Ports::default(),
+            source: SourceKind::Test,
+            video: VideoConfig::default(),
+            record: RecordConfig::default(),
+            api_token: None,
+            cors_origins: "*".into(),
+            min_free_bytes: 1 << 30,
+            // 10 MiB decoded is the contract's chunk limit; base64 adds a third, plus JSON.
+            max_body_bytes: 14 << 20,
+            max_chunk_bytes: 10 << 20,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), msg: e.to_string() })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let v = &self.video;
+        let bad = |key, msg: &str| Err(ConfigError::Invalid { key, msg: msg.into() });
+        if v.width < 16 || v.height < 16 || v.width % 2 != 0 || v.height % 2 != 0 || v.width > 3840 || v.height > 2160 {
+            return bad("video.width/height", "must be even, between 16x16 and 3840x2160");
+        }
+        if !(1..=120).contains(&v.fps) {
+            return bad("video.fps", "must be 1..=120");
+        }
+        if !(1_000..=50_000_000).contains(&v.bitrate_bps) {
+            return bad("video.bitrate_bps", "must be 1000..=50000000");
+        }
+        if !(100..=60_000).contains(&v.keyframe_interval_ms) {
+            return bad("video.keyframe_interval_ms", "must be 100..=60000");
+        }
+        let r = &self.record;
+        if !(100..=60_000).contains(&r.chunk_target_ms) {
+            return bad("record.chunk_target_ms", "must be 100..=60000");
+        }
+        if r.compress_min_saving_pct > 100 {
+            return bad("record.compress_min_saving_pct", "must be 0..=100");
+        }
+        if !(1..=19).contains(&r.zstd_level) {
+            return bad("record.zstd_level", "must be 1..=19");
+        }
+        if r.checkpoint_every_chunks == 0 || r.checkpoint_every_secs == 0 {
+            return bad("record.checkpoint_every_*", "must be at least 1");
+        }
+        let p = &self.ports;
+        let mut all = [p.pipeline, p.recorder, p.processor, p.storage, p.gateway];
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[0] == w[1] && w[0] != 0) {
+            return bad("ports", "the five services need five different ports");
+        }
+        if self.max_chunk_bytes == 0 || self.max_chunk_bytes > 64 << 20 {
+            // Larger client chunks are split into several sealed parts; 64 MiB bounds the
+            // memory one request may pin on a 1 GiB Pi.
+            return bad("max_chunk_bytes", "must be 1..=64 MiB");
+        }
+        if self.max_body_bytes < self.max_chunk_bytes {
+            return bad("max_body_bytes", "must be at least max_chunk_bytes");
+        }
+        Ok(())
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("lucid.redb")
+    }
+}

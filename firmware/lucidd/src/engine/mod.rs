@@ -1,0 +1,946 @@
+//! The engine: sessions, their Merkle logs, and the chunk path
+//! chunk -> compress -> seal -> digest -> log -> store, shared by the camera recorder and
+//! by every Lucid upload route.
+//!
+//! Owns the session lifecycle, the restart epoch, checkpoint signing and manifests. It is
+//! synchronous on purpose: the chunk path is CPU work plus one fsync, so HTTP handlers call
+//! it through `spawn_blocking` and the camera thread calls it directly. It must not know
+//! HTTP shapes (the `http` module maps rows to the contract) and must not touch redb
+//! except through `store`.
+//!
+//! Invariants:
+//! - A chunk is acknowledged only after the transaction holding it has committed.
+//! - The AEAD nonce (epoch, index) never repeats under a session key: the epoch is bumped
+//!   durably at every start, and again before re-sealing an index whose commit failed.
+//! - Indices of a session are 0..chunk_count with no gaps; the log is append-only
+//!   (a redaction removes sealed bytes, never a record).
+
+pub mod camera;
+pub mod row;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use lucid_core::chunk::{ChunkHeader, ChunkRecord, Flags, MAX_SEALED_CHUNK};
+use lucid_core::merkle::{self, Hash};
+use lucid_core::note::{Checkpoint, Signer, Verifier};
+use lucid_core::seal::{self, Cipher, DataKey};
+use ring::rand::SystemRandom;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::keys::DeviceKeys;
+use crate::metrics::{Metrics, Stage};
+use crate::store::{ChunkWrite, Store, StoreError};
+use crate::util::{hex, now_rfc3339};
+pub use row::{Kind, PipelineRow, SessionRow, Status};
+
+/// Largest payload one sealed chunk carries: the redb value limit less the header
+/// (at most 93 bytes) and the AEAD tag, rounded down for headroom.
+pub const MAX_PART: usize = MAX_SEALED_CHUNK - 4096;
+
+/// Errors at the engine boundary; the HTTP layer maps each to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadState(String),
+    #[error("{0}")]
+    BadInput(String),
+    #[error("storage full: {0}")]
+    Full(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Full(m) => EngineError::Full(m),
+            other => EngineError::Internal(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+fn internal(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Internal(e.to_string())
+}
+
+/// One chunk's media facts, as the recorder or a client gives them.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkInfo {
+    pub media: bool,
+    pub gap_before: bool,
+    pub media_start_us: u64,
+    pub media_end_us: u64,
+    pub wall_us: i64,
+    pub frames: u32,
+}
+
+/// What appending produced, for the Lucid responses.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub first_index: u64,
+    pub parts: u32,
+    pub plain_len: u64,
+    pub stored_len: u64,
+    pub compressed: bool,
+    pub plain_blake3: String,
+    pub sealed_blake3: String,
+    pub took: Duration,
+}
+
+/// A decoded record plus its client id, for listings.
+#[derive(Debug, Clone)]
+pub struct ChunkView {
+    pub record: ChunkRecord,
+    pub client_id: Option<String>,
+    pub present: bool,
+}
+
+/// An open log: the leaves of the session's Merkle tree and its unwrapped key.
+struct Log {
+    leaves: Vec<Hash>,
+    key: DataKey,
+    cipher: Cipher,
+    last_checkpoint: u64,
+    last_checkpoint_at: Instant,
+    row: SessionRow,
+}
+
+pub struct Engine {
+    pub cfg: Config,
+    store: Store,
+    signer: Signer,
+    kek: lucid_core::seal::Kek,
+    pub device_id: String,
+    pub api_token: String,
+    pub metrics: Metrics,
+    rng: SystemRandom,
+    /// Current restart epoch, and whether an index may have been sealed uncommitted.
+    epoch: Mutex<(u32, bool)>,
+    logs: Mutex<HashMap<String, Arc<Mutex<Log>>>>,
+    camera: Mutex<Option<camera::CameraRun>>,
+    pub camera_state: camera::CameraState,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("device_id", &self.device_id).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding an engine lock leaves plain data behind (counters, leaves
+    // already committed); carrying on is safer for a recorder than poisoning everything.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    /// Opens the store, loads or creates the device keys, moves the epoch on and closes
+    /// any session that was recording when the process last died.
+    pub fn open(cfg: Config) -> anyhow::Result<Arc<Engine>> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let keys: DeviceKeys = crate::keys::load_or_create(&cfg.data_dir, cfg.api_token.as_deref())?;
+        if keys.token_generated {
+            // Printed once, on the console only: the operator needs it for mutating calls.
+            eprintln!(
+                "lucidd: generated API token {} (stored in {}/keys/api-token)",
+                keys.api_token,
+                cfg.data_dir.display()
+            );
+        }
+        let store = Store::open(&cfg.store_path())?;
+        let epoch = store.next_epoch()?;
+        tracing::info!(epoch, device = %keys.device_id, "store open");
+        let engine = Arc::new(Engine {
+            store,
+            signer: keys.signer,
+            kek: keys.kek,
+            device_id: keys.device_id,
+            api_token: keys.api_token,
+            metrics: Metrics::default(),
+            rng: SystemRandom::new(),
+            epoch: Mutex::new((epoch, false)),
+            logs: Mutex::new(HashMap::new()),
+            camera: Mutex::new(None),
+            camera_state: camera::CameraState::default(),
+            cfg,
+        });
+        engine.recover()?;
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn verifier_key(&self) -> String {
+        self.signer.vkey()
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.signer.public_key()
+    }
+
+    pub fn epoch(&self) -> u32 {
+        lock(&self.epoch).0
+    }
+
+    fn origin(&self, sid: &str) -> String {
+        format!("lucid/{}/{}", self.device_id, sid)
+    }
+
+    // ----- sessions -------------------------------------------------------------------
+
+    /// Creates a session row with a fresh wrapped data key.
+    pub fn create_session(
+        &self,
+        id: Option<String>,
+        name: String,
+        kind: Kind,
+        fill: impl FnOnce(&mut SessionRow),
+    ) -> Result<SessionRow> {
+        let id = id.unwrap_or_else(|| crate::util::short_id("sess"));
+        lucid_core::chunk::validate_session_id(&id).map_err(|e| EngineError::BadInput(e.to_string()))?;
+        if self.store.get_session::<SessionRow>(&id)?.is_some() {
+            return Err(EngineError::Conflict(format!("session {id} already exists")));
+        }
+        let cipher = Cipher::preferred_for_this_cpu();
+        let key = DataKey::generate(&self.rng).map_err(internal)?;
+        let wrapped = seal::wrap_data_key(&self.kek, &key, &id, &self.rng).map_err(internal)?;
+        let now = now_rfc3339();
+        let mut row = SessionRow {
+            id: id.clone(),
+            name,
+            description: None,
+            kind,
+            status: if kind == Kind::Data { Status::Processing } else { Status::Created },
+            created_at: now.clone(),
+            updated_at: now,
+            started_at: None,
+            stopped_at: None,
+            paused_at: None,
+            resumed_at: None,
+            recording_config: json!({}),
+            storage_config: json!({}),
+            metadata: json!({}),
+            rdp_config: None,
+            owner_address: None,
+            cipher: cipher.name().to_owned(),
+            wrapped_key: B64.encode(&wrapped),
+            chunk_count: 0,
+            plain_bytes: 0,
+            stored_bytes: 0,
+            compressed_chunks: 0,
+            frame_count: 0,
+            dropped_frames: 0,
+            error_count: 0,
+            media_us: 0,
+            active_secs: 0.0,
+            recovered: false,
+            epochs: Vec::new(),
+            codec: None,
+            width: None,
+            height: None,
+            fps: None,
+            root: None,
+            finalized: false,
+            archived: false,
+            pipeline: None,
+            last_error: None,
+        };
+        fill(&mut row);
+        self.store.put_session(&id, &row)?;
+        Ok(row)
+    }
+
+    /// The freshest row: the open log's copy when there is one (it has the counters of
+    /// chunks committed so far), else the stored one.
+    pub fn get(&self, sid: &str) -> Result<SessionRow> {
+        if let Some(log) = lock(&self.logs).get(sid).cloned() {
+            return Ok(lock(&log).row.clone());
+        }
+        self.store
+            .get_session::<SessionRow>(sid)?
+            .ok_or_else(|| EngineError::NotFound { what: "session", id: sid.to_owned() })
+    }
+
+    pub fn list(&self) -> Result<Vec<SessionRow>> {
+        let mut rows: Vec<SessionRow> = self.store.list_sessions()?;
+        let logs = lock(&self.logs);
+        for r in rows.iter_mut() {
+            if let Some(log) = logs.get(&r.id) {
+                *r = lock(log).row.clone();
+            }
+        }
+        rows.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(rows)
+    }
+
+    /// Applies `f` to the session row and stores it (through the open log if any, so the
+    /// log's copy and the stored copy never diverge).
+    pub fn update(&self, sid: &str, f: impl FnOnce(&mut SessionRow) -> Result<()>) -> Result<SessionRow> {
+        let log = lock(&self.logs).get(sid).cloned();
+        if let Some(log) = log {
+            let mut l = lock(&log);
+            let mut row = l.row.clone();
+            f(&mut row)?;
+            row.updated_at = now_rfc3339();
+            self.store.put_session(sid, &row)?;
+            l.row = row.clone();
+            return Ok(row);
+        }
+        let mut row = self.get(sid)?;
+        f(&mut row)?;
+        row.updated_at = now_rfc3339();
+        self.store.put_session(sid, &row)?;
+        Ok(row)
+    }
+
+    /// Deletes a session and all its chunks. A session being recorded is refused.
+    pub fn delete(&self, sid: &str) -> Result<u64> {
+        let row = self.get(sid)?;
+        if matches!(row.status, Status::Recording | Status::Paused | Status::Starting) {
+            return Err(EngineError::BadState(format!("session {sid} is {}; stop it first", row.status.as_str())));
+        }
+        lock(&self.logs).remove(sid);
+        Ok(self.store.delete_session(sid)?)
+    }
+
+    // ----- the log ----------------------------------------------------------------------
+
+    fn open_log(&self, sid: &str) -> Result<Arc<Mutex<Log>>> {
+        let mut logs = lock(&self.logs);
+        if let Some(l) = logs.get(sid) {
+            return Ok(l.clone());
+        }
+        let row: SessionRow = self
+            .store
+            .get_session(sid)?
+            .ok_or_else(|| EngineError::NotFound { what: "session", id: sid.to_owned() })?;
+        let leaves = self.load_leaves(sid)?;
+        if leaves.len() as u64 != row.chunk_count {
+            return Err(internal(format!(
+                "session {sid}: {} records but the row counts {}",
+                leaves.len(),
+                row.chunk_count
+            )));
+        }
+        let wrapped = B64.decode(&row.wrapped_key).map_err(internal)?;
+        let key = seal::unwrap_data_key(&self.kek, &wrapped, sid).map_err(internal)?;
+        let cipher = Cipher::from_name(&row.cipher).ok_or_else(|| internal(format!("unknown cipher {}", row.cipher)))?;
+        let last_checkpoint = self.store.checkpoints(sid)?.last().map(|c| c.0).unwrap_or(0);
+        let log = Arc::new(Mutex::new(Log {
+            leaves,
+            key,
+            cipher,
+            last_checkpoint,
+            last_checkpoint_at: Instant::now(),
+            row,
+        }));
+        logs.insert(sid.to_owned(), log.clone());
+        Ok(log)
+    }
+
+    fn close_log(&self, sid: &str) {
+        lock(&self.logs).remove(sid);
+    }
+
+    fn load_leaves(&self, sid: &str) -> Result<Vec<Hash>> {
+        let mut leaves = Vec::new();
+        for (i, (idx, bytes)) in self.store.records(sid)?.into_iter().enumerate() {
+            if idx != i as u64 {
+                return Err(internal(format!("session {sid}: record {i} missing")));
+            }
+            leaves.push(merkle::leaf_hash(&bytes));
+        }
+        Ok(leaves)
+    }
+
+    /// Returns the epoch to seal with, moving it on first if the last seal was not
+    /// committed (its index will be sealed again and must get a fresh nonce).
+    fn seal_epoch(&self) -> Result<u32> {
+        let mut e = lock(&self.epoch);
+        if e.1 {
+            e.0 = self.store.next_epoch()?;
+            e.1 = false;
+            tracing::warn!(epoch = e.0, "epoch moved on after an uncommitted seal");
+        }
+        Ok(e.0)
+    }
+
+    fn mark_uncommitted_seal(&self) {
+        lock(&self.epoch).1 = true;
+    }
+
+    /// The chunk path. Splits `payload` into parts no larger than a sealed chunk may be,
+    /// and commits each part durably before returning.
+    pub fn append(
+        &self,
+        sid: &str,
+        payload: &[u8],
+        info: &ChunkInfo,
+        client_id: Option<&str>,
+        client_meta: Option<&Value>,
+    ) -> Result<Appended> {
+        let t0 = Instant::now();
+        let log = self.open_log(sid)?;
+        let mut l = lock(&log);
+        if l.row.finalized && l.row.kind == Kind::Data {
+            return Err(EngineError::BadState(format!("session {sid} is finalized")));
+        }
+        if let Some(cid) = client_id {
+            if cid.is_empty() || cid.len() > 128 {
+                return Err(EngineError::BadInput("chunk_id must be 1..=128 characters".into()));
+            }
+            if self.store.chunk_index(sid, cid)?.is_some() {
+                return Err(EngineError::Conflict(format!("chunk {cid} already exists in session {sid}")));
+            }
+        }
+        let parts: Vec<&[u8]> = if payload.is_empty() { vec![payload] } else { payload.chunks(MAX_PART).collect() };
+        if info.media && parts.len() > 1 {
+            // The chunker keeps fragments under the limit; a larger one is a bug upstream.
+            return Err(EngineError::BadInput("media fragment larger than a sealed chunk".into()));
+        }
+        let meta_bytes = client_meta.map(|m| serde_json::to_vec(m)).transpose().map_err(internal)?;
+        let first_index = l.leaves.len() as u64;
+        let mut out = Appended {
+            first_index,
+            parts: parts.len() as u32,
+            plain_len: payload.len() as u64,
+            stored_len: 0,
+            compressed: false,
+            plain_blake3: hex(blake3::hash(payload).as_bytes()),
+            sealed_blake3: String::new(),
+            took: Duration::ZERO,
+        };
+        for (n, part) in parts.iter().enumerate() {
+            let index = l.leaves.len() as u64;
+            let r = self.append_part(&mut l, sid, index, part, info, if n == 0 { client_id } else { None }, meta_bytes.as_deref());
+            match r {
+                Ok((sealed_len, compressed, sealed_hash)) => {
+                    out.stored_len += sealed_len as u64;
+                    out.compressed |= compressed;
+                    out.sealed_blake3 = sealed_hash;
+                }
+                Err(e) => {
+                    self.metrics.observe_chunk(t0.elapsed(), false);
+                    l.row.error_count += 1;
+                    return Err(e);
+                }
+            }
+        }
+        out.took = t0.elapsed();
+        self.metrics.observe_chunk(out.took, true);
+        self.maybe_checkpoint(&mut l, sid, false)?;
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append_part(
+        &self,
+        l: &mut Log,
+        sid: &str,
+        index: u64,
+        part: &[u8],
+        info: &ChunkInfo,
+        client_id: Option<&str>,
+        meta: Option<&[u8]>,
+    ) -> Result<(usize, bool, String)> {
+        let m = &self.metrics;
+        // Compression: kept only where it saves enough to pay for decompressing later.
+        let t = Instant::now();
+        let mut payload: std::borrow::Cow<[u8]> = std::borrow::Cow::Borrowed(part);
+        let mut compressed = false;
+        if part.len() >= 256 {
+            match zstd::bulk::compress(part, self.cfg.record.zstd_level) {
+                Ok(z) => {
+                    let need = part.len() as u64 * (100 - self.cfg.record.compress_min_saving_pct as u64) / 100;
+                    m.compressions.fetch_add(1, Relaxed);
+                    m.bytes_compressed_in.fetch_add(part.len() as u64, Relaxed);
+                    if (z.len() as u64) <= need {
+                        m.bytes_compressed_out.fetch_add(z.len() as u64, Relaxed);
+                        payload = std::borrow::Cow::Owned(z);
+                        compressed = true;
+                    } else {
+                        m.bytes_compressed_out.fetch_add(part.len() as u64, Relaxed);
+                    }
+                }
+                Err(e) => {
+                    m.record(Stage::Compression, t.elapsed(), false);
+                    return Err(internal(format!("zstd: {e}")));
+                }
+            }
+        }
+        m.compress_ns.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+        m.record(Stage::Compression, t.elapsed(), true);
+
+        // Seal.
+        let t = Instant::now();
+        let epoch = self.seal_epoch()?;
+        let mut flags = Flags::empty();
+        if compressed {
+            flags = flags | Flags::ZSTD;
+        }
+        if info.media {
+            flags = flags | Flags::MEDIA;
+        }
+        if info.gap_before && index == l.leaves.len() as u64 {
+            flags = flags | Flags::GAP_BEFORE;
+        }
+        let header = ChunkHeader {
+            cipher: l.cipher,
+            flags,
+            epoch,
+            index,
+            plain_len: part.len() as u32,
+            cipher_len: (payload.len() + 16) as u32,
+            session_id: sid.to_owned(),
+        };
+        let sealed = match seal::seal_chunk(&l.key, l.cipher, &header, &payload) {
+            Ok(s) => s,
+            Err(e) => {
+                m.record(Stage::Encryption, t.elapsed(), false);
+                return Err(internal(e));
+            }
+        };
+        m.record(Stage::Encryption, t.elapsed(), true);
+        if sealed.len() > MAX_SEALED_CHUNK {
+            return Err(internal("sealed chunk over the store's value limit"));
+        }
+
+        // Digest and log.
+        let t = Instant::now();
+        let record = ChunkRecord {
+            cipher: l.cipher,
+            flags,
+            epoch,
+            index,
+            media_start_us: info.media_start_us,
+            media_end_us: info.media_end_us.max(info.media_start_us),
+            wall_clock_us: info.wall_us,
+            frame_count: info.frames,
+            plain_len: part.len() as u32,
+            sealed_len: sealed.len() as u32,
+            plain_blake3: *blake3::hash(part).as_bytes(),
+            sealed_blake3: *blake3::hash(&sealed).as_bytes(),
+            session_id: sid.to_owned(),
+        };
+        let rec_bytes = record.encode();
+        let leaf = merkle::leaf_hash(&rec_bytes);
+        m.record(Stage::MerkleBuilding, t.elapsed(), true);
+
+        // Store: the chunk, its record and the updated row in one durable transaction.
+        let t = Instant::now();
+        let mut row = l.row.clone();
+        row.chunk_count = index + 1;
+        row.plain_bytes += part.len() as u64;
+        row.stored_bytes += sealed.len() as u64;
+        row.compressed_chunks += compressed as u64;
+        row.frame_count += info.frames as u64;
+        row.media_us = row.media_us.max(info.media_end_us);
+        if !row.epochs.contains(&epoch) {
+            row.epochs.push(epoch);
+        }
+        row.updated_at = now_rfc3339();
+        let row_bytes = serde_json::to_vec(&row).map_err(internal)?;
+        let w = ChunkWrite {
+            session_id: sid,
+            index,
+            sealed: &sealed,
+            record: &rec_bytes,
+            client_id,
+            client_meta: meta,
+            session_row: &row_bytes,
+        };
+        if let Err(e) = self.store.commit_chunk(&w) {
+            m.record(Stage::Storage, t.elapsed(), false);
+            // This (epoch, index) was used by a seal that is not in the log.
+            self.mark_uncommitted_seal();
+            return Err(e.into());
+        }
+        m.record(Stage::Storage, t.elapsed(), true);
+        l.leaves.push(leaf);
+        l.row = row;
+        Ok((sealed.len(), compressed, hex(record.sealed_blake3.as_slice())))
+    }
+
+    /// Signs a checkpoint when N chunks or T seconds have passed since the last one
+    /// (or always, with `force`, when there is anything new).
+    fn maybe_checkpoint(&self, l: &mut Log, sid: &str, force: bool) -> Result<Option<String>> {
+        let size = l.leaves.len() as u64;
+        if size == 0 || size == l.last_checkpoint {
+            return Ok(None);
+        }
+        let r = &self.cfg.record;
+        let due = force
+            || size - l.last_checkpoint >= r.checkpoint_every_chunks
+            || l.last_checkpoint_at.elapsed() >= Duration::from_secs(r.checkpoint_every_secs);
+        if !due {
+            return Ok(None);
+        }
+        let note = self.sign_checkpoint(sid, &l.leaves);
+        self.store.put_checkpoint(sid, size, &note)?;
+        l.last_checkpoint = size;
+        l.last_checkpoint_at = Instant::now();
+        Ok(Some(note))
+    }
+
+    fn sign_checkpoint(&self, sid: &str, leaves: &[Hash]) -> String {
+        let cp = Checkpoint { origin: self.origin(sid), size: leaves.len() as u64, root: merkle::root(leaves) };
+        // Signing fails only for an invalid origin, which the session id check at
+        // creation rules out; an error here is a bug worth a loud log, not a panic.
+        lucid_core::note::sign_checkpoint(&cp, &self.signer).unwrap_or_else(|e| {
+            tracing::error!(session = %sid, error = %e, "cannot sign checkpoint");
+            String::new()
+        })
+    }
+
+    /// Called about once a second: signs the time-based checkpoints of open logs.
+    pub fn tick(&self) {
+        let logs: Vec<(String, Arc<Mutex<Log>>)> = lock(&self.logs).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (sid, log) in logs {
+            let mut l = lock(&log);
+            if let Err(e) = self.maybe_checkpoint(&mut l, &sid, false) {
+                tracing::warn!(session = %sid, error = %e, "periodic checkpoint failed");
+            }
+        }
+    }
+
+    /// Final checkpoint, signed manifest and the closed row, in one transaction.
+    fn seal_session(&self, sid: &str, set: impl FnOnce(&mut SessionRow)) -> Result<SessionRow> {
+        let log = self.open_log(sid)?;
+        let mut l = lock(&log);
+        let mut row = l.row.clone();
+        set(&mut row);
+        row.updated_at = now_rfc3339();
+        let size = l.leaves.len() as u64;
+        let root = merkle::root(&l.leaves);
+        let note = self.sign_checkpoint(sid, &l.leaves);
+        row.root = Some(hex(&root));
+        let init = self.store.get_init(sid)?;
+        let manifest = lucid_core::manifest::Manifest {
+            format: lucid_core::manifest::MANIFEST_FORMAT.to_owned(),
+            device_id: self.device_id.clone(),
+            device_vkey: self.signer.vkey(),
+            session_id: sid.to_owned(),
+            name: row.name.clone(),
+            kind: match row.kind {
+                Kind::Camera => lucid_core::SessionKind::Camera,
+                Kind::Data => lucid_core::SessionKind::Data,
+            },
+            status: row.status.as_str().to_owned(),
+            created_at: row.created_at.clone(),
+            started_at: row.started_at.clone(),
+            stopped_at: row.stopped_at.clone(),
+            recovered: row.recovered,
+            chunk_count: row.chunk_count,
+            tree_size: size,
+            root: hex(&root),
+            final_checkpoint: note.clone(),
+            cipher: row.cipher.clone(),
+            codec: row.codec.clone(),
+            width: row.width,
+            height: row.height,
+            fps: row.fps,
+            init_segment_blake3: init.as_ref().map(|i| hex(blake3::hash(i).as_bytes())),
+            epochs: row.epochs.clone(),
+        };
+        let signed = lucid_core::manifest::sign_manifest(&manifest, &self.signer).map_err(internal)?;
+        let row_bytes = serde_json::to_vec(&row).map_err(internal)?;
+        self.store.close_session(sid, size, &note, &signed.bytes, &signed.signature, &row_bytes)?;
+        l.row = row.clone();
+        l.last_checkpoint = size;
+        Ok(row)
+    }
+
+    /// Closes every camera session the last process left open, and checkpoints every
+    /// open data session over what was committed.
+    fn recover(&self) -> Result<()> {
+        let rows: Vec<SessionRow> = self.store.list_sessions()?;
+        for row in rows {
+            let open_camera = row.kind == Kind::Camera
+                && matches!(row.status, Status::Starting | Status::Recording | Status::Paused);
+            if open_camera {
+                let now = now_rfc3339();
+                self.seal_session(&row.id, |r| {
+                    r.status = Status::Stopped;
+                    r.recovered = true;
+                    r.stopped_at = Some(now.clone());
+                    if let Some(p) = r.pipeline.as_mut() {
+                        p.state = "stopped".into();
+                        p.stopped_at = Some(now);
+                    }
+                })?;
+                self.close_log(&row.id);
+                tracing::warn!(session = %row.id, chunks = row.chunk_count, "recovered a session interrupted while recording");
+            } else if row.kind == Kind::Data && !row.finalized && row.chunk_count > 0 {
+                let log = self.open_log(&row.id)?;
+                let mut l = lock(&log);
+                self.maybe_checkpoint(&mut l, &row.id, true)?;
+                drop(l);
+                self.close_log(&row.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Data sessions: sign the final checkpoint and manifest; no more chunks after this.
+    pub fn finalize(&self, sid: &str) -> Result<SessionRow> {
+        let row = self.get(sid)?;
+        if row.kind == Kind::Camera && matches!(row.status, Status::Recording | Status::Paused | Status::Starting) {
+            return Err(EngineError::BadState(format!("session {sid} is still recording")));
+        }
+        let now = now_rfc3339();
+        let row = self.seal_session(sid, |r| {
+            r.finalized = true;
+            if r.kind == Kind::Data {
+                r.status = Status::Completed;
+                r.stopped_at.get_or_insert(now);
+            }
+        })?;
+        self.close_log(sid);
+        Ok(row)
+    }
+
+    // ----- camera -----------------------------------------------------------------------
+
+    pub fn start_recording(self: &Arc<Self>, sid: &str) -> Result<SessionRow> {
+        camera::start(self, sid)
+    }
+
+    pub fn pause_recording(&self, sid: &str) -> Result<SessionRow> {
+        camera::pause(self, sid)
+    }
+
+    pub fn resume_recording(&self, sid: &str) -> Result<SessionRow> {
+        camera::resume(self, sid)
+    }
+
+    pub fn stop_recording(&self, sid: &str) -> Result<SessionRow> {
+        camera::stop(self, sid)
+    }
+
+    /// Stops whatever is recording (shutdown path): the session is closed normally.
+    pub fn shutdown(&self) {
+        let sid = lock(&self.camera).as_ref().map(|c| c.session_id.clone());
+        if let Some(sid) = sid {
+            if let Err(e) = self.stop_recording(&sid) {
+                tracing::error!(session = %sid, error = %e, "stop at shutdown failed");
+            }
+        }
+        self.tick();
+    }
+
+    // ----- reading ----------------------------------------------------------------------
+
+    fn row_key(&self, row: &SessionRow) -> Result<(DataKey, Cipher)> {
+        let wrapped = B64.decode(&row.wrapped_key).map_err(internal)?;
+        let key = seal::unwrap_data_key(&self.kek, &wrapped, &row.id).map_err(internal)?;
+        let cipher = Cipher::from_name(&row.cipher).ok_or_else(|| internal("unknown cipher"))?;
+        Ok((key, cipher))
+    }
+
+    /// A session's key, for reading many chunks without unwrapping each time.
+    pub fn reader(&self, sid: &str) -> Result<ChunkReader<'_>> {
+        let row = self.get(sid)?;
+        let (key, _) = self.row_key(&row)?;
+        Ok(ChunkReader { engine: self, sid: sid.to_owned(), key })
+    }
+
+    pub fn records(&self, sid: &str) -> Result<Vec<ChunkView>> {
+        let ids: HashMap<u64, String> = self.store.chunk_ids(sid)?.into_iter().map(|(c, i)| (i, c)).collect();
+        let mut out = Vec::new();
+        for (idx, bytes) in self.store.records(sid)? {
+            let record = ChunkRecord::decode(&bytes).map_err(internal)?;
+            let present = self.store.get_sealed(sid, idx)?.is_some();
+            out.push(ChunkView { record, client_id: ids.get(&idx).cloned(), present });
+        }
+        Ok(out)
+    }
+
+    /// Resolves a chunk named by client id or by decimal index.
+    pub fn resolve_chunk(&self, sid: &str, cid: &str) -> Result<u64> {
+        if let Some(i) = self.store.chunk_index(sid, cid)? {
+            return Ok(i);
+        }
+        let row = self.get(sid)?;
+        match cid.parse::<u64>() {
+            Ok(i) if i < row.chunk_count => Ok(i),
+            _ => Err(EngineError::NotFound { what: "chunk", id: cid.to_owned() }),
+        }
+    }
+
+    pub fn chunk_meta(&self, sid: &str, index: u64) -> Result<Option<Value>> {
+        Ok(self.store.chunk_meta(sid, index)?.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// Redacts a chunk (removes its sealed bytes); see `Store::redact_chunk`.
+    pub fn redact(&self, sid: &str, index: u64) -> Result<bool> {
+        Ok(self.store.redact_chunk(sid, index)?)
+    }
+
+    pub fn checkpoints(&self, sid: &str) -> Result<Vec<(u64, String)>> {
+        self.get(sid)?;
+        Ok(self.store.checkpoints(sid)?)
+    }
+
+    pub fn manifest(&self, sid: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.get(sid)?;
+        Ok(self.store.get_manifest(sid)?)
+    }
+
+    pub fn init_segment(&self, sid: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.store.get_init(sid)?)
+    }
+
+    /// Leaves of the committed log (the open log's when recording).
+    pub fn leaves(&self, sid: &str) -> Result<Vec<Hash>> {
+        if let Some(log) = lock(&self.logs).get(sid).cloned() {
+            return Ok(lock(&log).leaves.clone());
+        }
+        self.get(sid)?;
+        self.load_leaves(sid)
+    }
+
+    /// Inclusion proof of chunk `index` in the tree of size `size` (default: the latest
+    /// signed checkpoint, so the proof can be checked against a signature).
+    pub fn inclusion(&self, sid: &str, index: u64, size: Option<u64>) -> Result<(u64, Hash, Vec<Hash>, Hash)> {
+        let leaves = self.leaves(sid)?;
+        let size = match size {
+            Some(s) => s,
+            None => self.store.checkpoints(sid)?.last().map(|c| c.0).unwrap_or(leaves.len() as u64),
+        };
+        if size == 0 || size > leaves.len() as u64 || index >= size {
+            return Err(EngineError::BadInput(format!(
+                "need index < tree_size <= {} (index {index}, tree_size {size})",
+                leaves.len()
+            )));
+        }
+        let proof = merkle::inclusion_proof(&leaves, index, size).map_err(|e| EngineError::BadInput(e.to_string()))?;
+        let root = merkle::root(&leaves[..size as usize]);
+        Ok((size, leaves[index as usize], proof, root))
+    }
+
+    pub fn consistency(&self, sid: &str, m: u64, n: u64) -> Result<(Hash, Hash, Vec<Hash>)> {
+        let leaves = self.leaves(sid)?;
+        if m == 0 || m > n || n > leaves.len() as u64 {
+            return Err(EngineError::BadInput(format!("need 0 < from <= to <= {} (from {m}, to {n})", leaves.len())));
+        }
+        let proof = merkle::consistency_proof(&leaves, m, n).map_err(|e| EngineError::BadInput(e.to_string()))?;
+        Ok((merkle::root(&leaves[..m as usize]), merkle::root(&leaves[..n as usize]), proof))
+    }
+
+    /// Writes the evidence bundle (tar) of a session.
+    pub fn write_evidence<W: std::io::Write>(&self, sid: &str, out: W) -> Result<()> {
+        let row = self.get(sid)?;
+        let (man, sig) = self.store.get_manifest(sid)?.ok_or_else(|| {
+            EngineError::BadState(format!("session {sid} has no signed manifest yet (stop or finalize it first)"))
+        })?;
+        let signature: [u8; 64] = sig.as_slice().try_into().map_err(|_| internal("bad stored signature"))?;
+        // Only what the manifest covers: a session restarted after its manifest has later
+        // chunks and checkpoints that belong to the next manifest.
+        let manifest_size = self.manifest_tree_size(&man)?;
+        let signed = lucid_core::SignedManifest { bytes: man, signature };
+        let mut w = lucid_core::evidence::EvidenceWriter::new(out, &self.signer.vkey(), &signed).map_err(internal)?;
+        if let Some(init) = self.store.get_init(sid)? {
+            w.init_segment(&init).map_err(internal)?;
+        }
+        for (size, note) in self.store.checkpoints(sid)? {
+            if size <= manifest_size {
+                w.checkpoint(&note).map_err(internal)?;
+            }
+        }
+        for (idx, rec) in self.store.records(sid)? {
+            if idx >= manifest_size {
+                break;
+            }
+            let rec = ChunkRecord::decode(&rec).map_err(internal)?;
+            w.record(&rec).map_err(internal)?;
+        }
+        for idx in 0..manifest_size.min(row.chunk_count) {
+            if let Some(sealed) = self.store.get_sealed(sid, idx)? {
+                w.chunk(&sealed).map_err(internal)?;
+            }
+        }
+        w.finish().map_err(internal)?;
+        Ok(())
+    }
+
+    fn manifest_tree_size(&self, man: &[u8]) -> Result<u64> {
+        let v: Value = serde_json::from_slice(man).map_err(internal)?;
+        v.get("tree_size").and_then(Value::as_u64).ok_or_else(|| internal("manifest without tree_size"))
+    }
+
+    /// A verifier for this device's own signatures (self-checks and tests).
+    pub fn verifier(&self) -> Verifier {
+        // The vkey was produced by our own signer; parsing it cannot fail.
+        Verifier::from_vkey(&self.signer.vkey()).expect("own verifier key parses")
+    }
+
+    pub fn camera_session(&self) -> Option<String> {
+        lock(&self.camera).as_ref().map(|c| c.session_id.clone())
+    }
+}
+
+/// Decrypts chunks of one session.
+pub struct ChunkReader<'a> {
+    engine: &'a Engine,
+    sid: String,
+    key: DataKey,
+}
+
+impl ChunkReader<'_> {
+    /// The plaintext of chunk `index`: opened, checked against its record, decompressed.
+    pub fn plaintext(&self, index: u64) -> Result<Vec<u8>> {
+        let e = self.engine;
+        let sealed = e
+            .store
+            .get_sealed(&self.sid, index)?
+            .ok_or_else(|| EngineError::NotFound { what: "chunk", id: index.to_string() })?;
+        let (header, payload) = seal::open_chunk(&self.key, &sealed).map_err(internal)?;
+        if header.session_id != self.sid || header.index != index {
+            return Err(internal(format!("chunk {index} of {} is not where it belongs", self.sid)));
+        }
+        let plain = if header.flags.contains(Flags::ZSTD) {
+            let t = Instant::now();
+            let p = zstd::bulk::decompress(&payload, header.plain_len as usize).map_err(internal)?;
+            e.metrics.decompressions.fetch_add(1, Relaxed);
+            e.metrics.bytes_decompressed.fetch_add(p.len() as u64, Relaxed);
+            e.metrics.compress_ns.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+            p
+        } else {
+            payload
+        };
+        if plain.len() != header.plain_len as usize {
+            return Err(internal(format!("chunk {index}: length mismatch")));
+        }
+        Ok(plain)
+    }
+
+    /// The bytes a client uploaded under one chunk id: its parts, reassembled.
+    pub fn client_chunk(&self, first: u64) -> Result<Vec<u8>> {
+        let parts = self
+            .engine
+            .chunk_meta(&self.sid, first)?
+            .and_then(|m| m.get("parts").and_then(Value::as_u64))
+            .unwrap_or(1);
+        let mut out = Vec::new();
+        for i in first..first + parts {
+            out.extend(self.plaintext(i)?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,133 @@
+//! The persisted session row and its status vocabulary.
+//!
+//! Owns the JSON shape of a session as the store keeps it (one value per session in the
+//! `sessions` table). It must never hold a secret in clear: the data key is stored only
+//! wrapped under the device KEK, and a legacy RDP password is dropped on arrival.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// SessionStatus of the gateway contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Starting,
+    Recording,
+    Paused,
+    Stopped,
+    Processing,
+    Completed,
+    Failed,
+    Deleted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Starting => "starting",
+            Status::Recording => "recording",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+            Status::Processing => "processing",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "created" => Status::Created,
+            "starting" => Status::Starting,
+            "recording" => Status::Recording,
+            "paused" => Status::Paused,
+            "stopped" => Status::Stopped,
+            "processing" => Status::Processing,
+            "completed" => Status::Completed,
+            "failed" => Status::Failed,
+            "deleted" => Status::Deleted,
+            _ => return None,
+        })
+    }
+
+    pub const ALL: [Status; 9] = [
+        Status::Created,
+        Status::Starting,
+        Status::Recording,
+        Status::Paused,
+        Status::Stopped,
+        Status::Processing,
+        Status::Completed,
+        Status::Failed,
+        Status::Deleted,
+    ];
+}
+
+/// What feeds a session: this appliance's camera, or chunks uploaded by Lucid clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Camera,
+    Data,
+}
+
+/// The pipeline-manager view (8083) of a session: its own state machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineRow {
+    pub pipeline_id: String,
+    pub state: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub stopped_at: Option<String>,
+    pub error_message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub kind: Kind,
+    pub status: Status,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub stopped_at: Option<String>,
+    pub paused_at: Option<String>,
+    pub resumed_at: Option<String>,
+    pub recording_config: Value,
+    pub storage_config: Value,
+    pub metadata: Value,
+    /// Legacy RDP settings, password removed.
+    pub rdp_config: Option<Value>,
+    pub owner_address: Option<String>,
+    /// Cipher name as lucid-core spells it.
+    pub cipher: String,
+    /// The data key wrapped under the device KEK (base64).
+    pub wrapped_key: String,
+    pub chunk_count: u64,
+    pub plain_bytes: u64,
+    pub stored_bytes: u64,
+    pub compressed_chunks: u64,
+    pub frame_count: u64,
+    pub dropped_frames: u64,
+    pub error_count: u64,
+    /// Media time recorded, microseconds.
+    pub media_us: u64,
+    /// Seconds spent recording (pauses excluded), closed runs only.
+    pub active_secs: f64,
+    pub recovered: bool,
+    pub epochs: Vec<u32>,
+    pub codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<u32>,
+    /// Merkle root (hex) of the last signed manifest or finalization.
+    pub root: Option<String>,
+    pub finalized: bool,
+    pub archived: bool,
+    pub pipeline: Option<PipelineRow>,
+    pub last_error: Option<String>,
+}

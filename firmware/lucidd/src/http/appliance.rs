@@ -1,0 +1,359 @@
+//! The appliance's own routes on 8087, beyond the Lucid contract: device identity, signed
+//! manifests and checkpoints, Merkle proofs, decrypted media (init segment, fragments,
+//! HLS playlist, a streamed MP4 export) and the evidence bundle. Documented in
+//! `openapi.json`, served at `/api/v1/openapi.json`.
+//!
+//! Owns the streaming of large responses: export and evidence are produced on a blocking
+//! thread into a bounded channel, so a long session is never held in memory whole. It must
+//! not decrypt for anyone without the bearer token: plaintext media is as sensitive as a
+//! mutating route. Sealed evidence, proofs and signatures are public by design.
+
+use std::io::Write;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiResult, AppState, LQuery, VERSION, blocking};
+use crate::engine::{Engine, EngineError, Kind, Status};
+use crate::util::{hex, now_rfc3339};
+
+const OPENAPI: &str = include_str!("../../openapi.json");
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/device", get(device))
+        .route("/api/v1/sessions/{id}/manifest", get(manifest))
+        .route("/api/v1/sessions/{id}/checkpoint", get(checkpoint))
+        .route("/api/v1/sessions/{id}/checkpoints", get(checkpoints))
+        .route("/api/v1/sessions/{id}/chunks/{index}/proof", get(proof))
+        .route("/api/v1/sessions/{id}/consistency", get(consistency))
+        .route("/api/v1/sessions/{id}/media/{file}", get(media))
+        .route("/api/v1/sessions/{id}/export.mp4", get(export))
+        .route("/api/v1/sessions/{id}/evidence", get(evidence))
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct TokenQuery {
+    /// For players that cannot send headers (HLS in a browser, VLC): `?access_token=`.
+    pub access_token: Option<String>,
+}
+
+pub fn require_read_token(e: &Engine, headers: &HeaderMap, q: &TokenQuery) -> ApiResult<()> {
+    if super::bearer_ok(headers, &e.api_token) {
+        return Ok(());
+    }
+    match &q.access_token {
+        Some(t) if super::bearer_ok(&bearer_header(t), &e.api_token) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+fn bearer_header(t: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = format!("Bearer {t}").parse() {
+        h.insert(header::AUTHORIZATION, v);
+    }
+    h
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn device(State(e): State<AppState>) -> axum::Json<Value> {
+    // The clock is "unsynchronized" until the kernel says NTP has set it: evidence
+    // timestamps from an unset Pi clock start in 1970 and a reader must be told so.
+    let synced = std::fs::read_to_string("/run/systemd/timesync/synchronized").is_ok()
+        || std::path::Path::new("/run/systemd/timesync/synchronized").exists();
+    let now = time::OffsetDateTime::now_utc();
+    axum::Json(json!({
+        "device_id": e.device_id,
+        "public_key": B64.encode(e.public_key()),
+        "public_key_hex": hex(&e.public_key()),
+        "verifier_key": e.verifier_key(),
+        "firmware_version": VERSION,
+        "epoch": e.epoch(),
+        "source": format!("{:?}", e.cfg.source).to_lowercase(),
+        "clock": {
+            "now": now_rfc3339(),
+            "synchronized": synced,
+            "plausible": now.year() >= 2024,
+        },
+    }))
+}
+
+async fn manifest(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let sid = id.clone();
+    let m = blocking(move || e.manifest(&sid)).await?;
+    let (bytes, sig) = m.ok_or_else(|| ApiError::NotFound(format!("session {id} has no signed manifest yet")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            // The signature covers these exact bytes; it travels in a header so the body
+            // stays byte-identical to what was signed.
+            (header::HeaderName::from_static("x-lucid-signature"), B64.encode(&sig)),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn checkpoint(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let sid = id.clone();
+    let cps = blocking(move || e.checkpoints(&sid)).await?;
+    let (_, note) = cps.last().ok_or_else(|| ApiError::NotFound(format!("session {id} has no checkpoint yet")))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note.clone()).into_response())
+}
+
+async fn checkpoints(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<Value>> {
+    let sid = id.clone();
+    let cps = blocking(move || e.checkpoints(&sid)).await?;
+    let list: Vec<Value> = cps.into_iter().map(|(size, note)| json!({"tree_size": size, "note": note})).collect();
+    Ok(axum::Json(json!({"session_id": id, "checkpoints": list})))
+}
+
+#[derive(Debug, Deserialize)]
+struct ProofQuery {
+    tree_size: Option<u64>,
+}
+
+fn hashes(v: &[lucid_core::merkle::Hash]) -> Vec<String> {
+    v.iter().map(|h| B64.encode(h)).collect()
+}
+
+async fn proof(
+    State(e): State<AppState>,
+    Path((id, index)): Path<(String, String)>,
+    LQuery(q): LQuery<ProofQuery>,
+) -> ApiResult<axum::Json<Value>> {
+    let index: u64 = index.parse().map_err(|_| ApiError::validation(&["path", "index"], "must be a chunk index"))?;
+    let sid = id.clone();
+    let (size, leaf, path, root) = blocking(move || e.inclusion(&sid, index, q.tree_size)).await?;
+    Ok(axum::Json(json!({
+        "session_id": id,
+        "index": index,
+        "tree_size": size,
+        "leaf_hash": B64.encode(leaf),
+        "root_hash": B64.encode(root),
+        "inclusion_path": hashes(&path),
+        "hash": "SHA-256 (RFC 9162: leaf = H(0x00||record), node = H(0x01||l||r)); hashes are base64",
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+async fn consistency(
+    State(e): State<AppState>,
+    Path(id): Path<String>,
+    LQuery(q): LQuery<ConsistencyQuery>,
+) -> ApiResult<axum::Json<Value>> {
+    let sid = id.clone();
+    let (a, b, path) = blocking(move || e.consistency(&sid, q.from, q.to)).await?;
+    Ok(axum::Json(json!({
+        "session_id": id,
+        "from": q.from, "to": q.to,
+        "from_root": B64.encode(a),
+        "to_root": B64.encode(b),
+        "consistency_path": hashes(&path),
+    })))
+}
+
+/// A `Write` that feeds a response body through a bounded channel. When the client goes
+/// away the receiver is dropped and the next write fails, which stops the producer.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+const STREAM_BUF: usize = 256 * 1024;
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= STREAM_BUF {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+/// Runs `produce` on a blocking thread and streams what it writes as the response body.
+fn stream_body<F>(produce: F) -> Body
+where
+    F: FnOnce(&mut ChannelWriter) -> Result<(), EngineError> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(STREAM_BUF) };
+        let r = produce(&mut w).and_then(|_| w.flush().map_err(|e| EngineError::Internal(e.to_string())));
+        if let Err(e) = r {
+            // Headers are gone already; an error item aborts the body so the client sees a
+            // truncated transfer rather than a silently short file.
+            tracing::warn!(error = %e, "streamed response aborted");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Body::from_stream(stream)
+}
+
+fn camera_session(e: &Engine, sid: &str) -> Result<crate::engine::SessionRow, EngineError> {
+    let row = e.get(sid)?;
+    if row.kind != Kind::Camera {
+        return Err(EngineError::BadInput(format!("session {sid} holds uploaded data, not video")));
+    }
+    Ok(row)
+}
+
+async fn media(
+    State(e): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+    headers: HeaderMap,
+    LQuery(q): LQuery<TokenQuery>,
+) -> ApiResult<Response> {
+    require_read_token(&e, &headers, &q)?;
+    if file == "init.mp4" {
+        let sid = id.clone();
+        let init = blocking(move || {
+            camera_session(&e, &sid)?;
+            e.init_segment(&sid)
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("session {id} has no video yet")))?;
+        return Ok(([(header::CONTENT_TYPE, "video/mp4")], init).into_response());
+    }
+    if file == "playlist.m3u8" {
+        let sid = id.clone();
+        let token = q.access_token.clone();
+        let text = blocking(move || playlist(&e, &sid, token.as_deref())).await?;
+        return Ok((
+            [(header::CONTENT_TYPE, "application/vnd.apple.mpegurl"), (header::CACHE_CONTROL, "no-cache")],
+            text,
+        )
+            .into_response());
+    }
+    let index: u64 = file
+        .strip_suffix(".m4s")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| ApiError::NotFound(format!("no media file {file:?}: use init.mp4, playlist.m3u8 or <index>.m4s")))?;
+    let sid = id.clone();
+    let frag = blocking(move || {
+        camera_session(&e, &sid)?;
+        e.reader(&sid)?.plaintext(index)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "video/iso.segment")], frag).into_response())
+}
+
+/// HLS media playlist over the session's fragments; live (no ENDLIST) while recording.
+fn playlist(e: &Engine, sid: &str, token: Option<&str>) -> Result<String, EngineError> {
+    let row = camera_session(e, sid)?;
+    let views = e.records(sid)?;
+    let q = token.map(|t| format!("?access_token={t}")).unwrap_or_default();
+    let durs: Vec<f64> = views.iter().map(|v| (v.record.media_end_us - v.record.media_start_us) as f64 / 1e6).collect();
+    let target = durs.iter().cloned().fold(1.0f64, f64::max).ceil() as u64;
+    let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    s.push_str(&format!("#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:0\n"));
+    let live = matches!(row.status, Status::Recording | Status::Paused | Status::Starting);
+    s.push_str(if live { "#EXT-X-PLAYLIST-TYPE:EVENT\n" } else { "#EXT-X-PLAYLIST-TYPE:VOD\n" });
+    s.push_str(&format!("#EXT-X-MAP:URI=\"init.mp4{q}\"\n"));
+    for (v, d) in views.iter().zip(&durs) {
+        if !v.present {
+            // A redacted chunk is a hole in the media; players must not expect continuity.
+            s.push_str("#EXT-X-GAP\n");
+        }
+        if v.record.flags.contains(lucid_core::chunk::Flags::GAP_BEFORE) {
+            s.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        s.push_str(&format!("#EXTINF:{d:.3},\n{}.m4s{q}\n", v.record.index));
+    }
+    if !live {
+        s.push_str("#EXT-X-ENDLIST\n");
+    }
+    Ok(s)
+}
+
+async fn export(
+    State(e): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    LQuery(q): LQuery<TokenQuery>,
+) -> ApiResult<Response> {
+    require_read_token(&e, &headers, &q)?;
+    // Check what can fail before the headers go out.
+    let (sid, e2) = (id.clone(), e.clone());
+    let (init, count) = blocking(move || {
+        let row = camera_session(&e2, &sid)?;
+        let init = e2
+            .init_segment(&sid)?
+            .ok_or_else(|| EngineError::NotFound { what: "video of session", id: sid.clone() })?;
+        Ok((init, row.chunk_count))
+    })
+    .await?;
+    let sid = id.clone();
+    let body = stream_body(move |w| {
+        let reader = e.reader(&sid)?;
+        w.write_all(&init).map_err(|x| EngineError::Internal(x.to_string()))?;
+        for i in 0..count {
+            match reader.plaintext(i) {
+                Ok(frag) => w.write_all(&frag).map_err(|x| EngineError::Internal(x.to_string()))?,
+                // A redacted chunk leaves a gap in the export, as in the playlist.
+                Err(EngineError::NotFound { .. }) => continue,
+                Err(x) => return Err(x),
+            }
+        }
+        Ok(())
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "video/mp4".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.mp4\"")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn evidence(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let (sid, e2) = (id.clone(), e.clone());
+    blocking(move || {
+        e2.manifest(&sid)?.ok_or_else(|| {
+            EngineError::BadState(format!("session {sid} has no signed manifest yet (stop or finalize it first)"))
+        })
+    })
+    .await?;
+    let sid = id.clone();
+    let body = stream_body(move |w| e.write_evidence(&sid, w));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}-evidence.tar\"")),
+        ],
+        body,
+    )
+        .into_response())
+}

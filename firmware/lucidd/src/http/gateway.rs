@@ -1,0 +1,717 @@
+//! The API gateway (8087): the Lucid session API — sessions, their chunks, pipeline view
+//! and statistics — plus `/health` and the Prometheus `/metrics`.
+//!
+//! Owns the mapping between `SessionRow` and the contract's SessionResponse/ChunkResponse
+//! shapes, and request validation of CreateSessionRequest. It must not echo a secret (the
+//! legacy RDP password is dropped on arrival) and must not compute anything the engine
+//! already measures: every number here comes from the engine's rows and counters.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiResult, AppState, LJson, LQuery, VERSION, blocking};
+use crate::engine::{ChunkView, Engine, Kind, SessionRow, Status};
+use crate::metrics::STAGES;
+use crate::util::{hex, micros_to_rfc3339, now_rfc3339, parse_rfc3339};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(root))
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus))
+        // Declared before `/{id}` in the source, and matched by specificity anyway: the
+        // original service made this unreachable.
+        .route("/api/v1/sessions/statistics", get(global_statistics))
+        .route("/api/v1/sessions", post(create).get(list))
+        .route("/api/v1/sessions/{id}", get(read).put(update).delete(remove))
+        .route("/api/v1/sessions/{id}/start", post(start))
+        .route("/api/v1/sessions/{id}/stop", post(stop))
+        .route("/api/v1/sessions/{id}/pause", post(pause))
+        .route("/api/v1/sessions/{id}/resume", post(resume))
+        .route("/api/v1/sessions/{id}/chunks", get(chunks))
+        .route("/api/v1/sessions/{id}/chunks/{cid}", get(chunk))
+        .route("/api/v1/sessions/{id}/chunks/{cid}/download", get(download))
+        .route("/api/v1/sessions/{id}/pipeline", get(pipeline))
+        .route("/api/v1/sessions/{id}/pipeline/pause", post(pipeline_pause))
+        .route("/api/v1/sessions/{id}/pipeline/resume", post(pipeline_resume))
+        .route("/api/v1/sessions/{id}/statistics", get(statistics))
+}
+
+async fn root() -> Json {
+    axum::Json(json!({
+        "service": "LUCID Session API Service",
+        "version": VERSION,
+        "status": "running",
+        "timestamp": now_rfc3339(),
+    }))
+}
+
+type Json = axum::Json<Value>;
+
+/// Overall health: the store answers, has room, and the camera is not in error.
+pub fn health_report(e: &Engine) -> (bool, Value) {
+    let free = super::free_space(&e.cfg.data_dir);
+    let store_ok = e.store().get_session::<SessionRow>("health-probe").is_ok();
+    let space_ok = free >= e.cfg.min_free_bytes;
+    let cam_err = e.camera_state.last_error.lock().map(|g| g.clone()).unwrap_or(None);
+    let recording = e.camera_session();
+    let healthy = store_ok && space_ok;
+    let body = json!({
+        "status": if healthy { "healthy" } else { "unhealthy" },
+        "timestamp": now_rfc3339(),
+        "version": VERSION,
+        "device_id": e.device_id,
+        "services": {
+            "store": {"status": if store_ok { "healthy" } else { "unhealthy" }, "path": e.store().path().display().to_string()},
+            "storage_space": {"status": if space_ok { "healthy" } else { "unhealthy" }, "available_space_bytes": free, "minimum_bytes": e.cfg.min_free_bytes},
+            "camera": {
+                "status": if cam_err.is_some() && recording.is_none() { "degraded" } else { "healthy" },
+                "source": format!("{:?}", e.cfg.source).to_lowercase(),
+                "recording_session": recording,
+                "frames_captured": e.camera_state.frames.load(std::sync::atomic::Ordering::Relaxed),
+                "last_error": cam_err,
+            },
+            "signer": {"status": "healthy", "epoch": e.epoch()},
+        }
+    });
+    (healthy, body)
+}
+
+async fn health(State(e): State<AppState>) -> Response {
+    let (ok, body) = tokio::task::spawn_blocking(move || health_report(&e)).await.unwrap_or_else(|_| {
+        (false, json!({"status": "unhealthy", "timestamp": now_rfc3339(), "services": {}}))
+    });
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body)).into_response()
+}
+
+/// Prometheus text exposition (version 0.0.4) of real counters.
+async fn prometheus(State(e): State<AppState>) -> ApiResult<Response> {
+    let e2 = e.clone();
+    let rows = blocking(move || e2.list()).await?;
+    let mut out = String::new();
+    out.push_str("# HELP sessions_total Sessions by status.\n# TYPE sessions_total gauge\n");
+    for s in Status::ALL {
+        let n = rows.iter().filter(|r| r.status == s).count();
+        out.push_str(&format!("sessions_total{{status=\"{}\"}} {n}\n", s.as_str()));
+    }
+    let m = &e.metrics;
+    use std::sync::atomic::Ordering::Relaxed;
+    out.push_str("# HELP chunks_processed_total Chunks through the seal-and-store path.\n# TYPE chunks_processed_total counter\n");
+    out.push_str(&format!("chunks_processed_total{{status=\"success\"}} {}\n", m.chunks_ok.load(Relaxed)));
+    out.push_str(&format!("chunks_processed_total{{status=\"failed\"}} {}\n", m.chunks_failed.load(Relaxed)));
+    let (_, file_bytes) = e.store().totals().unwrap_or((0, 0));
+    out.push_str("# HELP storage_size_bytes Size of the store file.\n# TYPE storage_size_bytes gauge\n");
+    out.push_str(&format!("storage_size_bytes {file_bytes}\n"));
+    out.push_str("# HELP storage_available_bytes Free space on the data partition.\n# TYPE storage_available_bytes gauge\n");
+    out.push_str(&format!("storage_available_bytes {}\n", super::free_space(&e.cfg.data_dir)));
+    out.push_str("# HELP processing_duration_seconds Time to compress, seal, log and commit one chunk.\n# TYPE processing_duration_seconds histogram\n");
+    let (buckets, count, sum) = m.histogram();
+    for (le, n) in buckets {
+        out.push_str(&format!("processing_duration_seconds_bucket{{le=\"{le}\"}} {n}\n"));
+    }
+    out.push_str(&format!("processing_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
+    out.push_str(&format!("processing_duration_seconds_sum {sum}\nprocessing_duration_seconds_count {count}\n"));
+    out.push_str("# HELP lucid_stage_processed_total Items processed by each pipeline stage.\n# TYPE lucid_stage_processed_total counter\n");
+    for (i, (name, _)) in STAGES.iter().enumerate() {
+        out.push_str(&format!("lucid_stage_processed_total{{stage=\"{name}\"}} {}\n", m.stage(i).total_chunks_processed));
+    }
+    out.push_str("# HELP lucid_stage_errors_total Errors of each pipeline stage.\n# TYPE lucid_stage_errors_total counter\n");
+    for (i, (name, _)) in STAGES.iter().enumerate() {
+        out.push_str(&format!("lucid_stage_errors_total{{stage=\"{name}\"}} {}\n", m.stage(i).error_count));
+    }
+    out.push_str("# HELP lucid_camera_frames_total Frames captured.\n# TYPE lucid_camera_frames_total counter\n");
+    out.push_str(&format!("lucid_camera_frames_total {}\n", e.camera_state.frames.load(Relaxed)));
+    out.push_str(&format!("# HELP lucid_epoch Restart epoch.\n# TYPE lucid_epoch gauge\nlucid_epoch {}\n", e.epoch()));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response())
+}
+
+// ----- requests ----------------------------------------------------------------------
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct RecordingConfig {
+    frame_rate: Option<i64>,
+    resolution: Option<String>,
+    quality: Option<String>,
+    compression: Option<String>,
+    bitrate: Option<i64>,
+    audio_enabled: Option<bool>,
+    cursor_enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct StorageConfig {
+    retention_days: Option<i64>,
+    max_size_gb: Option<f64>,
+    encryption_enabled: Option<bool>,
+    compression_enabled: Option<bool>,
+    backup_enabled: Option<bool>,
+    archive_enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateSession {
+    name: Option<String>,
+    description: Option<String>,
+    #[serde(default)]
+    recording_config: Option<RecordingConfig>,
+    #[serde(default)]
+    storage_config: Option<StorageConfig>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    rdp_config: Option<Value>,
+    /// Not in the original model; lets a client pick its id (`sess-<8 hex>` otherwise).
+    #[serde(default)]
+    session_id: Option<String>,
+}
+
+fn recording_config_value(rc: Option<RecordingConfig>, problems: &mut Vec<Value>) -> Value {
+    let rc = rc.unwrap_or_default();
+    let fr = rc.frame_rate.unwrap_or(30);
+    if !(1..=120).contains(&fr) {
+        problems.push(json!({"loc": ["body", "recording_config", "frame_rate"], "msg": "must be between 1 and 120", "type": "value_error"}));
+    }
+    if let Some(b) = rc.bitrate {
+        if !(1_000..=50_000_000).contains(&b) {
+            problems.push(json!({"loc": ["body", "recording_config", "bitrate"], "msg": "must be between 1000 and 50000000", "type": "value_error"}));
+        }
+    }
+    let res = rc.resolution.unwrap_or_else(|| "1920x1080".into());
+    let valid_res = res
+        .split_once('x')
+        .is_some_and(|(w, h)| w.parse::<u32>().is_ok_and(|w| w > 0) && h.parse::<u32>().is_ok_and(|h| h > 0));
+    if !valid_res {
+        problems.push(json!({"loc": ["body", "recording_config", "resolution"], "msg": "must look like 1920x1080", "type": "value_error"}));
+    }
+    json!({
+        "frame_rate": fr,
+        "resolution": res,
+        "quality": rc.quality.unwrap_or_else(|| "high".into()),
+        "compression": rc.compression.unwrap_or_else(|| "zstd".into()),
+        "bitrate": rc.bitrate,
+        "audio_enabled": rc.audio_enabled.unwrap_or(false),
+        "cursor_enabled": rc.cursor_enabled.unwrap_or(false),
+    })
+}
+
+fn storage_config_value(sc: Option<StorageConfig>, problems: &mut Vec<Value>) -> Value {
+    let sc = sc.unwrap_or_default();
+    let rd = sc.retention_days.unwrap_or(30);
+    if !(1..=365).contains(&rd) {
+        problems.push(json!({"loc": ["body", "storage_config", "retention_days"], "msg": "must be between 1 and 365", "type": "value_error"}));
+    }
+    let gb = sc.max_size_gb.unwrap_or(10.0);
+    if !(gb > 0.0) {
+        problems.push(json!({"loc": ["body", "storage_config", "max_size_gb"], "msg": "must be positive", "type": "value_error"}));
+    }
+    json!({
+        "retention_days": rd,
+        "max_size_gb": gb,
+        // Every chunk is sealed and compressed-where-it-pays whatever the client asks:
+        // the appliance reports what it does, not what was requested.
+        "encryption_enabled": true,
+        "compression_enabled": true,
+        "backup_enabled": sc.backup_enabled.unwrap_or(false),
+        "archive_enabled": sc.archive_enabled.unwrap_or(false),
+        "requested_encryption_enabled": sc.encryption_enabled.unwrap_or(true),
+        "requested_compression_enabled": sc.compression_enabled.unwrap_or(true),
+    })
+}
+
+fn metadata_value(m: Option<Value>, problems: &mut Vec<Value>) -> Value {
+    let mut m = m.unwrap_or_else(|| json!({}));
+    match m.as_object_mut() {
+        Some(o) => {
+            o.entry("tags").or_insert(json!([]));
+            o.entry("priority").or_insert(json!("normal"));
+            if !o["tags"].is_array() {
+                problems.push(json!({"loc": ["body", "metadata", "tags"], "msg": "must be a list", "type": "value_error"}));
+            }
+        }
+        None => problems.push(json!({"loc": ["body", "metadata"], "msg": "must be an object", "type": "value_error"})),
+    }
+    m
+}
+
+/// Keeps the legacy RDP settings an old client sends, minus the password.
+fn rdp_value(v: Option<Value>) -> Option<Value> {
+    v.map(|mut v| {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("password");
+        }
+        v
+    })
+}
+
+pub fn session_response(r: &SessionRow) -> Value {
+    let dur = r.media_us as f64 / 1e6;
+    json!({
+        "session_id": r.id,
+        "name": r.name,
+        "description": r.description,
+        "status": r.status.as_str(),
+        "kind": match r.kind { Kind::Camera => "camera", Kind::Data => "data" },
+        "created_at": r.created_at,
+        "started_at": r.started_at,
+        "stopped_at": r.stopped_at,
+        "recording_config": r.recording_config,
+        "storage_config": r.storage_config,
+        "metadata": r.metadata,
+        "rdp_config": r.rdp_config,
+        "recovered": r.recovered,
+        "statistics": {
+            "duration_seconds": dur,
+            "chunks_count": r.chunk_count,
+            "size_bytes": r.stored_bytes,
+            "frame_count": r.frame_count,
+            "dropped_frames": r.dropped_frames,
+            "error_count": r.error_count,
+            "average_fps": if dur > 0.0 { r.frame_count as f64 / dur } else { 0.0 },
+            "compression_ratio": if r.stored_bytes > 0 { r.plain_bytes as f64 / r.stored_bytes as f64 } else { 1.0 },
+        }
+    })
+}
+
+async fn create(State(e): State<AppState>, LJson(req): LJson<CreateSession>) -> ApiResult<Response> {
+    let mut problems = Vec::new();
+    let name = req.name.unwrap_or_default();
+    let n = name.chars().count();
+    if !(1..=255).contains(&n) {
+        problems.push(json!({"loc": ["body", "name"], "msg": "must be 1 to 255 characters", "type": "value_error"}));
+    }
+    let rc = recording_config_value(req.recording_config, &mut problems);
+    let sc = storage_config_value(req.storage_config, &mut problems);
+    let md = metadata_value(req.metadata, &mut problems);
+    if !problems.is_empty() {
+        return Err(ApiError::Validation(problems));
+    }
+    let (desc, rdp, sid) = (req.description, rdp_value(req.rdp_config), req.session_id);
+    let row = blocking(move || {
+        e.create_session(sid, name, Kind::Camera, |r| {
+            r.description = desc;
+            r.recording_config = rc;
+            r.storage_config = sc;
+            r.metadata = md;
+            r.rdp_config = rdp;
+        })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(session_response(&row))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    project: Option<String>,
+    environment: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+async fn list(State(e): State<AppState>, LQuery(q): LQuery<ListQuery>) -> ApiResult<Json> {
+    let limit = q.limit.unwrap_or(50);
+    let offset = q.offset.unwrap_or(0);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::validation(&["query", "limit"], "must be between 1 and 100"));
+    }
+    if offset < 0 {
+        return Err(ApiError::validation(&["query", "offset"], "must be 0 or more"));
+    }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| ApiError::validation(&["query", "status"], "unknown status"))?),
+    };
+    let rows = blocking(move || e.list()).await?;
+    let matches = |r: &SessionRow| {
+        status.is_none_or(|s| r.status == s)
+            && q.project.as_deref().is_none_or(|p| r.metadata.get("project").and_then(Value::as_str) == Some(p))
+            && q.environment.as_deref().is_none_or(|p| r.metadata.get("environment").and_then(Value::as_str) == Some(p))
+    };
+    let all: Vec<&SessionRow> = rows.iter().filter(|r| matches(r)).collect();
+    let total = all.len() as i64;
+    let page: Vec<Value> = all.iter().skip(offset as usize).take(limit as usize).map(|r| session_response(r)).collect();
+    Ok(axum::Json(json!({
+        "sessions": page,
+        "pagination": {"total": total, "limit": limit, "offset": offset,
+                       "has_next": offset + limit < total, "has_previous": offset > 0},
+    })))
+}
+
+async fn read(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
+    let row = blocking(move || e.get(&id)).await?;
+    Ok(axum::Json(session_response(&row)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateSession {
+    name: Option<String>,
+    description: Option<String>,
+    metadata: Option<Value>,
+    storage_config: Option<StorageConfig>,
+    recording_config: Option<RecordingConfig>,
+}
+
+async fn update(State(e): State<AppState>, Path(id): Path<String>, LJson(req): LJson<UpdateSession>) -> ApiResult<Json> {
+    let mut problems = Vec::new();
+    if let Some(n) = &req.name {
+        if !(1..=255).contains(&n.chars().count()) {
+            problems.push(json!({"loc": ["body", "name"], "msg": "must be 1 to 255 characters", "type": "value_error"}));
+        }
+    }
+    let md = req.metadata.map(|m| metadata_value(Some(m), &mut problems));
+    let sc = req.storage_config.map(|s| storage_config_value(Some(s), &mut problems));
+    let rc = req.recording_config.map(|r| recording_config_value(Some(r), &mut problems));
+    if !problems.is_empty() {
+        return Err(ApiError::Validation(problems));
+    }
+    let (name, desc) = (req.name, req.description);
+    let row = blocking(move || {
+        e.update(&id, |r| {
+            if let Some(rc) = rc {
+                if r.status != Status::Created {
+                    return Err(crate::engine::EngineError::BadState(
+                        "recording_config can change only before the first start".into(),
+                    ));
+                }
+                r.recording_config = rc;
+            }
+            if let Some(n) = name {
+                r.name = n;
+            }
+            if desc.is_some() {
+                r.description = desc;
+            }
+            if let Some(m) = md {
+                r.metadata = m;
+            }
+            if let Some(s) = sc {
+                r.storage_config = s;
+            }
+            Ok(())
+        })
+    })
+    .await?;
+    Ok(axum::Json(session_response(&row)))
+}
+
+async fn remove(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
+    let sid = id.clone();
+    let n = blocking(move || e.delete(&sid)).await?;
+    Ok(axum::Json(json!({"session_id": id, "status": "deleted", "deleted_at": now_rfc3339(), "deleted_chunks": n})))
+}
+
+async fn start(State(e): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Json> {
+    let sid = id.clone();
+    let row = blocking(move || e.start_recording(&sid)).await?;
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost:8087");
+    Ok(axum::Json(json!({
+        "session_id": id,
+        "status": row.status.as_str(),
+        "started_at": row.started_at,
+        "recording_url": format!("http://{host}/api/v1/sessions/{id}/media/playlist.m3u8"),
+    })))
+}
+
+async fn stop(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
+    let sid = id.clone();
+    let row = blocking(move || e.stop_recording(&sid)).await?;
+    let s = session_response(&row);
+    Ok(axum::Json(json!({
+        "session_id": id,
+        "status": row.status.as_str(),
+        "stopped_at": row.stopped_at,
+        "final_statistics": s["statistics"],
+        "merkle_root": row.root,
+    })))
+}
+
+async fn pause(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
+    let sid = id.clone();
+    let row = blocking(move || e.pause_recording(&sid)).await?;
+    Ok(axum::Json(json!({"session_id": id, "status": row.status.as_str(), "paused_at": row.paused_at})))
+}
+
+async fn resume(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
+    let sid = id.clone();
+    let row = blocking(move || e.resume_recording(&sid)).await?;
+    Ok(axum::Json(json!({"session_id": id, "status": row.status.as_str(), "resumed_at": row.resumed_at})))
+}
+
+pub fn chunk_response(sid: &str, c: &ChunkView) -> Value {
+    let r = &c.record;
+    json!({
+        "chunk_id": c.client_id.clone().unwrap_or_else(|| r.index.to_string()),
+        "session_id": sid,
+        "index": r.index,
+        "status": if c.present { "stored" } else { "redacted" },
+        "timestamp": micros_to_rfc3339(r.wall_clock_us),
+        "media_start_seconds": r.media_start_us as f64 / 1e6,
+        "duration_seconds": (r.media_end_us - r.media_start_us) as f64 / 1e6,
+        "frame_count": r.frame_count,
+        "size_bytes": r.plain_len,
+        "stored_bytes": r.sealed_len,
+        "compressed": r.flags.contains(lucid_core::chunk::Flags::ZSTD),
+        "media": r.flags.contains(lucid_core::chunk::Flags::MEDIA),
+        "gap_before": r.flags.contains(lucid_core::chunk::Flags::GAP_BEFORE),
+        "compression_ratio": if r.sealed_len > 0 { r.plain_len as f64 / r.sealed_len as f64 } else { 1.0 },
+        "epoch": r.epoch,
+        "plaintext_blake3": hex(&r.plain_blake3),
+        "sealed_blake3": hex(&r.sealed_blake3),
+        "merkle_leaf": hex(&lucid_core::merkle::leaf_hash(&r.encode())),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ChunkQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    status: Option<String>,
+    start_time: Option<String>,
+    end_time: Option<String>,
+}
+
+async fn chunks(State(e): State<AppState>, Path(id): Path<String>, LQuery(q): LQuery<ChunkQuery>) -> ApiResult<Json> {
+    let limit = q.limit.unwrap_or(100);
+    let offset = q.offset.unwrap_or(0);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::validation(&["query", "limit"], "must be between 1 and 1000"));
+    }
+    if offset < 0 {
+        return Err(ApiError::validation(&["query", "offset"], "must be 0 or more"));
+    }
+    let parse_t = |s: &Option<String>, loc: &str| -> ApiResult<Option<i64>> {
+        match s {
+            None => Ok(None),
+            Some(s) => parse_rfc3339(s)
+                .map(|t| Some((t.unix_timestamp_nanos() / 1000) as i64))
+                .ok_or_else(|| ApiError::validation(&["query", loc], "must be an ISO 8601 timestamp")),
+        }
+    };
+    let (from, to) = (parse_t(&q.start_time, "start_time")?, parse_t(&q.end_time, "end_time")?);
+    if let Some(s) = &q.status {
+        if s != "stored" && s != "redacted" {
+            return Err(ApiError::validation(&["query", "status"], "must be stored or redacted"));
+        }
+    }
+    let sid = id.clone();
+    let views = blocking(move || {
+        e.get(&sid)?;
+        e.records(&sid)
+    })
+    .await?;
+    let filtered: Vec<&ChunkView> = views
+        .iter()
+        .filter(|c| {
+            q.status.as_deref().is_none_or(|s| (s == "stored") == c.present)
+                && from.is_none_or(|f| c.record.wall_clock_us >= f)
+                && to.is_none_or(|t| c.record.wall_clock_us <= t)
+        })
+        .collect();
+    let total = filtered.len() as i64;
+    let page: Vec<Value> = filtered.iter().skip(offset as usize).take(limit as usize).map(|c| chunk_response(&id, c)).collect();
+    Ok(axum::Json(json!({
+        "chunks": page,
+        "pagination": {"total": total, "limit": limit, "offset": offset,
+                       "has_next": offset + limit < total, "has_previous": offset > 0},
+    })))
+}
+
+async fn chunk(State(e): State<AppState>, Path((id, cid)): Path<(String, String)>) -> ApiResult<Json> {
+    let sid = id.clone();
+    let view = blocking(move || {
+        let idx = e.resolve_chunk(&sid, &cid)?;
+        e.records(&sid)?
+            .into_iter()
+            .find(|v| v.record.index == idx)
+            .ok_or(crate::engine::EngineError::NotFound { what: "chunk", id: cid })
+    })
+    .await?;
+    Ok(axum::Json(chunk_response(&id, &view)))
+}
+
+/// The chunk's plaintext (a CMAF fragment for camera sessions). Decrypted content needs
+/// the bearer token like a mutating route: the LAN must not watch the camera.
+async fn download(
+    State(e): State<AppState>,
+    Path((id, cid)): Path<(String, String)>,
+    headers: HeaderMap,
+    LQuery(q): LQuery<super::appliance::TokenQuery>,
+) -> ApiResult<Response> {
+    super::appliance::require_read_token(&e, &headers, &q)?;
+    let sid = id.clone();
+    let (bytes, idx, media) = blocking(move || {
+        let idx = e.resolve_chunk(&sid, &cid)?;
+        let row = e.get(&sid)?;
+        let r = e.reader(&sid)?;
+        let b = if row.kind == Kind::Data { r.client_chunk(idx)? } else { r.plaintext(idx)? };
+        Ok((b, idx, row.kind == Kind::Camera))
+    })
+    .await?;
+    let (ext, ctype) = if media { ("m4s", "video/iso.segment") } else { ("bin", "application/octet-stream") };
+    Ok((
+        [
+            (header::CONTENT_TYPE, ctype.to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}-{idx:06}.{ext}\"")),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// CPU time and resident memory of this process, from /proc (Linux).
+fn process_usage(e: &Engine) -> (u64, f64) {
+    let page = 4096u64;
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map(|p| p * page)
+        .unwrap_or(0);
+    // utime + stime in clock ticks (USER_HZ = 100 on Linux) over the process uptime.
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .map(|ticks| ticks / 100.0 / e.metrics.started.elapsed().as_secs_f64().max(1e-3) * 100.0)
+        .unwrap_or(0.0);
+    (rss, cpu)
+}
+
+pub fn stages_value(e: &Engine, active: bool, error: bool) -> Vec<Value> {
+    STAGES
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ty))| {
+            let s = e.metrics.stage(i);
+            json!({
+                "name": name, "type": ty,
+                "status": if error { "error" } else if active { "active" } else { "inactive" },
+                "worker_count": 1,
+                "metrics": s,
+            })
+        })
+        .collect()
+}
+
+async fn pipeline(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
+    let e2 = e.clone();
+    let row = blocking(move || e2.get(&id)).await?;
+    let active = row.status == Status::Recording;
+    let status = match row.status {
+        Status::Recording => "active",
+        Status::Paused => "paused",
+        Status::Stopped | Status::Completed => "stopped",
+        Status::Failed => "error",
+        _ => "created",
+    };
+    let (rss, cpu) = process_usage(&e);
+    let dur = row.media_us as f64 / 1e6;
+    let total_ms: f64 = (0..STAGES.len()).map(|i| {
+        let s = e.metrics.stage(i);
+        s.average_processing_time_ms * (s.total_chunks_processed + s.error_count) as f64
+    }).sum();
+    Ok(axum::Json(json!({
+        "session_id": row.id,
+        "pipeline_status": status,
+        "stages": stages_value(&e, active, row.status == Status::Failed),
+        "overall_metrics": {
+            "total_processing_time_ms": total_ms,
+            "throughput_fps": if dur > 0.0 { row.frame_count as f64 / dur } else { 0.0 },
+            "error_rate": if row.chunk_count + row.error_count > 0 { row.error_count as f64 / (row.chunk_count + row.error_count) as f64 } else { 0.0 },
+            "memory_usage_bytes": rss,
+            "cpu_usage_percent": cpu,
+        }
+    })))
+}
+
+async fn pipeline_pause(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
+    let sid = id.clone();
+    let row = blocking(move || e.pause_recording(&sid)).await?;
+    Ok(axum::Json(json!({"session_id": id, "pipeline_status": "paused", "paused_at": row.paused_at})))
+}
+
+async fn pipeline_resume(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
+    let sid = id.clone();
+    let row = blocking(move || e.resume_recording(&sid)).await?;
+    Ok(axum::Json(json!({"session_id": id, "pipeline_status": "active", "resumed_at": row.resumed_at})))
+}
+
+async fn statistics(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
+    let sid = id.clone();
+    let (row, views) = blocking(move || Ok((e.get(&sid)?, e.records(&sid)?))).await?;
+    let dur = row.media_us as f64 / 1e6;
+    let sizes: Vec<u32> = views.iter().map(|v| v.record.sealed_len).collect();
+    let first = views.first().map(|v| micros_to_rfc3339(v.record.wall_clock_us));
+    let last = views.last().map(|v| {
+        micros_to_rfc3339(v.record.wall_clock_us + (v.record.media_end_us - v.record.media_start_us) as i64)
+    });
+    let gaps = views.iter().filter(|v| v.record.flags.contains(lucid_core::chunk::Flags::GAP_BEFORE)).count();
+    Ok(axum::Json(json!({
+        "session_id": id,
+        "time_range": {"start": first.or(row.started_at.clone()), "end": last.or(row.stopped_at.clone())},
+        "recording_stats": {
+            "duration_seconds": dur,
+            "frame_count": row.frame_count,
+            "dropped_frames": row.dropped_frames,
+            "average_fps": if dur > 0.0 { row.frame_count as f64 / dur } else { 0.0 },
+            "chunks": row.chunk_count,
+            "gaps": gaps,
+            "recovered": row.recovered,
+        },
+        "storage_stats": {
+            "plaintext_bytes": row.plain_bytes,
+            "stored_bytes": row.stored_bytes,
+            "compressed_chunks": row.compressed_chunks,
+            "compression_ratio": if row.stored_bytes > 0 { row.plain_bytes as f64 / row.stored_bytes as f64 } else { 1.0 },
+            "average_chunk_bytes": if sizes.is_empty() { 0.0 } else { sizes.iter().map(|&s| s as f64).sum::<f64>() / sizes.len() as f64 },
+            "max_chunk_bytes": sizes.iter().max().copied().unwrap_or(0),
+            "cipher": row.cipher,
+        },
+        "quality_stats": {
+            "codec": row.codec,
+            "width": row.width,
+            "height": row.height,
+            "configured_fps": row.fps,
+            "average_bitrate_bps": if dur > 0.0 { row.plain_bytes as f64 * 8.0 / dur } else { 0.0 },
+        },
+        "performance_stats": {
+            "error_count": row.error_count,
+            "active_seconds": row.active_secs,
+            "merkle_root": row.root,
+        },
+    })))
+}
+
+async fn global_statistics(State(e): State<AppState>) -> ApiResult<Json> {
+    let e2 = e.clone();
+    let rows = blocking(move || e2.list()).await?;
+    let mut by_status = serde_json::Map::new();
+    for s in Status::ALL {
+        by_status.insert(s.as_str().into(), json!(rows.iter().filter(|r| r.status == s).count()));
+    }
+    let sum = |f: fn(&SessionRow) -> u64| rows.iter().map(f).sum::<u64>();
+    Ok(axum::Json(json!({
+        "total_sessions": rows.len(),
+        "sessions_by_status": by_status,
+        "total_chunks": sum(|r| r.chunk_count),
+        "total_frames": sum(|r| r.frame_count),
+        "total_plaintext_bytes": sum(|r| r.plain_bytes),
+        "total_stored_bytes": sum(|r| r.stored_bytes),
+        "recorded_seconds": sum(|r| r.media_us) as f64 / 1e6,
+        "recording_session": e.camera_session(),
+        "available_space_bytes": super::free_space(&e.cfg.data_dir),
+        "uptime_seconds": e.metrics.started.elapsed().as_secs_f64(),
+        "timestamp": now_rfc3339(),
+    })))
+}

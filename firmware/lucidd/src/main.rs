@@ -1,0 +1,225 @@
+//! The `lucidd` binary: parses the command line, sets up logging, and calls into the
+//! library. Errors become exit codes here and nowhere else (0 ok, 1 failure, 2 usage).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lucidd::config::{Config, SourceKind};
+
+#[derive(Parser, Debug)]
+#[command(name = "lucidd", version, about = "Lucid recording appliance daemon")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the appliance: record from the camera and serve the five Lucid services.
+    Run(RunArgs),
+    /// Verify an evidence bundle offline (no device, no secrets needed).
+    Verify {
+        /// The evidence tar from GET /api/v1/sessions/{id}/evidence.
+        evidence: PathBuf,
+    },
+    /// Print the effective configuration (secrets omitted) and exit.
+    Config(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "LUCID_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the store and the device keys live.
+    #[arg(long, env = "LUCID_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Frame source.
+    #[arg(long, env = "LUCID_SOURCE", value_enum)]
+    source: Option<SourceKind>,
+    /// Address the services listen on.
+    #[arg(long, env = "LUCID_BIND")]
+    bind: Option<std::net::IpAddr>,
+    /// Port of the API gateway; the other four follow from the config (defaults 8083-8086).
+    #[arg(long, env = "LUCID_GATEWAY_PORT")]
+    gateway_port: Option<u16>,
+    #[arg(long, env = "LUCID_PIPELINE_PORT")]
+    pipeline_port: Option<u16>,
+    #[arg(long, env = "LUCID_RECORDER_PORT")]
+    recorder_port: Option<u16>,
+    #[arg(long, env = "LUCID_PROCESSOR_PORT")]
+    processor_port: Option<u16>,
+    #[arg(long, env = "LUCID_STORAGE_PORT")]
+    storage_port: Option<u16>,
+    /// Bearer token for mutating routes (old Lucid clients send JWT_SECRET_KEY).
+    #[arg(long, env = "LUCID_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Video size, e.g. 1280x720.
+    #[arg(long, env = "LUCID_RESOLUTION")]
+    resolution: Option<String>,
+    #[arg(long, env = "LUCID_FPS")]
+    fps: Option<u32>,
+    #[arg(long, env = "LUCID_BITRATE")]
+    bitrate: Option<u32>,
+    #[arg(long, env = "LUCID_KEYFRAME_INTERVAL_MS")]
+    keyframe_interval_ms: Option<u32>,
+    #[arg(long, env = "LUCID_CHUNK_TARGET_MS")]
+    chunk_target_ms: Option<u32>,
+    #[arg(long, env = "LUCID_CHECKPOINT_EVERY_CHUNKS")]
+    checkpoint_every_chunks: Option<u64>,
+    #[arg(long, env = "LUCID_CHECKPOINT_EVERY_SECS")]
+    checkpoint_every_secs: Option<u64>,
+    #[arg(long, env = "LUCID_MIN_FREE_BYTES")]
+    min_free_bytes: Option<u64>,
+    /// Log to the systemd journal instead of stderr (the image sets this).
+    #[arg(long, env = "LUCID_LOG_JOURNALD")]
+    journald: bool,
+}
+
+fn build_config(a: &RunArgs) -> anyhow::Result<Config> {
+    let mut c = match &a.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = &a.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = a.source {
+        c.source = v;
+    }
+    if let Some(v) = a.bind {
+        c.bind = v;
+    }
+    let p = &mut c.ports;
+    for (slot, v) in [
+        (&mut p.gateway, a.gateway_port),
+        (&mut p.pipeline, a.pipeline_port),
+        (&mut p.recorder, a.recorder_port),
+        (&mut p.processor, a.processor_port),
+        (&mut p.storage, a.storage_port),
+    ] {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    }
+    // Old Lucid deployments set JWT_SECRET_KEY and their clients send it as the bearer.
+    if let Some(t) = a.api_token.clone().or_else(|| std::env::var("JWT_SECRET_KEY").ok()) {
+        c.api_token = Some(t);
+    }
+    if let Ok(o) = std::env::var("CORS_ORIGINS") {
+        c.cors_origins = o;
+    }
+    if let Some(r) = &a.resolution {
+        let (w, h) = r
+            .split_once(['x', 'X'])
+            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("--resolution must look like 1280x720, not {r:?}"))?;
+        c.video.width = w;
+        c.video.height = h;
+    }
+    if let Some(v) = a.fps {
+        c.video.fps = v;
+    }
+    if let Some(v) = a.bitrate {
+        c.video.bitrate_bps = v;
+    }
+    if let Some(v) = a.keyframe_interval_ms {
+        c.video.keyframe_interval_ms = v;
+    }
+    if let Some(v) = a.chunk_target_ms {
+        c.record.chunk_target_ms = v;
+    }
+    if let Some(v) = a.checkpoint_every_chunks {
+        c.record.checkpoint_every_chunks = v;
+    }
+    if let Some(v) = a.checkpoint_every_secs {
+        c.record.checkpoint_every_secs = v;
+    }
+    if let Some(v) = a.min_free_bytes {
+        c.min_free_bytes = v;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn init_logging(journald: bool) {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LUCID_LOG").unwrap_or_else(|_| "info".into());
+    if journald {
+        if let Ok(j) = tracing_journald::layer() {
+            tracing_subscriber::registry().with(filter).with(j).init();
+            return;
+        }
+        eprintln!("lucidd: journald is not reachable; logging to stderr");
+    }
+    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Verify { evidence } => match lucidd::verify::verify_file(&evidence) {
+            Ok(r) => {
+                let m = &r.manifest;
+                println!("session      {} ({:?}, {})", r.session_id, m.kind, m.name);
+                println!("device       {}", r.device_id);
+                println!("recorded     {} .. {}", m.started_at.as_deref().unwrap_or("-"), m.stopped_at.as_deref().unwrap_or("-"));
+                println!("chunks       {} (every one sealed, recorded and included)", r.chunk_count);
+                println!("checkpoints  {} (signatures, roots and consistency checked)", r.checkpoints_checked);
+                println!("root         {}", r.root_hex);
+                println!("cipher       {}{}", m.cipher, if m.recovered { ", closed by crash recovery" } else { "" });
+                println!("OK: evidence verified");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Config(a) => match build_config(&a) {
+            Ok(c) => {
+                print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lucidd: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run(a) => {
+            init_logging(a.journald);
+            let cfg = match build_config(&a) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("lucidd: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("lucidd: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(lucidd::run(cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lucidd: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The store: every byte the daemon keeps lives in one redb database file.
+//!
+//! Owns the table layout (see docs/design.md, "Store") and the transactions that keep it
+//! consistent. Architecture invariant: this is the only module that touches redb; the rest
+//! of the daemon sees typed rows and byte strings. It knows nothing of HTTP, sealing or
+//! media: it stores what it is given, in transactions the caller chooses.
+//!
+//! Durability: every write transaction commits with redb's default `Durability::Immediate`
+//! (fsync before `commit` returns), so a chunk acknowledged to anyone survives power loss.
+//! redb's copy-on-write commit means a torn write leaves the previous commit intact.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Small named values: the restart epoch, the schema version.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Session rows (JSON of `engine::SessionRow`), keyed by session id.
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// Sealed chunks (header ‖ ciphertext), keyed by (session id, chunk index).
+const CHUNKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chunks");
+/// Canonical chunk records (the Merkle leaves' input), keyed like CHUNKS.
+const RECORDS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("records");
+/// Client metadata of a chunk (JSON) for the Lucid services, keyed like CHUNKS.
+const CHUNK_META: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chunk_meta");
+/// A client's chunk id -> chunk index, per session.
+const CHUNK_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("chunk_ids");
+/// Signed checkpoints (signed-note text), keyed by (session id, tree size).
+const CHECKPOINTS: TableDefinition<(&str, u64), &str> = TableDefinition::new("checkpoints");
+/// The CMAF init segment of a camera session (plaintext: codec parameters only).
+const INIT: TableDefinition<&str, &[u8]> = TableDefinition::new("init_segments");
+/// Signed manifests: JSON bytes exactly as signed, and the 64-byte signature.
+const MANIFESTS: TableDefinition<&str, (&[u8], &[u8])> = TableDefinition::new("manifests");
+
+const SCHEMA_VERSION: &[u8] = b"1";
+
+/// Errors of the store boundary. `Full` is kept apart because callers answer it
+/// differently (507, and the recorder stops cleanly) from a corrupt or unreadable file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the data partition is full ({0})")]
+    Full(String),
+    #[error("cannot open the store at {path}: {source}")]
+    Open { path: PathBuf, source: redb::DatabaseError },
+    #[error("store {op} failed: {msg}")]
+    Db { op: &'static str, msg: String },
+    #[error("store row {key} is corrupt: {msg}")]
+    Corrupt { key: String, msg: String },
+    #[error("the store was written by schema {found}, this build reads schema 1")]
+    Schema { found: String },
+}
+
+fn classify(op: &'static str, msg: String) -> StoreError {
+    // redb reports IO errors through Display only; ENOSPC and EDQUOT are the "disk full"
+    // conditions the daemon must treat as a clear, non-fatal refusal.
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("no space left") || lower.contains("quota exceeded") || lower.contains("os error 28") {
+        StoreError::Full(msg)
+    } else {
+        StoreError::Db { op, msg }
+    }
+}
+
+macro_rules! db {
+    ($op:expr, $e:expr) => {
+        $e.map_err(|e| classify($op, e.to_string()))
+    };
+}
+
+/// One committed chunk, as `commit_chunk` writes it.
+pub struct ChunkWrite<'a> {
+    pub session_id: &'a str,
+    pub index: u64,
+    pub sealed: &'a [u8],
+    pub record: &'a [u8],
+    pub client_id: Option<&'a str>,
+    pub client_meta: Option<&'a [u8]>,
+    /// The session row after this chunk, written in the same transaction so counters
+    /// never disagree with the chunks that exist.
+    pub session_row: &'a [u8],
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and all its tables, and checks the schema.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+        let store = Store { db, path: path.to_owned() };
+        let txn = db!("begin_write", store.db.begin_write())?;
+        {
+            let mut meta = db!("open meta", txn.open_table(META))?;
+            let existing = db!("read schema", meta.get("schema"))?.map(|v| v.value().to_vec());
+            match existing {
+                None => {
+                    db!("write schema", meta.insert("schema", SCHEMA_VERSION))?;
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) => return Err(StoreError::Schema { found: String::from_utf8_lossy(&v).into_owned() }),
+            }
+            // Create every table so readers never meet a missing one.
+            db!("open", txn.open_table(SESSIONS))?;
+            db!("open", txn.open_table(CHUNKS))?;
+            db!("open", txn.open_table(RECORDS))?;
+            db!("open", txn.open_table(CHUNK_META))?;
+            db!("open", txn.open_table(CHUNK_IDS))?;
+            db!("open", txn.open_table(CHECKPOINTS))?;
+            db!("open", txn.open_table(INIT))?;
+            db!("open", txn.open_table(MANIFESTS))?;
+        }
+        db!("commit", txn.commit())?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Durably moves the restart epoch on and returns the new value. Called once per
+    /// start before anything is sealed, and again whenever an index may have been sealed
+    /// without being committed: (epoch, index) is the AEAD nonce and must never repeat.
+    pub fn next_epoch(&self) -> Result<u32, StoreError> {
+        let txn = db!("begin_write", self.db.begin_write())?;
+        let next = {
+            let mut meta = db!("open meta", txn.open_table(META))?;
+            let cur = match db!("read epoch", meta.get("epoch"))? {
+                Some(v) => {
+                    let b: [u8; 4] = v.value().try_into().map_err(|_| StoreError::Corrupt {
+                        key: "meta/epoch".into(),
+                        msg: "not 4 bytes".into(),
+                    })?;
+                    u32::from_be_bytes(b)
+                }
+                None => 0,
+            };
+            let next = cur.checked_add(1).ok_or_else(|| StoreError::Corrupt {
+                key: "meta/epoch".into(),
+                msg: "epoch exhausted".into(),
+            })?;
+            db!("write epoch", meta.insert("epoch", &next.to_be_bytes()[..]))?;
+            next
+        };
+        db!("commit", txn.commit())?;
+        Ok(next)
+    }
+
+    pub fn put_session<T: Serialize>(&self, id: &str, row: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(row).map_err(|e| StoreError::Corrupt { key: id.into(), msg: e.to_string() })?;
+        let txn = db!("begin_write", self.db.begin_write())?;
+        {
+            let mut t = db!("open sessions", txn.open_table(SESSIONS))?;
+            db!("insert session", t.insert(id, bytes.as_slice()))?;
+        }
+        db!("commit", txn.commit())
+    }
+
+    pub fn get_session<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>, StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open sessions", txn.open_table(SESSIONS))?;
+        match db!("get session", t.get(id))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { key: format!("sessions/{id}"), msg: e.to_string() }),
+        }
+    }
+
+    pub fn list_sessions<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open sessions", txn.open_table(SESSIONS))?;
+        let mut out = Vec::new();
+        for item in db!("iter sessions", t.iter())? {
+            let (k, v) = db!("iter sessions", item)?;
+            out.push(
+                serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Corrupt { key: format!("sessions/{}", k.value()), msg: e.to_string() })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Writes one chunk (sealed bytes, record, client id and metadata) and the updated
+    /// session row in ONE durable transaction: after a crash either all of it exists or
+    /// none of it does.
+    pub fn commit_chunk(&self, w: &ChunkWrite<'_>) -> Result<(), StoreError> {
+        let txn = db!("begin_write", self.db.begin_write())?;
+        {
+            let mut chunks = db!("open chunks", txn.open_table(CHUNKS))?;
+            db!("insert chunk", chunks.insert((w.session_id, w.index), w.sealed))?;
+            let mut records = db!("open records", txn.open_table(RECORDS))?;
+            db!("insert record", records.insert((w.session_id, w.index), w.record))?;
+            if let Some(cid) = w.client_id {
+                let mut ids = db!("open chunk_ids", txn.open_table(CHUNK_IDS))?;
+                db!("insert chunk id", ids.insert((w.session_id, cid), w.index))?;
+            }
+            if let Some(meta) = w.client_meta {
+                let mut m = db!("open chunk_meta", txn.open_table(CHUNK_META))?;
+                db!("insert chunk meta", m.insert((w.session_id, w.index), meta))?;
+            }
+            let mut s = db!("open sessions", txn.open_table(SESSIONS))?;
+            db!("update session", s.insert(w.session_id, w.session_row))?;
+        }
+        db!("commit", txn.commit())
+    }
+
+    pub fn get_sealed(&self, sid: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open chunks", txn.open_table(CHUNKS))?;
+        Ok(db!("get chunk", t.get((sid, index)))?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn get_record(&self, sid: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open records", txn.open_table(RECORDS))?;
+        Ok(db!("get record", t.get((sid, index)))?.map(|v| v.value().to_vec()))
+    }
+
+    /// All records of a session in index order.
+    pub fn records(&self, sid: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open records", txn.open_table(RECORDS))?;
+        let mut out = Vec::new();
+        for item in db!("range records", t.range((sid, 0)..=(sid, u64::MAX)))? {
+            let (k, v) = db!("range records", item)?;
+            out.push((k.value().1, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn chunk_meta(&self, sid: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open chunk_meta", txn.open_table(CHUNK_META))?;
+        Ok(db!("get chunk meta", t.get((sid, index)))?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn chunk_index(&self, sid: &str, client_id: &str) -> Result<Option<u64>, StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open chunk_ids", txn.open_table(CHUNK_IDS))?;
+        Ok(db!("get chunk id", t.get((sid, client_id)))?.map(|v| v.value()))
+    }
+
+    /// Client chunk ids of a session, by index.
+    pub fn chunk_ids(&self, sid: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open chunk_ids", txn.open_table(CHUNK_IDS))?;
+        let mut out = Vec::new();
+        for item in db!("range chunk ids", t.range((sid, "")..))? {
+            let (k, v) = db!("range chunk ids", item)?;
+            let (s, cid) = k.value();
+            if s != sid {
+                break;
+            }
+            out.push((cid.to_owned(), v.value()));
+        }
+        out.sort_by_key(|(_, i)| *i);
+        Ok(out)
+    }
+
+    /// Removes the sealed bytes of one chunk (a redaction) but keeps its record, so the
+    /// log and its checkpoints still verify and the verifier names the missing chunk.
+    pub fn redact_chunk(&self, sid: &str, index: u64) -> Result<bool, StoreError> {
+        let txn = db!("begin_write", self.db.begin_write())?;
+        let existed = {
+            let mut chunks = db!("open chunks", txn.open_table(CHUNKS))?;
+            let existed = db!("remove chunk", chunks.remove((sid, index)))?.is_some();
+            let mut m = db!("open chunk_meta", txn.open_table(CHUNK_META))?;
+            db!("remove chunk meta", m.remove((sid, index)))?;
+            existed
+        };
+        db!("commit", txn.commit())?;
+        Ok(existed)
+    }
+
+    pub fn put_checkpoint(&self, sid: &str, size: u64, note: &str) -> Result<(), StoreError> {
+        let txn = db!("begin_write", self.db.begin_write())?;
+        {
+            let mut t = db!("open checkpoints", txn.open_table(CHECKPOINTS))?;
+            db!("insert checkpoint", t.insert((sid, size), note))?;
+        }
+        db!("commit", txn.commit())
+    }
+
+    /// Signed checkpoints of a session, ascending by tree size.
+    pub fn checkpoints(&self, sid: &str) -> Result<Vec<(u64, String)>, StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open checkpoints", txn.open_table(CHECKPOINTS))?;
+        let mut out = Vec::new();
+        for item in db!("range checkpoints", t.range((sid, 0)..=(sid, u64::MAX)))? {
+            let (k, v) = db!("range checkpoints", item)?;
+            out.push((k.value().1, v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    pub fn put_init(&self, sid: &str, init: &[u8]) -> Result<(), StoreError> {
+        let txn = db!("begin_write", self.db.begin_write())?;
+        {
+            let mut t = db!("open init", txn.open_table(INIT))?;
+            db!("insert init", t.insert(sid, init))?;
+        }
+        db!("commit", txn.commit())
+    }
+
+    pub fn get_init(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open init", txn.open_table(INIT))?;
+        Ok(db!("get init", t.get(sid))?.map(|v| v.value().to_vec()))
+    }
+
+    /// Stores the final checkpoint, the signed manifest and the closed session row in one
+    /// transaction: a session is either still open or closed with its manifest.
+    pub fn close_session(
+        &self,
+        sid: &str,
+        size: u64,
+        note: &str,
+        manifest: &[u8],
+        signature: &[u8],
+        row: &[u8],
+    ) -> Result<(), StoreError> {
+        let txn = db!("begin_write", self.db.begin_write())?;
+        {
+            let mut c = db!("open checkpoints", txn.open_table(CHECKPOINTS))?;
+            db!("insert checkpoint", c.insert((sid, size), note))?;
+            let mut m = db!("open manifests", txn.open_table(MANIFESTS))?;
+            db!("insert manifest", m.insert(sid, (manifest, signature)))?;
+            let mut s = db!("open sessions", txn.open_table(SESSIONS))?;
+            db!("update session", s.insert(sid, row))?;
+        }
+        db!("commit", txn.commit())
+    }
+
+    pub fn get_manifest(&self, sid: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open manifests", txn.open_table(MANIFESTS))?;
+        Ok(db!("get manifest", t.get(sid))?.map(|v| {
+            let (a, b) = v.value();
+            (a.to_vec(), b.to_vec())
+        }))
+    }
+
+    /// Deletes a session and everything it owns, in one transaction. Returns the number
+    /// of chunks removed.
+    pub fn delete_session(&self, sid: &str) -> Result<u64, StoreError> {
+        let txn = db!("begin_write", self.db.begin_write())?;
+        let removed = {
+            let mut removed = 0u64;
+            let mut chunks = db!("open chunks", txn.open_table(CHUNKS))?;
+            removed += db!("delete chunks", chunks.extract_from_if((sid, 0)..=(sid, u64::MAX), |_, _| true))?
+                .count() as u64;
+            let mut records = db!("open records", txn.open_table(RECORDS))?;
+            db!("delete records", records.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false))?;
+            let mut meta = db!("open chunk_meta", txn.open_table(CHUNK_META))?;
+            db!("delete chunk meta", meta.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false))?;
+            let mut ids = db!("open chunk_ids", txn.open_table(CHUNK_IDS))?;
+            let keys: Vec<String> = {
+                let mut v = Vec::new();
+                for item in db!("range chunk ids", ids.range((sid, "")..))? {
+                    let (k, _) = db!("range chunk ids", item)?;
+                    if k.value().0 != sid {
+                        break;
+                    }
+                    v.push(k.value().1.to_owned());
+                }
+                v
+            };
+            for k in keys {
+                db!("delete chunk id", ids.remove((sid, k.as_str())))?;
+            }
+            let mut cps = db!("open checkpoints", txn.open_table(CHECKPOINTS))?;
+            db!("delete checkpoints", cps.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false))?;
+            let mut init = db!("open init", txn.open_table(INIT))?;
+            db!("delete init", init.remove(sid))?;
+            let mut man = db!("open manifests", txn.open_table(MANIFESTS))?;
+            db!("delete manifest", man.remove(sid))?;
+            let mut s = db!("open sessions", txn.open_table(SESSIONS))?;
+            db!("delete session", s.remove(sid))?;
+            removed
+        };
+        db!("commit", txn.commit())?;
+        Ok(removed)
+    }
+
+    /// Number of sealed chunks and their bytes across all sessions (for metrics).
+    pub fn totals(&self) -> Result<(u64, u64), StoreError> {
+        let txn = db!("begin_read", self.db.begin_read())?;
+        let t = db!("open chunks", txn.open_table(CHUNKS))?;
+        let n = db!("len", t.len())?;
+        Ok((n, std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)))
+    }
+}

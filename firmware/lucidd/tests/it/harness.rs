@@ -1,0 +1,137 @@
+//! Test harness: an engine on a temp data dir with its five routers served on ephemeral
+//! loopback ports, and a small blocking HTTP client that carries the bearer token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use lucidd::config::Config;
+use lucidd::engine::Engine;
+use serde_json::Value;
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+pub struct Daemon {
+    pub engine: Arc<Engine>,
+    pub dir: tempfile::TempDir,
+    pub addrs: std::collections::HashMap<&'static str, SocketAddr>,
+    rt: tokio::runtime::Runtime,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+/// Small, fast video so the suite records in real time on a loaded 2-core machine.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.data_dir = dir.to_owned();
+    c.bind = [127, 0, 0, 1].into();
+    c.api_token = Some(TOKEN.into());
+    c.video.width = 320;
+    c.video.height = 240;
+    c.video.fps = 15;
+    c.video.bitrate_bps = 300_000;
+    c.min_free_bytes = 1 << 20;
+    c.record.checkpoint_every_chunks = 3;
+    c
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = test_config(dir.path());
+        Daemon::start_with(dir, cfg)
+    }
+
+    pub fn start_with(dir: tempfile::TempDir, cfg: Config) -> Daemon {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let engine = Engine::open(cfg).expect("engine opens");
+        let mut addrs = std::collections::HashMap::new();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        for (name, _, router) in lucidd::http::routers(&engine) {
+            let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+            addrs.insert(name, listener.local_addr().unwrap());
+            let mut rx = rx.clone();
+            rt.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|v| *v).await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        }
+        Daemon { engine, dir, addrs, rt, shutdown: tx }
+    }
+
+    pub fn url(&self, service: &str, path: &str) -> String {
+        format!("http://{}{}", self.addrs[service], path)
+    }
+
+    pub fn client(&self) -> Client {
+        Client { http: reqwest::blocking::Client::new(), token: Some(TOKEN.into()) }
+    }
+
+    pub fn anon(&self) -> Client {
+        Client { http: reqwest::blocking::Client::new(), token: None }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.engine.shutdown();
+        let _ = &self.rt;
+    }
+}
+
+pub struct Client {
+    pub http: reqwest::blocking::Client,
+    pub token: Option<String>,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("status {} body is not JSON ({e}): {}", self.status, String::from_utf8_lossy(&self.body))
+        })
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Client {
+    fn send(&self, rb: reqwest::blocking::RequestBuilder) -> Resp {
+        let rb = match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        };
+        let r = rb.timeout(std::time::Duration::from_secs(60)).send().expect("request");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.bytes().expect("body").to_vec();
+        Resp { status, body, headers }
+    }
+    pub fn get(&self, url: &str) -> Resp {
+        self.send(self.http.get(url))
+    }
+    pub fn delete(&self, url: &str) -> Resp {
+        self.send(self.http.delete(url))
+    }
+    pub fn post_json(&self, url: &str, body: &Value) -> Resp {
+        self.send(self.http.post(url).json(body))
+    }
+    pub fn put_json(&self, url: &str, body: &Value) -> Resp {
+        self.send(self.http.put(url).json(body))
+    }
+    pub fn post_raw(&self, url: &str, body: Vec<u8>, content_type: &str) -> Resp {
+        self.send(self.http.post(url).header("content-type", content_type).body(body))
+    }
+    pub fn post(&self, url: &str) -> Resp {
+        self.send(self.http.post(url))
+    }
+}
