@@ -10,6 +10,8 @@
 //! redb's copy-on-write commit means a torn write leaves the previous commit intact.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
@@ -62,9 +64,12 @@ fn classify(op: &'static str, msg: String) -> StoreError {
     }
 }
 
+/// Maps a redb error to a `StoreError`, and marks the database for reopening: after an
+/// IO error redb refuses every further transaction ("Previous I/O error occurred") until
+/// the database is closed and opened again.
 macro_rules! db {
-    ($op:expr, $e:expr) => {
-        $e.map_err(|e| classify($op, e.to_string()))
+    ($s:ident, $op:expr, $e:expr) => {
+        $e.map_err(|e| $s.fail($op, e.to_string()))
     };
 }
 
@@ -81,8 +86,14 @@ pub struct ChunkWrite<'a> {
     pub session_row: &'a [u8],
 }
 
+type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
 pub struct Store {
-    db: Database,
+    /// `None` only between closing a failed database and reopening it.
+    db: RwLock<Option<Database>>,
+    opener: Opener,
+    /// Set by any failed operation; the next operation reopens the database first.
+    poisoned: AtomicBool,
     path: PathBuf,
 }
 
@@ -92,34 +103,74 @@ impl std::fmt::Debug for Store {
     }
 }
 
+fn live<'a>(g: &'a RwLockReadGuard<'_, Option<Database>>) -> Result<&'a Database, StoreError> {
+    g.as_ref().ok_or_else(|| StoreError::Db { op: "open", msg: "the store is closed after an IO error".into() })
+}
+
 impl Store {
     /// Opens (creating if needed) the database and all its tables, and checks the schema.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
-        let store = Store { db, path: path.to_owned() };
-        let txn = db!("begin_write", store.db.begin_write())?;
+        let p = path.to_owned();
+        Store::with_opener(path, Box::new(move || Database::create(&p)))
+    }
+
+    /// Opens the store over another redb backend: the fault-injection tests use this to
+    /// fill the disk or cut the power between two writes. `path` is only a label (and
+    /// where free space is measured).
+    pub fn open_with_backend<B: redb::StorageBackend + Clone>(path: &Path, backend: B) -> Result<Store, StoreError> {
+        Store::with_opener(path, Box::new(move || redb::Builder::new().create_with_backend(backend.clone())))
+    }
+
+    fn with_opener(path: &Path, opener: Opener) -> Result<Store, StoreError> {
+        let db = opener().map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+        let store = Store { db: RwLock::new(Some(db)), opener, poisoned: AtomicBool::new(false), path: path.to_owned() };
+        let g = store.handle()?;
+        let db = live(&g)?;
+        let txn = db!(store, "begin_write", db.begin_write())?;
         {
-            let mut meta = db!("open meta", txn.open_table(META))?;
-            let existing = db!("read schema", meta.get("schema"))?.map(|v| v.value().to_vec());
+            let mut meta = db!(store, "open meta", txn.open_table(META))?;
+            let existing = db!(store, "read schema", meta.get("schema"))?.map(|v| v.value().to_vec());
             match existing {
                 None => {
-                    db!("write schema", meta.insert("schema", SCHEMA_VERSION))?;
+                    db!(store, "write schema", meta.insert("schema", SCHEMA_VERSION))?;
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
                 Some(v) => return Err(StoreError::Schema { found: String::from_utf8_lossy(&v).into_owned() }),
             }
             // Create every table so readers never meet a missing one.
-            db!("open", txn.open_table(SESSIONS))?;
-            db!("open", txn.open_table(CHUNKS))?;
-            db!("open", txn.open_table(RECORDS))?;
-            db!("open", txn.open_table(CHUNK_META))?;
-            db!("open", txn.open_table(CHUNK_IDS))?;
-            db!("open", txn.open_table(CHECKPOINTS))?;
-            db!("open", txn.open_table(INIT))?;
-            db!("open", txn.open_table(MANIFESTS))?;
+            db!(store, "open", txn.open_table(SESSIONS))?;
+            db!(store, "open", txn.open_table(CHUNKS))?;
+            db!(store, "open", txn.open_table(RECORDS))?;
+            db!(store, "open", txn.open_table(CHUNK_META))?;
+            db!(store, "open", txn.open_table(CHUNK_IDS))?;
+            db!(store, "open", txn.open_table(CHECKPOINTS))?;
+            db!(store, "open", txn.open_table(INIT))?;
+            db!(store, "open", txn.open_table(MANIFESTS))?;
         }
-        db!("commit", txn.commit())?;
+        db!(store, "commit", txn.commit())?;
+        drop(g);
         Ok(store)
+    }
+
+    fn fail(&self, op: &'static str, msg: String) -> StoreError {
+        self.poisoned.store(true, Ordering::SeqCst);
+        classify(op, msg)
+    }
+
+    /// The open database, reopened first if the last operation failed.
+    fn handle(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            let mut w = self.db.write().unwrap_or_else(|p| p.into_inner());
+            if self.poisoned.load(Ordering::SeqCst) {
+                // Close first: the file lock must be released before it is taken again.
+                *w = None;
+                let db = (self.opener)().map_err(|source| StoreError::Open { path: self.path.clone(), source })?;
+                *w = Some(db);
+                self.poisoned.store(false, Ordering::SeqCst);
+                tracing::warn!(path = %self.path.display(), "store reopened after an IO error");
+            }
+        }
+        Ok(self.db.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn path(&self) -> &Path {
@@ -130,10 +181,12 @@ impl Store {
     /// start before anything is sealed, and again whenever an index may have been sealed
     /// without being committed: (epoch, index) is the AEAD nonce and must never repeat.
     pub fn next_epoch(&self) -> Result<u32, StoreError> {
-        let txn = db!("begin_write", self.db.begin_write())?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
         let next = {
-            let mut meta = db!("open meta", txn.open_table(META))?;
-            let cur = match db!("read epoch", meta.get("epoch"))? {
+            let mut meta = db!(self, "open meta", txn.open_table(META))?;
+            let cur = match db!(self, "read epoch", meta.get("epoch"))? {
                 Some(v) => {
                     let b: [u8; 4] = v.value().try_into().map_err(|_| StoreError::Corrupt {
                         key: "meta/epoch".into(),
@@ -147,27 +200,31 @@ impl Store {
                 key: "meta/epoch".into(),
                 msg: "epoch exhausted".into(),
             })?;
-            db!("write epoch", meta.insert("epoch", &next.to_be_bytes()[..]))?;
+            db!(self, "write epoch", meta.insert("epoch", &next.to_be_bytes()[..]))?;
             next
         };
-        db!("commit", txn.commit())?;
+        db!(self, "commit", txn.commit())?;
         Ok(next)
     }
 
     pub fn put_session<T: Serialize>(&self, id: &str, row: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(row).map_err(|e| StoreError::Corrupt { key: id.into(), msg: e.to_string() })?;
-        let txn = db!("begin_write", self.db.begin_write())?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
         {
-            let mut t = db!("open sessions", txn.open_table(SESSIONS))?;
-            db!("insert session", t.insert(id, bytes.as_slice()))?;
+            let mut t = db!(self, "open sessions", txn.open_table(SESSIONS))?;
+            db!(self, "insert session", t.insert(id, bytes.as_slice()))?;
         }
-        db!("commit", txn.commit())
+        db!(self, "commit", txn.commit())
     }
 
     pub fn get_session<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>, StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open sessions", txn.open_table(SESSIONS))?;
-        match db!("get session", t.get(id))? {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open sessions", txn.open_table(SESSIONS))?;
+        match db!(self, "get session", t.get(id))? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(v.value())
                 .map(Some)
@@ -176,11 +233,13 @@ impl Store {
     }
 
     pub fn list_sessions<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open sessions", txn.open_table(SESSIONS))?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open sessions", txn.open_table(SESSIONS))?;
         let mut out = Vec::new();
-        for item in db!("iter sessions", t.iter())? {
-            let (k, v) = db!("iter sessions", item)?;
+        for item in db!(self, "iter sessions", t.iter())? {
+            let (k, v) = db!(self, "iter sessions", item)?;
             out.push(
                 serde_json::from_slice(v.value())
                     .map_err(|e| StoreError::Corrupt { key: format!("sessions/{}", k.value()), msg: e.to_string() })?,
@@ -193,69 +252,83 @@ impl Store {
     /// session row in ONE durable transaction: after a crash either all of it exists or
     /// none of it does.
     pub fn commit_chunk(&self, w: &ChunkWrite<'_>) -> Result<(), StoreError> {
-        let txn = db!("begin_write", self.db.begin_write())?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
         {
-            let mut chunks = db!("open chunks", txn.open_table(CHUNKS))?;
-            db!("insert chunk", chunks.insert((w.session_id, w.index), w.sealed))?;
-            let mut records = db!("open records", txn.open_table(RECORDS))?;
-            db!("insert record", records.insert((w.session_id, w.index), w.record))?;
+            let mut chunks = db!(self, "open chunks", txn.open_table(CHUNKS))?;
+            db!(self, "insert chunk", chunks.insert((w.session_id, w.index), w.sealed))?;
+            let mut records = db!(self, "open records", txn.open_table(RECORDS))?;
+            db!(self, "insert record", records.insert((w.session_id, w.index), w.record))?;
             if let Some(cid) = w.client_id {
-                let mut ids = db!("open chunk_ids", txn.open_table(CHUNK_IDS))?;
-                db!("insert chunk id", ids.insert((w.session_id, cid), w.index))?;
+                let mut ids = db!(self, "open chunk_ids", txn.open_table(CHUNK_IDS))?;
+                db!(self, "insert chunk id", ids.insert((w.session_id, cid), w.index))?;
             }
             if let Some(meta) = w.client_meta {
-                let mut m = db!("open chunk_meta", txn.open_table(CHUNK_META))?;
-                db!("insert chunk meta", m.insert((w.session_id, w.index), meta))?;
+                let mut m = db!(self, "open chunk_meta", txn.open_table(CHUNK_META))?;
+                db!(self, "insert chunk meta", m.insert((w.session_id, w.index), meta))?;
             }
-            let mut s = db!("open sessions", txn.open_table(SESSIONS))?;
-            db!("update session", s.insert(w.session_id, w.session_row))?;
+            let mut s = db!(self, "open sessions", txn.open_table(SESSIONS))?;
+            db!(self, "update session", s.insert(w.session_id, w.session_row))?;
         }
-        db!("commit", txn.commit())
+        db!(self, "commit", txn.commit())
     }
 
     pub fn get_sealed(&self, sid: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open chunks", txn.open_table(CHUNKS))?;
-        Ok(db!("get chunk", t.get((sid, index)))?.map(|v| v.value().to_vec()))
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open chunks", txn.open_table(CHUNKS))?;
+        Ok(db!(self, "get chunk", t.get((sid, index)))?.map(|v| v.value().to_vec()))
     }
 
     pub fn get_record(&self, sid: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open records", txn.open_table(RECORDS))?;
-        Ok(db!("get record", t.get((sid, index)))?.map(|v| v.value().to_vec()))
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open records", txn.open_table(RECORDS))?;
+        Ok(db!(self, "get record", t.get((sid, index)))?.map(|v| v.value().to_vec()))
     }
 
     /// All records of a session in index order.
     pub fn records(&self, sid: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open records", txn.open_table(RECORDS))?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open records", txn.open_table(RECORDS))?;
         let mut out = Vec::new();
-        for item in db!("range records", t.range((sid, 0)..=(sid, u64::MAX)))? {
-            let (k, v) = db!("range records", item)?;
+        for item in db!(self, "range records", t.range((sid, 0)..=(sid, u64::MAX)))? {
+            let (k, v) = db!(self, "range records", item)?;
             out.push((k.value().1, v.value().to_vec()));
         }
         Ok(out)
     }
 
     pub fn chunk_meta(&self, sid: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open chunk_meta", txn.open_table(CHUNK_META))?;
-        Ok(db!("get chunk meta", t.get((sid, index)))?.map(|v| v.value().to_vec()))
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open chunk_meta", txn.open_table(CHUNK_META))?;
+        Ok(db!(self, "get chunk meta", t.get((sid, index)))?.map(|v| v.value().to_vec()))
     }
 
     pub fn chunk_index(&self, sid: &str, client_id: &str) -> Result<Option<u64>, StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open chunk_ids", txn.open_table(CHUNK_IDS))?;
-        Ok(db!("get chunk id", t.get((sid, client_id)))?.map(|v| v.value()))
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open chunk_ids", txn.open_table(CHUNK_IDS))?;
+        Ok(db!(self, "get chunk id", t.get((sid, client_id)))?.map(|v| v.value()))
     }
 
     /// Client chunk ids of a session, by index.
     pub fn chunk_ids(&self, sid: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open chunk_ids", txn.open_table(CHUNK_IDS))?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open chunk_ids", txn.open_table(CHUNK_IDS))?;
         let mut out = Vec::new();
-        for item in db!("range chunk ids", t.range((sid, "")..))? {
-            let (k, v) = db!("range chunk ids", item)?;
+        for item in db!(self, "range chunk ids", t.range((sid, "")..))? {
+            let (k, v) = db!(self, "range chunk ids", item)?;
             let (s, cid) = k.value();
             if s != sid {
                 break;
@@ -269,52 +342,62 @@ impl Store {
     /// Removes the sealed bytes of one chunk (a redaction) but keeps its record, so the
     /// log and its checkpoints still verify and the verifier names the missing chunk.
     pub fn redact_chunk(&self, sid: &str, index: u64) -> Result<bool, StoreError> {
-        let txn = db!("begin_write", self.db.begin_write())?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
         let existed = {
-            let mut chunks = db!("open chunks", txn.open_table(CHUNKS))?;
-            let existed = db!("remove chunk", chunks.remove((sid, index)))?.is_some();
-            let mut m = db!("open chunk_meta", txn.open_table(CHUNK_META))?;
-            db!("remove chunk meta", m.remove((sid, index)))?;
+            let mut chunks = db!(self, "open chunks", txn.open_table(CHUNKS))?;
+            let existed = db!(self, "remove chunk", chunks.remove((sid, index)))?.is_some();
+            let mut m = db!(self, "open chunk_meta", txn.open_table(CHUNK_META))?;
+            db!(self, "remove chunk meta", m.remove((sid, index)))?;
             existed
         };
-        db!("commit", txn.commit())?;
+        db!(self, "commit", txn.commit())?;
         Ok(existed)
     }
 
     pub fn put_checkpoint(&self, sid: &str, size: u64, note: &str) -> Result<(), StoreError> {
-        let txn = db!("begin_write", self.db.begin_write())?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
         {
-            let mut t = db!("open checkpoints", txn.open_table(CHECKPOINTS))?;
-            db!("insert checkpoint", t.insert((sid, size), note))?;
+            let mut t = db!(self, "open checkpoints", txn.open_table(CHECKPOINTS))?;
+            db!(self, "insert checkpoint", t.insert((sid, size), note))?;
         }
-        db!("commit", txn.commit())
+        db!(self, "commit", txn.commit())
     }
 
     /// Signed checkpoints of a session, ascending by tree size.
     pub fn checkpoints(&self, sid: &str) -> Result<Vec<(u64, String)>, StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open checkpoints", txn.open_table(CHECKPOINTS))?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open checkpoints", txn.open_table(CHECKPOINTS))?;
         let mut out = Vec::new();
-        for item in db!("range checkpoints", t.range((sid, 0)..=(sid, u64::MAX)))? {
-            let (k, v) = db!("range checkpoints", item)?;
+        for item in db!(self, "range checkpoints", t.range((sid, 0)..=(sid, u64::MAX)))? {
+            let (k, v) = db!(self, "range checkpoints", item)?;
             out.push((k.value().1, v.value().to_owned()));
         }
         Ok(out)
     }
 
     pub fn put_init(&self, sid: &str, init: &[u8]) -> Result<(), StoreError> {
-        let txn = db!("begin_write", self.db.begin_write())?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
         {
-            let mut t = db!("open init", txn.open_table(INIT))?;
-            db!("insert init", t.insert(sid, init))?;
+            let mut t = db!(self, "open init", txn.open_table(INIT))?;
+            db!(self, "insert init", t.insert(sid, init))?;
         }
-        db!("commit", txn.commit())
+        db!(self, "commit", txn.commit())
     }
 
     pub fn get_init(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open init", txn.open_table(INIT))?;
-        Ok(db!("get init", t.get(sid))?.map(|v| v.value().to_vec()))
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open init", txn.open_table(INIT))?;
+        Ok(db!(self, "get init", t.get(sid))?.map(|v| v.value().to_vec()))
     }
 
     /// Stores the final checkpoint, the signed manifest and the closed session row in one
@@ -328,22 +411,26 @@ impl Store {
         signature: &[u8],
         row: &[u8],
     ) -> Result<(), StoreError> {
-        let txn = db!("begin_write", self.db.begin_write())?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
         {
-            let mut c = db!("open checkpoints", txn.open_table(CHECKPOINTS))?;
-            db!("insert checkpoint", c.insert((sid, size), note))?;
-            let mut m = db!("open manifests", txn.open_table(MANIFESTS))?;
-            db!("insert manifest", m.insert(sid, (manifest, signature)))?;
-            let mut s = db!("open sessions", txn.open_table(SESSIONS))?;
-            db!("update session", s.insert(sid, row))?;
+            let mut c = db!(self, "open checkpoints", txn.open_table(CHECKPOINTS))?;
+            db!(self, "insert checkpoint", c.insert((sid, size), note))?;
+            let mut m = db!(self, "open manifests", txn.open_table(MANIFESTS))?;
+            db!(self, "insert manifest", m.insert(sid, (manifest, signature)))?;
+            let mut s = db!(self, "open sessions", txn.open_table(SESSIONS))?;
+            db!(self, "update session", s.insert(sid, row))?;
         }
-        db!("commit", txn.commit())
+        db!(self, "commit", txn.commit())
     }
 
     pub fn get_manifest(&self, sid: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open manifests", txn.open_table(MANIFESTS))?;
-        Ok(db!("get manifest", t.get(sid))?.map(|v| {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open manifests", txn.open_table(MANIFESTS))?;
+        Ok(db!(self, "get manifest", t.get(sid))?.map(|v| {
             let (a, b) = v.value();
             (a.to_vec(), b.to_vec())
         }))
@@ -352,21 +439,23 @@ impl Store {
     /// Deletes a session and everything it owns, in one transaction. Returns the number
     /// of chunks removed.
     pub fn delete_session(&self, sid: &str) -> Result<u64, StoreError> {
-        let txn = db!("begin_write", self.db.begin_write())?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
         let removed = {
             let mut removed = 0u64;
-            let mut chunks = db!("open chunks", txn.open_table(CHUNKS))?;
-            removed += db!("delete chunks", chunks.extract_from_if((sid, 0)..=(sid, u64::MAX), |_, _| true))?
+            let mut chunks = db!(self, "open chunks", txn.open_table(CHUNKS))?;
+            removed += db!(self, "delete chunks", chunks.extract_from_if((sid, 0)..=(sid, u64::MAX), |_, _| true))?
                 .count() as u64;
-            let mut records = db!("open records", txn.open_table(RECORDS))?;
-            db!("delete records", records.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false))?;
-            let mut meta = db!("open chunk_meta", txn.open_table(CHUNK_META))?;
-            db!("delete chunk meta", meta.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false))?;
-            let mut ids = db!("open chunk_ids", txn.open_table(CHUNK_IDS))?;
+            let mut records = db!(self, "open records", txn.open_table(RECORDS))?;
+            db!(self, "delete records", records.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false))?;
+            let mut meta = db!(self, "open chunk_meta", txn.open_table(CHUNK_META))?;
+            db!(self, "delete chunk meta", meta.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false))?;
+            let mut ids = db!(self, "open chunk_ids", txn.open_table(CHUNK_IDS))?;
             let keys: Vec<String> = {
                 let mut v = Vec::new();
-                for item in db!("range chunk ids", ids.range((sid, "")..))? {
-                    let (k, _) = db!("range chunk ids", item)?;
+                for item in db!(self, "range chunk ids", ids.range((sid, "")..))? {
+                    let (k, _) = db!(self, "range chunk ids", item)?;
                     if k.value().0 != sid {
                         break;
                     }
@@ -375,27 +464,29 @@ impl Store {
                 v
             };
             for k in keys {
-                db!("delete chunk id", ids.remove((sid, k.as_str())))?;
+                db!(self, "delete chunk id", ids.remove((sid, k.as_str())))?;
             }
-            let mut cps = db!("open checkpoints", txn.open_table(CHECKPOINTS))?;
-            db!("delete checkpoints", cps.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false))?;
-            let mut init = db!("open init", txn.open_table(INIT))?;
-            db!("delete init", init.remove(sid))?;
-            let mut man = db!("open manifests", txn.open_table(MANIFESTS))?;
-            db!("delete manifest", man.remove(sid))?;
-            let mut s = db!("open sessions", txn.open_table(SESSIONS))?;
-            db!("delete session", s.remove(sid))?;
+            let mut cps = db!(self, "open checkpoints", txn.open_table(CHECKPOINTS))?;
+            db!(self, "delete checkpoints", cps.retain_in((sid, 0)..=(sid, u64::MAX), |_, _| false))?;
+            let mut init = db!(self, "open init", txn.open_table(INIT))?;
+            db!(self, "delete init", init.remove(sid))?;
+            let mut man = db!(self, "open manifests", txn.open_table(MANIFESTS))?;
+            db!(self, "delete manifest", man.remove(sid))?;
+            let mut s = db!(self, "open sessions", txn.open_table(SESSIONS))?;
+            db!(self, "delete session", s.remove(sid))?;
             removed
         };
-        db!("commit", txn.commit())?;
+        db!(self, "commit", txn.commit())?;
         Ok(removed)
     }
 
     /// Number of sealed chunks and their bytes across all sessions (for metrics).
     pub fn totals(&self) -> Result<(u64, u64), StoreError> {
-        let txn = db!("begin_read", self.db.begin_read())?;
-        let t = db!("open chunks", txn.open_table(CHUNKS))?;
-        let n = db!("len", t.len())?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open chunks", txn.open_table(CHUNKS))?;
+        let n = db!(self, "len", t.len())?;
         Ok((n, std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)))
     }
 }

@@ -151,6 +151,14 @@ impl Engine {
     /// Opens the store, loads or creates the device keys, moves the epoch on and closes
     /// any session that was recording when the process last died.
     pub fn open(cfg: Config) -> anyhow::Result<Arc<Engine>> {
+        Engine::open_with(cfg, |path| Store::open(path))
+    }
+
+    /// Like `open`, with the store opened by `open_store` (fault-injection tests).
+    pub fn open_with(
+        cfg: Config,
+        open_store: impl FnOnce(&std::path::Path) -> Result<Store, StoreError>,
+    ) -> anyhow::Result<Arc<Engine>> {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let keys: DeviceKeys = crate::keys::load_or_create(&cfg.data_dir, cfg.api_token.as_deref())?;
         if keys.token_generated {
@@ -161,7 +169,7 @@ impl Engine {
                 cfg.data_dir.display()
             );
         }
-        let store = Store::open(&cfg.store_path())?;
+        let store = open_store(&cfg.store_path())?;
         let epoch = store.next_epoch()?;
         tracing::info!(epoch, device = %keys.device_id, "store open");
         let engine = Arc::new(Engine {

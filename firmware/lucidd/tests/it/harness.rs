@@ -41,8 +41,14 @@ impl Daemon {
     }
 
     pub fn start_with(dir: tempfile::TempDir, cfg: Config) -> Daemon {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let engine = Engine::open(cfg).expect("engine opens");
+        Daemon::serve(dir, engine)
+    }
+
+    /// Serves the five routers of an engine the test opened itself (e.g. over a faulty
+    /// store backend).
+    pub fn serve(dir: tempfile::TempDir, engine: Arc<Engine>) -> Daemon {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let mut addrs = std::collections::HashMap::new();
         let (tx, rx) = tokio::sync::watch::channel(false);
         for (name, _, router) in lucidd::http::routers(&engine) {

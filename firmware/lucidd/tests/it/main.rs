@@ -5,6 +5,7 @@
 mod harness;
 
 mod crash;
+mod faults;
 mod gateway;
 mod pipeline;
 mod processor;
