@@ -282,6 +282,15 @@ impl Store {
         Ok(db!(self, "get chunk", t.get((sid, index)))?.map(|v| v.value().to_vec()))
     }
 
+    /// Whether the sealed bytes of a chunk are present (not redacted), without copying them.
+    pub fn has_sealed(&self, sid: &str, index: u64) -> Result<bool, StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open chunks", txn.open_table(CHUNKS))?;
+        Ok(db!(self, "get chunk", t.get((sid, index)))?.is_some())
+    }
+
     pub fn get_record(&self, sid: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let g = self.handle()?;
         let db = live(&g)?;

@@ -773,7 +773,7 @@ impl Engine {
         let mut out = Vec::new();
         for (idx, bytes) in self.store.records(sid)? {
             let record = ChunkRecord::decode(&bytes).map_err(internal)?;
-            let present = self.store.get_sealed(sid, idx)?.is_some();
+            let present = self.store.has_sealed(sid, idx)?;
             out.push(ChunkView { record, client_id: ids.get(&idx).cloned(), present });
         }
         Ok(out)

@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -248,10 +248,10 @@ pub(super) fn resolve_head(engine: &Engine, sid: &str, cid: &str) -> Result<u64,
         let upload = |i| -> Result<Option<Value>, EngineError> {
             Ok(engine.chunk_meta(sid, i)?.and_then(|m| m.get("upload_id").cloned()))
         };
-        if let (Some(a), Some(b)) = (upload(index - 1)?, upload(index)?) {
-            if a == b {
-                return Err(EngineError::NotFound { what: "chunk", id: cid.to_owned() });
-            }
+        if let (Some(a), Some(b)) = (upload(index - 1)?, upload(index)?)
+            && a == b
+        {
+            return Err(EngineError::NotFound { what: "chunk", id: cid.to_owned() });
         }
     }
     Ok(index)
@@ -356,8 +356,9 @@ fn default_limit() -> i64 {
     100
 }
 
-/// Chunks of a session in log order. An unknown session lists no chunks (the original
-/// service did the same; the contract names no 404 here).
+/// Chunks of a session in log order. `sequence_number` is the chunk's index in the
+/// session's Merkle log (the client's own `chunk_index` stays in its metadata). An
+/// unknown session lists no chunks (the contract names no 404 here).
 async fn list(State(engine): State<AppState>, Path(sid): Path<String>, LQuery(page): LQuery<Page>) -> ApiResult<Json<Value>> {
     if !(1..=1000).contains(&page.limit) {
         return Err(ApiError::validation(&["query", "limit"], "limit must be between 1 and 1000"));

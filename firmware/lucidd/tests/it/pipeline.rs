@@ -192,7 +192,7 @@ fn wrong_states_and_unknown_pipelines() {
     let r = c.post(&d.url("pipeline", "/pipelines/sess-ws/stop"));
     assert_eq!(r.status, 400, "stop from created: {}", r.text());
     for (m, path) in [("POST", "start"), ("POST", "stop"), ("GET", "status"), ("DELETE", "")] {
-        let url = d.url("pipeline", &format!("/pipelines/sess-none/{path}").trim_end_matches('/').to_owned());
+        let url = d.url("pipeline", format!("/pipelines/sess-none/{path}").trim_end_matches('/'));
         let r = match m {
             "POST" => c.post(&url),
             "GET" => c.get(&url),
