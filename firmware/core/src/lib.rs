@@ -1,7 +1,8 @@
 //! lucid-core: every Lucid format that must be reproduced byte for byte by someone who
 //! does not trust the device. It owns the chunk header and record encodings, sealing
 //! (AEAD) and key wrapping, the RFC 9162 Merkle log, signed checkpoints (C2SP signed
-//! notes), the signed session manifest and the evidence bundle with its verifier.
+//! notes), the signed session manifest, the evidence bundle with its verifier, and the
+//! signed OTA update bundle (`bundle`).
 //!
 //! Architecture invariant: this crate does no IO (no files, sockets, clocks or threads)
 //! and compiles for every target, so the daemon, the offline verifier and the tests all
@@ -24,6 +25,7 @@
 // Nothing here needs unsafe; forbidding it keeps the audit surface to ring and blake3.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod chunk;
 pub mod evidence;
 pub mod manifest;
@@ -35,6 +37,10 @@ mod hex;
 #[cfg(test)]
 mod testutil;
 
+pub use bundle::{
+    BundleError, BundleEvent, BundleManifest, BundlePolicy, BundleReader, BundleWriter, KeyPolicy,
+    PayloadHasher, PayloadInfo, VerifiedManifest,
+};
 pub use chunk::{
     ChunkHeader, ChunkRecord, Flags, FormatError, MAX_SEALED_CHUNK, validate_session_id,
 };

@@ -1,0 +1,427 @@
+//! Board manifests (`board/*.toml`) and image variants (`image/variants/*.toml`): loading,
+//! inheritance, validation.
+//!
+//! A manifest is TOML. `inherit = ["base.toml"]` names files (relative to the manifest)
+//! whose tables are merged first; later files and the manifest itself win, tables merge
+//! key by key, everything else (strings, numbers, arrays) is replaced whole. A variant is
+//! one more layer on top. The merged table is then deserialized with `deny_unknown_fields`
+//! everywhere, so a misspelt key fails the build instead of being ignored (hubris'
+//! `app.toml` habit). This module does no IO beyond reading the manifest files.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BoardError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("manifest {path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("manifest {path}: inheritance cycle through {again}")]
+    Cycle { path: PathBuf, again: PathBuf },
+    #[error("board {board}: {msg}")]
+    Invalid { board: String, msg: String },
+}
+
+/// How a board chooses which slot to boot and how a trial boot falls back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootMethod {
+    /// U-Boot runs `boot.scr` from p1; the slot comes from the env file `lucid.env` on p1
+    /// (`lucid_active`, one-shot `lucid_try`).
+    UbootEnv,
+    /// The Raspberry Pi firmware's `tryboot_a_b`: `autoboot.txt` on p1 picks p2, or p3
+    /// after `reboot '0 tryboot'`.
+    RpiTryboot,
+}
+
+impl BootMethod {
+    /// The `[update] boot_control` value the daemon expects.
+    pub fn daemon_name(self) -> &'static str {
+        match self {
+            BootMethod::UbootEnv => "uboot-env",
+            BootMethod::RpiTryboot => "rpi-tryboot",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoder {
+    /// OpenH264 in lucidd (Pi 5, QEMU).
+    Software,
+    /// The V4L2 memory-to-memory H.264 encoder (bcm2835-codec on Pi 3/4).
+    V4l2M2m,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelImage {
+    /// Uncompressed arm64 `Image`: U-Boot's `booti` needs it.
+    Image,
+    /// Debian's gzip `vmlinuz`: the Pi firmware decompresses it itself.
+    Vmlinuz,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Board {
+    pub name: String,
+    pub description: String,
+    /// Release version written to /etc/lucid/release and into the OTA bundle.
+    pub version: String,
+    pub kernel: Kernel,
+    pub boot: Boot,
+    pub hardware: Hardware,
+    pub partitions: Partitions,
+    pub rootfs: Rootfs,
+    pub lucidd: Lucidd,
+    pub qemu: Option<Qemu>,
+    /// Set by a variant: the daemon must REJECT the generated config (a deliberately
+    /// broken image for rollback tests). The build still checks it, the other way round.
+    #[serde(default)]
+    pub expect_config_rejected: bool,
+    /// Set by a variant: appended to the version, e.g. "-broken".
+    #[serde(default)]
+    pub version_suffix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// Debian package (a metapackage is resolved to the versioned image package).
+    pub package: String,
+    pub image: KernelImage,
+    /// Modules loaded by the initramfs, in order; their dependencies come along.
+    pub modules: Vec<String>,
+    /// Extra kernel arguments after console/root/slot.
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    pub method: BootMethod,
+    /// Whole-disk device as the kernel names it: /dev/vda, /dev/mmcblk0.
+    pub disk: String,
+    /// Between disk and partition number: "" for vda5, "p" for mmcblk0p5.
+    #[serde(default)]
+    pub partition_prefix: String,
+    /// `console=` argument.
+    pub console: String,
+    /// Device trees from the kernel package (`usr/lib/linux-image-KVER/<path>`).
+    #[serde(default)]
+    pub device_trees: Vec<String>,
+    /// Debian package with the Pi's GPU firmware (`raspi-firmware`).
+    pub firmware_package: Option<String>,
+    /// Files from `usr/lib/raspi-firmware/` the board's boot ROM/EEPROM loads.
+    #[serde(default)]
+    pub firmware_files: Vec<String>,
+    /// Lines of the Pi firmware's config.txt.
+    #[serde(default)]
+    pub config_txt: Vec<String>,
+    /// U-Boot loaded by the Pi firmware (Pi 3): package and path inside it.
+    pub uboot_package: Option<String>,
+    pub uboot_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hardware {
+    pub encoder: Encoder,
+    pub watchdog: Option<Watchdog>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watchdog {
+    /// Kernel module of the watchdog driver (also added to the initramfs modules).
+    pub module: String,
+    /// Seconds without a ping before the hardware resets the board.
+    pub timeout_secs: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partitions {
+    pub bootctl_mib: u32,
+    pub boot_mib: u32,
+    pub root_mib: u32,
+    pub data_mib: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rootfs {
+    pub busybox_package: String,
+    /// mksquashfs compressor (the kernel must have it built in).
+    pub compression: String,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lucidd {
+    /// Written as /etc/lucid/lucidd.toml (plus the generated `[update]` table). Kept as a
+    /// raw table: the daemon owns its schema and checks it (`lucidd config`) at build time.
+    pub config: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Qemu {
+    pub machine: String,
+    pub cpu: String,
+    pub memory_mib: u32,
+    /// Firmware QEMU starts (U-Boot), a host path.
+    pub bios: String,
+    /// Extra devices, e.g. the watchdog.
+    #[serde(default)]
+    pub devices: Vec<String>,
+}
+
+impl Board {
+    /// `/dev/vda5` for partition 5.
+    pub fn part(&self, n: u32) -> String {
+        format!("{}{}{}", self.boot.disk, self.boot.partition_prefix, n)
+    }
+
+    pub fn full_version(&self) -> String {
+        format!("{}{}", self.version, self.version_suffix)
+    }
+
+    pub fn validate(&self) -> Result<(), BoardError> {
+        let bad = |msg: String| Err(BoardError::Invalid { board: self.name.clone(), msg });
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return bad("name must be [A-Za-z0-9-]+".into());
+        }
+        let p = &self.partitions;
+        if p.bootctl_mib < 4 || p.boot_mib < 16 || p.root_mib < 16 || p.data_mib < 16 {
+            return bad("partition sizes too small (bootctl >= 4, boot/root/data >= 16 MiB)".into());
+        }
+        match self.boot.method {
+            BootMethod::RpiTryboot => {
+                if self.boot.firmware_package.is_none() || self.boot.config_txt.is_empty() {
+                    return bad("rpi-tryboot needs firmware_package and config_txt".into());
+                }
+                if self.kernel.image != KernelImage::Vmlinuz {
+                    return bad("rpi-tryboot boots the kernel from the Pi firmware: kernel.image = \"vmlinuz\"".into());
+                }
+                if self.uboot_in_use() {
+                    return bad("rpi-tryboot boards do not use U-Boot".into());
+                }
+            }
+            BootMethod::UbootEnv => {
+                if self.kernel.image != KernelImage::Image {
+                    return bad("U-Boot's booti needs kernel.image = \"image\"".into());
+                }
+                if self.boot.firmware_package.is_some() != self.uboot_in_use() {
+                    return bad("a Pi with U-Boot needs both firmware_package and uboot_package/uboot_file".into());
+                }
+                if self.boot.uboot_package.is_some() != self.boot.uboot_file.is_some() {
+                    return bad("uboot_package and uboot_file go together".into());
+                }
+            }
+        }
+        if self.boot.firmware_package.is_some() && self.boot.firmware_files.is_empty() && self.boot.method == BootMethod::UbootEnv {
+            return bad("a Pi with U-Boot needs firmware_files (bootcode.bin, start.elf...)".into());
+        }
+        if self.kernel.modules.is_empty() {
+            return bad("kernel.modules is empty: the initramfs could not mount the root".into());
+        }
+        if !self.lucidd.config.contains_key("data_dir") {
+            return bad("lucidd.config.data_dir is required (the data partition)".into());
+        }
+        if self.lucidd.config.contains_key("update") {
+            return bad("lucidd.config.update is generated from the board; do not set it".into());
+        }
+        if !self.boot.console.starts_with("tty") {
+            return bad("boot.console must name a tty, e.g. ttyAMA0,115200".into());
+        }
+        Ok(())
+    }
+
+    fn uboot_in_use(&self) -> bool {
+        self.boot.uboot_package.is_some()
+    }
+}
+
+/// Merge `over` into `base`: tables recursively, anything else replaced.
+pub fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Read a manifest and everything it inherits, merged; `inherit` itself removed.
+pub fn load_table(path: &Path) -> Result<toml::Table, BoardError> {
+    load_table_inner(path, &mut Vec::new())
+}
+
+fn load_table_inner(path: &Path, stack: &mut Vec<PathBuf>) -> Result<toml::Table, BoardError> {
+    let canon = path.canonicalize().map_err(|source| BoardError::Read { path: path.into(), source })?;
+    if stack.contains(&canon) {
+        return Err(BoardError::Cycle { path: stack[0].clone(), again: canon });
+    }
+    stack.push(canon.clone());
+    let text = std::fs::read_to_string(path).map_err(|source| BoardError::Read { path: path.into(), source })?;
+    let mut own: toml::Table = toml::from_str(&text).map_err(|e| BoardError::Parse { path: path.into(), msg: e.to_string() })?;
+    let mut merged = toml::Table::new();
+    if let Some(inherit) = own.remove("inherit") {
+        let list = inherit
+            .as_array()
+            .ok_or_else(|| BoardError::Parse { path: path.into(), msg: "inherit must be an array of file names".into() })?;
+        for item in list {
+            let name = item
+                .as_str()
+                .ok_or_else(|| BoardError::Parse { path: path.into(), msg: "inherit entries must be strings".into() })?;
+            let parent = canon.parent().unwrap_or(Path::new(".")).join(name);
+            let t = load_table_inner(&parent, stack)?;
+            merge(&mut merged, t);
+        }
+    }
+    merge(&mut merged, own);
+    stack.pop();
+    Ok(merged)
+}
+
+/// Deserialize and validate a merged table.
+pub fn from_table(path: &Path, table: toml::Table) -> Result<Board, BoardError> {
+    let board: Board = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| BoardError::Parse { path: path.into(), msg: e.to_string() })?;
+    board.validate()?;
+    Ok(board)
+}
+
+/// `board/<name>.toml`, plus `image/variants/<variant>.toml` on top when given.
+pub fn load(repo: &Path, name: &str, variant: Option<&str>) -> Result<Board, BoardError> {
+    let path = repo.join("board").join(format!("{name}.toml"));
+    let mut table = load_table(&path)?;
+    if let Some(v) = variant {
+        let vpath = repo.join("image/variants").join(format!("{v}.toml"));
+        let vt = load_table(&vpath)?;
+        merge(&mut table, vt);
+    }
+    let board = from_table(&path, table)?;
+    if board.name != name {
+        return Err(BoardError::Invalid { board: name.into(), msg: format!("manifest says name = {:?}", board.name) });
+    }
+    Ok(board)
+}
+
+/// Every board manifest (files in board/ other than base.toml).
+pub fn all_names(repo: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo.join("board"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|n| n.ends_with(".toml") && n != "base.toml")
+                .map(|n| n.trim_end_matches(".toml").to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    }
+
+    #[test]
+    fn merge_is_deep_for_tables_and_replaces_the_rest() {
+        let mut a: toml::Table = toml::from_str("x = 1\nl = [1, 2]\n[t]\na = 1\nb = 2\n").unwrap();
+        let b: toml::Table = toml::from_str("l = [3]\n[t]\nb = 20\nc = 30\n").unwrap();
+        merge(&mut a, b);
+        assert_eq!(a["x"].as_integer(), Some(1));
+        assert_eq!(a["l"].as_array().unwrap().len(), 1);
+        assert_eq!(a["t"]["a"].as_integer(), Some(1));
+        assert_eq!(a["t"]["b"].as_integer(), Some(20));
+        assert_eq!(a["t"]["c"].as_integer(), Some(30));
+    }
+
+    #[test]
+    fn every_board_in_the_repo_loads_and_validates() {
+        let names = all_names(&repo());
+        for want in ["qemu-aarch64-virt", "rpi3", "rpi4", "rpi5"] {
+            assert!(names.iter().any(|n| n == want), "missing board {want}: {names:?}");
+        }
+        for n in &names {
+            let b = load(&repo(), n, None).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(&b.name, n);
+        }
+    }
+
+    #[test]
+    fn boards_say_what_differs() {
+        let r = repo();
+        let q = load(&r, "qemu-aarch64-virt", None).unwrap();
+        assert_eq!(q.boot.method, BootMethod::UbootEnv);
+        assert_eq!(q.part(5), "/dev/vda5");
+        assert!(q.qemu.is_some());
+        let p4 = load(&r, "rpi4", None).unwrap();
+        assert_eq!(p4.boot.method, BootMethod::RpiTryboot);
+        assert_eq!(p4.part(6), "/dev/mmcblk0p6");
+        assert_eq!(p4.hardware.encoder, Encoder::V4l2M2m);
+        let p5 = load(&r, "rpi5", None).unwrap();
+        assert_eq!(p5.hardware.encoder, Encoder::Software, "the Pi 5 has no H.264 encoder block");
+        let p3 = load(&r, "rpi3", None).unwrap();
+        assert_eq!(p3.boot.method, BootMethod::UbootEnv);
+        assert!(p3.boot.uboot_file.is_some());
+        // Inherited from base.toml, not repeated in the board files.
+        assert_eq!(p3.rootfs.busybox_package, q.rootfs.busybox_package);
+    }
+
+    #[test]
+    fn variants_layer_on_top() {
+        let b = load(&repo(), "qemu-aarch64-virt", Some("broken-daemon")).unwrap();
+        assert!(b.expect_config_rejected);
+        assert!(b.full_version().ends_with("-broken"));
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn unknown_keys_and_cycles_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let base = std::fs::read_to_string(repo().join("board/base.toml")).unwrap();
+        let board = std::fs::read_to_string(repo().join("board/qemu-aarch64-virt.toml")).unwrap();
+        write(d.path(), "base.toml", &base);
+        let p = write(d.path(), "b.toml", &format!("{board}\n[hardware.extra]\nx = 1\n"));
+        let e = from_table(&p, load_table(&p).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+
+        let p = write(d.path(), "c1.toml", "inherit = [\"c2.toml\"]\n");
+        write(d.path(), "c2.toml", "inherit = [\"c1.toml\"]\n");
+        assert!(matches!(load_table(&p), Err(BoardError::Cycle { .. })));
+    }
+
+    #[test]
+    fn validation_catches_inconsistent_boot_facts() {
+        let r = repo();
+        let mut t = load_table(&r.join("board/rpi4.toml")).unwrap();
+        merge(&mut t, toml::from_str("[kernel]\nimage = \"image\"\n").unwrap());
+        let e = from_table(Path::new("rpi4.toml"), t).unwrap_err();
+        assert!(e.to_string().contains("vmlinuz"), "{e}");
+
+        let mut t = load_table(&r.join("board/qemu-aarch64-virt.toml")).unwrap();
+        merge(&mut t, toml::from_str("[lucidd.config.update]\nboard = \"x\"\n").unwrap());
+        assert!(from_table(Path::new("q.toml"), t).is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! Debian arm64 packages for the image: fetched with `apt-get download` into a cache,
+//! unpacked once with `dpkg-deb -x`. No root and no chroot: the packages are only
+//! sources of files. Metapackages (`linux-image-arm64`) are resolved to the package they
+//! depend on, so the cache names the exact kernel that went into an image.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::run;
+
+pub struct DebCache {
+    pub dir: PathBuf,
+}
+
+impl DebCache {
+    pub fn new(dir: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("debs"))?;
+        std::fs::create_dir_all(dir.join("unpacked"))?;
+        Ok(DebCache { dir })
+    }
+
+    /// `name` with `:arm64` unless it is an `Architecture: all` package.
+    fn qualified(name: &str) -> String {
+        if name.contains(':') || name == "raspi-firmware" { name.to_owned() } else { format!("{name}:arm64") }
+    }
+
+    /// The real package behind a metapackage (its first `linux-image-*` dependency).
+    pub fn resolve(&self, name: &str) -> Result<String> {
+        if name != "linux-image-arm64" {
+            return Ok(name.to_owned());
+        }
+        let out = Command::new("apt-cache").args(["depends", &Self::qualified(name)]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            if let Some(dep) = line.trim().strip_prefix("Depends: ") {
+                let dep = dep.split(':').next().unwrap_or(dep);
+                if dep.starts_with("linux-image-") {
+                    return Ok(dep.to_owned());
+                }
+            }
+        }
+        bail!("cannot resolve {name}: is arm64 added (`dpkg --add-architecture arm64`, apt-get update)? run ./scripts/setup")
+    }
+
+    /// Download (once) and unpack (once) a package; returns the unpacked root.
+    pub fn unpack(&self, name: &str) -> Result<PathBuf> {
+        let real = self.resolve(name)?;
+        let deb = match self.find_deb(&real)? {
+            Some(d) => d,
+            None => {
+                eprintln!("xtask: apt-get download {real}");
+                let q = Self::qualified(&real);
+                run(Command::new("apt-get").args(["download", "-q", &q]).current_dir(self.dir.join("debs")))
+                    .with_context(|| format!("apt-get download {q} (is the non-free-firmware component enabled? run ./scripts/setup)"))?;
+                self.find_deb(&real)?.with_context(|| format!("apt-get download {q} left no .deb"))?
+            }
+        };
+        let stem = deb.file_stem().unwrap().to_string_lossy().into_owned();
+        let dest = self.dir.join("unpacked").join(&stem);
+        if !dest.join(".done").exists() {
+            let _ = std::fs::remove_dir_all(&dest);
+            std::fs::create_dir_all(&dest)?;
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dest))?;
+            std::fs::write(dest.join(".done"), b"")?;
+        }
+        Ok(dest)
+    }
+
+    fn find_deb(&self, name: &str) -> Result<Option<PathBuf>> {
+        let prefix = format!("{name}_");
+        let mut hits: Vec<PathBuf> = std::fs::read_dir(self.dir.join("debs"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+            })
+            .collect();
+        hits.sort();
+        Ok(hits.pop())
+    }
+}
+
+/// The one kernel version under `lib/modules/` of an unpacked kernel package.
+pub fn kernel_version(kroot: &Path) -> Result<String> {
+    let mut v: Vec<String> = std::fs::read_dir(kroot.join("lib/modules"))
+        .context("kernel package has no lib/modules")?
+        .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
+        .collect();
+    v.sort();
+    v.pop().context("no kernel version under lib/modules")
+}
