@@ -351,6 +351,9 @@ pub struct VerifiedManifest {
     pub signed_by: Option<String>,
     /// The signing key's C2SP key id in hex.
     pub key_id: String,
+    /// Length of the head (header, manifest, signature block): with the payload sizes,
+    /// the whole bundle's length.
+    pub head_len: u64,
 }
 
 /// What the reader found in the bytes just fed.
@@ -621,7 +624,7 @@ impl BundleReader {
                 }
             }
         }
-        Ok(VerifiedManifest { manifest, bytes, signed_by, key_id: key_id_hex })
+        Ok(VerifiedManifest { manifest, bytes, signed_by, key_id: key_id_hex, head_len: self.head.len() as u64 })
     }
 }
 

@@ -87,6 +87,77 @@ impl Default for RecordConfig {
     }
 }
 
+/// How this device switches between its A and B system slots (docs/design.md, "Boot
+/// control").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootControlKind {
+    /// No A/B slots (a development host): the update routes answer 503.
+    None,
+    /// `lucid.env` on the boot-control partition, read by U-Boot's boot.scr (QEMU, Pi 3).
+    UbootEnv,
+    /// `autoboot.txt` with `tryboot_a_b=1` for the Raspberry Pi firmware (Pi 4/5).
+    RpiTryboot,
+}
+
+/// The two partitions of one system slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotDevices {
+    /// The slot's FAT boot partition (payload `boot`).
+    pub boot: PathBuf,
+    /// The slot's squashfs root partition (payload `rootfs`).
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slots {
+    pub a: SlotDevices,
+    pub b: SlotDevices,
+}
+
+/// `[update]`: signed A/B OTA updates. The image writes this section; a dev host keeps
+/// `boot_control = "none"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateConfig {
+    pub boot_control: BootControlKind,
+    /// This device's board name; a bundle for another board is refused.
+    pub board: String,
+    /// `key=value` lines `board=`, `version=`, `build=` of the running system.
+    pub release_file: PathBuf,
+    /// Directory of trusted `*.vkey` files (C2SP verifier keys).
+    pub trusted_keys_dir: PathBuf,
+    /// Where the boot-control partition (p1) is mounted read-write.
+    pub bootctl_dir: PathBuf,
+    /// The kernel command line, which names the running slot (`lucid.slot=a|b`).
+    pub cmdline_path: PathBuf,
+    /// The slot devices; required unless `boot_control` is `none`.
+    pub slots: Option<Slots>,
+    /// Reboot into the new slot after an install, and out of a slot whose self-check
+    /// failed. Tests turn it off.
+    pub reboot_after_install: bool,
+    /// How long the start-up self-check waits for the services to answer.
+    pub self_check_timeout_secs: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            boot_control: BootControlKind::None,
+            board: String::new(),
+            release_file: PathBuf::from("/etc/lucid/release"),
+            trusted_keys_dir: PathBuf::from("/etc/lucid/ota-keys"),
+            bootctl_dir: PathBuf::from("/boot/ctl"),
+            cmdline_path: PathBuf::from("/proc/cmdline"),
+            slots: None,
+            reboot_after_install: true,
+            self_check_timeout_secs: 60,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -107,6 +178,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest decoded chunk accepted from clients.
     pub max_chunk_bytes: usize,
+    /// Signed A/B OTA updates.
+    pub update: UpdateConfig,
 }
 
 impl Default for Config {
@@ -124,6 +197,7 @@ impl Default for Config {
             // 10 MiB decoded is the contract's chunk limit; base64 adds a third, plus JSON.
             max_body_bytes: 14 << 20,
             max_chunk_bytes: 10 << 20,
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -175,6 +249,18 @@ impl Config {
         }
         if self.max_body_bytes < self.max_chunk_bytes {
             return bad("max_body_bytes", "must be at least max_chunk_bytes");
+        }
+        let u = &self.update;
+        if u.boot_control != BootControlKind::None {
+            if u.slots.is_none() {
+                return bad("update.slots", "must name the A and B devices when boot_control is set");
+            }
+            if u.board.is_empty() || u.board.chars().any(|c| c.is_whitespace() || c == '+') {
+                return bad("update.board", "must be a board name without whitespace or '+'");
+            }
+            if !(1..=3600).contains(&u.self_check_timeout_secs) {
+                return bad("update.self_check_timeout_secs", "must be 1..=3600");
+            }
         }
         Ok(())
     }

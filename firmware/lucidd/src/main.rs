@@ -25,6 +25,136 @@ enum Cmd {
     },
     /// Print the effective configuration (secrets omitted) and exit.
     Config(RunArgs),
+    /// Make, check and sign OTA update bundles (host side).
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum BundleCmd {
+    /// Generate an Ed25519 signing key: writes NAME.pk8 (0600) and NAME.vkey into OUT.
+    Keygen {
+        /// Key name (goes into the .vkey and into every bundle it signs).
+        #[arg(long)]
+        name: String,
+        /// Directory for the two files (created if missing; existing keys are never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a signed bundle from a boot partition image and a root file system image.
+    Create {
+        /// Board the bundle is for (devices of other boards refuse it).
+        #[arg(long)]
+        board: String,
+        /// Version text, e.g. 0.2.0.
+        #[arg(long)]
+        version: String,
+        /// Build number; a device installs only a build above its own.
+        #[arg(long)]
+        build: u64,
+        /// Ed25519 PKCS#8 signing key (from `lucidd bundle keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Key name; defaults to the key file's name without `.pk8`.
+        #[arg(long)]
+        key_name: Option<String>,
+        /// FAT image for the slot's boot partition.
+        #[arg(long)]
+        boot: PathBuf,
+        /// squashfs image for the slot's root partition.
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// Output file (conventionally *.lucidota).
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Print a bundle's manifest and check its digests, and its signature if --key is given.
+    Inspect {
+        file: PathBuf,
+        /// Verifier key (.vkey) the signature must verify with.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+/// `created_at` of a new bundle: SOURCE_DATE_EPOCH when set (reproducible builds), else now.
+fn bundle_time() -> anyhow::Result<String> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) => {
+            let secs: i64 = s.trim().parse().map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH is not a number: {s:?}"))?;
+            Ok(lucidd::util::micros_to_rfc3339(secs * 1_000_000))
+        }
+        Err(_) => Ok(lucidd::util::now_rfc3339()),
+    }
+}
+
+fn bundle_cmd(cmd: BundleCmd) -> ExitCode {
+    use lucidd::update::host;
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("lucidd bundle: {e}");
+        ExitCode::FAILURE
+    };
+    match cmd {
+        BundleCmd::Keygen { name, out } => match host::keygen(&name, &out) {
+            Ok((pk8, vkey)) => {
+                println!("signing key   {}", pk8.display());
+                println!("verifier key  {}", vkey.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        BundleCmd::Create { board, version, build, key, key_name, boot, rootfs, out } => {
+            let created_at = match bundle_time() {
+                Ok(t) => t,
+                Err(e) => return fail(&e),
+            };
+            let signer = match host::load_signer(&key, key_name.as_deref()) {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
+            };
+            let args = host::CreateArgs { board, version, build, created_at, boot, rootfs, out: out.clone() };
+            match host::create(&args, &signer) {
+                Ok(m) => {
+                    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+                    println!("bundle   {} ({size} bytes)", out.display());
+                    println!("board    {}  version {}  build {}", m.board, m.version, m.build);
+                    for p in &m.payloads {
+                        println!("payload  {:<7} {:>12} bytes  sha256 {}", p.name, p.size, p.sha256);
+                    }
+                    println!("signed   {}", signer.vkey());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        BundleCmd::Inspect { file, key } => {
+            let verifier = match key.as_deref().map(host::load_verifier).transpose() {
+                Ok(v) => v,
+                Err(e) => return fail(&e),
+            };
+            let checked_sig = verifier.is_some();
+            match host::inspect(&file, verifier) {
+                Ok(r) => {
+                    if let Some(m) = &r.manifest {
+                        println!("{}", String::from_utf8_lossy(&m.bytes));
+                        println!("signed by  {}+{}", m.signed_by.as_deref().unwrap_or("(not checked)"), m.key_id);
+                    }
+                    match r.result {
+                        Ok(()) if checked_sig => {
+                            println!("OK: signature and every payload digest verified");
+                            ExitCode::SUCCESS
+                        }
+                        Ok(()) => {
+                            println!("OK: every payload digest verified (signature not checked: pass --key)");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => fail(&e),
+                    }
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -169,6 +299,7 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Bundle(cmd) => bundle_cmd(cmd),
         Cmd::Verify { evidence } => match lucidd::verify::verify_file(&evidence) {
             Ok(r) => {
                 let m = &r.manifest;

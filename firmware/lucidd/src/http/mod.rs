@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod processor;
 pub mod recorder;
 pub mod storage;
+pub mod update;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,10 +125,39 @@ pub fn server_error_body(code: u16, request_id: &str) -> Value {
     }})
 }
 
+/// What went wrong, attached to every error response as an extension, so a service
+/// with its own error shape (the chunk processor) can re-render errors raised outside
+/// its handlers: auth, the 404 fallback, extractor rejections.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub message: String,
+    /// The 422 problem list.
+    pub details: Option<Value>,
+    /// An internal error's text, for the log only (never sent).
+    pub internal: Option<String>,
+}
+
+impl ApiError {
+    pub fn failure(&self) -> Failure {
+        Failure {
+            message: self.message(),
+            details: match self {
+                ApiError::Validation(list) => Some(Value::Array(list.clone())),
+                _ => None,
+            },
+            internal: match self {
+                ApiError::Internal(m) => Some(m.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        match self {
+        let failure = self.failure();
+        let mut resp = match self {
             ApiError::Internal(m) => {
                 let rid = crate::util::short_id("req");
                 tracing::error!(request_id = %rid, error = %m, "internal error");
@@ -140,7 +170,9 @@ impl IntoResponse for ApiError {
                 r
             }
             other => (status, axum::Json(json!({"detail": other.message()}))).into_response(),
-        }
+        };
+        resp.extensions_mut().insert(failure);
+        resp
     }
 }
 
@@ -274,9 +306,14 @@ pub fn routers(engine: &AppState) -> Vec<(&'static str, u16, Router)> {
     vec![
         ("pipeline", p.pipeline, finish(pipeline::router(), engine)),
         ("recorder", p.recorder, finish(recorder::router(), engine)),
-        ("processor", p.processor, finish(processor::router(), engine)),
+        // Outermost, so auth and the 404 fallback also answer in the processor's shape.
+        (
+            "processor",
+            p.processor,
+            finish(processor::router(), engine).layer(axum::middleware::from_fn(processor::shape_errors)),
+        ),
         ("storage", p.storage, finish(storage::router(), engine)),
-        ("gateway", p.gateway, finish(gateway::router().merge(appliance::router()), engine)),
+        ("gateway", p.gateway, finish(gateway::router().merge(appliance::router()).merge(update::router()), engine)),
     ]
 }
 

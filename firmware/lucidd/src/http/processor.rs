@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
 use super::storage::{Stored, decode_chunk, ensure_data_session, ingest, ratio, validate_sid};
-use super::{ApiError, AppState, LJson, VERSION, free_space};
+use super::{Failure, ApiError, AppState, LJson, VERSION, free_space};
 use crate::engine::{Engine, EngineError, Status};
 use crate::util::{hex, now_rfc3339};
 
@@ -39,7 +39,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/sessions/{sid}/merkle-root", get(merkle_root))
         .route("/api/v1/sessions/{sid}/finalize", post(finalize))
         .route("/api/v1/config", get(config))
-        .layer(axum::middleware::from_fn(shape_errors))
         .layer(Extension(Arc::new(Pool::new())))
 }
 
@@ -63,30 +62,11 @@ impl From<EngineError> for ProcError {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Failure {
-    message: String,
-    /// The 422 problem list, or the internal error to log (never sent).
-    details: Option<Value>,
-    internal: Option<String>,
-}
-
 impl IntoResponse for ProcError {
     fn into_response(self) -> Response {
-        let status = self.0.status();
-        let failure = Failure {
-            message: self.0.message(),
-            details: match &self.0 {
-                ApiError::Validation(list) => Some(Value::Array(list.clone())),
-                _ => None,
-            },
-            internal: match self.0 {
-                ApiError::Internal(m) => Some(m),
-                _ => None,
-            },
-        };
-        let mut r = status.into_response();
-        r.extensions_mut().insert(failure);
+        // The body is written by `shape_errors`, which knows the request id.
+        let mut r = self.0.status().into_response();
+        r.extensions_mut().insert(self.0.failure());
         r
     }
 }
@@ -109,7 +89,7 @@ pub fn error_body(status: StatusCode, message: &str, request_id: &str, details: 
 
 /// Writes the body of every processor failure, with the request's X-Request-ID (or
 /// "unknown"). Internal errors are logged here, under that id, and answered generically.
-async fn shape_errors(req: Request, next: Next) -> Response {
+pub(super) async fn shape_errors(req: Request, next: Next) -> Response {
     let rid = req
         .headers()
         .get("x-request-id")

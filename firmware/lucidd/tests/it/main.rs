@@ -12,3 +12,4 @@ mod processor;
 mod recorder;
 mod storage;
 mod tidy;
+mod update;

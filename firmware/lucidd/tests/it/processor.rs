@@ -274,3 +274,19 @@ fn health_is_healthy_then_503_below_the_free_space_minimum() {
     assert_eq!(v["service"], "chunk-processor");
     assert!(v["error"].as_str().unwrap().contains("free"));
 }
+
+#[test]
+fn auth_failures_and_unknown_paths_also_use_the_processor_shape() {
+    let d = Daemon::start();
+    let r = d.anon().post_json(
+        &d.url("processor", "/api/v1/chunks/process"),
+        &json!({"session_id": "sess-aaaaaaaa", "chunk_id": "c0", "chunk_data_base64": "AAAA"}),
+    );
+    assert_eq!(r.status, 401);
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "LUCID_ERR_401", "{}", r.text());
+    assert_eq!(e["service"], "chunk-processor");
+    let r = d.client().get(&d.url("processor", "/no/such/route"));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "LUCID_ERR_404", "{}", r.text());
+}
