@@ -41,7 +41,7 @@ else
   setenv lucid_bootpart 2
   setenv lucid_root @ROOT_A@
 fi
-echo "lucid: slot ${slot} (active ${lucid_active}, try '${lucid_try}'), boot partition ${lucid_bootpart}"
+echo "lucid: slot ${slot} (active ${lucid_active}), boot partition ${lucid_bootpart}"
 
 setenv lucid_args
 if load ${devtype} ${devnum}:${lucid_bootpart} ${kernel_addr_r} bootargs.env; then

@@ -1,0 +1,276 @@
+//! The hardware-in-the-loop harness shared by every test group (`tests/<group>.rs`):
+//! a device under test that is either the QEMU board booted from the SD image (console
+//! captured, ports forwarded to free host ports, killable mid-flight for power-cut tests)
+//! or a real device at an address (`./scripts/hil --target ADDR`).
+//!
+//! It talks HTTP through `curl` (installed by scripts/setup) so the harness needs no
+//! HTTP client crate, and it never edits the pristine image in out/: QEMU runs on a
+//! qcow2 overlay or on a scratch copy.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub const BOARD: &str = "qemu-aarch64-virt";
+/// The token the qemu-aarch64-virt manifest puts into lucidd.toml (test board only).
+pub const QEMU_TOKEN: &str = "lucid-qemu-test-token";
+
+pub fn repo() -> PathBuf {
+    xtask::repo_root()
+}
+
+/// out/qemu-aarch64-virt/qemu-aarch64-virt.img, or LUCID_HIL_IMAGE.
+pub fn image_path() -> PathBuf {
+    std::env::var_os("LUCID_HIL_IMAGE").map(PathBuf::from).unwrap_or_else(|| repo().join("out").join(BOARD).join(format!("{BOARD}.img")))
+}
+
+/// Where consoles and downloads of a run go.
+pub fn work_dir() -> PathBuf {
+    let d = repo().join("out/hil");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `Some(address)` when the tests run against a real device.
+pub fn remote_target() -> Option<String> {
+    std::env::var("LUCID_HIL_TARGET").ok().filter(|s| !s.is_empty())
+}
+
+/// The host build of lucidd for `lucidd verify`.
+pub fn host_lucidd() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LUCID_HOST_LUCIDD") {
+        return Ok(p.into());
+    }
+    for p in ["target/release/lucidd", "target/debug/lucidd"] {
+        let p = repo().join(p);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("no host lucidd: cargo build -p lucidd (or set LUCID_HOST_LUCIDD)")
+}
+
+/// A device under test: HTTP on five ports of `host`.
+pub struct Device {
+    pub host: String,
+    /// pipeline, recorder, processor, storage, gateway.
+    pub ports: [u16; 5],
+    pub token: String,
+    pub qemu: Option<Qemu>,
+}
+
+impl Device {
+    pub fn url(&self, service: usize, path: &str) -> String {
+        format!("http://{}:{}{}", self.host, self.ports[service], path)
+    }
+
+    pub fn gateway(&self, path: &str) -> String {
+        self.url(4, path)
+    }
+
+    /// The device from the environment: a real one, or QEMU booted from `disk`.
+    pub fn from_env(name: &str) -> Result<Device> {
+        if let Some(addr) = remote_target() {
+            let token = std::env::var("LUCID_HIL_TOKEN").context("a real target needs LUCID_HIL_TOKEN (its API token)")?;
+            return Ok(Device { host: addr, ports: [8083, 8084, 8085, 8086, 8087], token, qemu: None });
+        }
+        let disk = work_dir().join(format!("{name}.qcow2"));
+        xtask::qemu::overlay(&image_path(), &disk)?;
+        Self::boot_qemu(name, &disk, "qcow2")
+    }
+
+    /// Boot the QEMU board on `disk` (an overlay or a scratch copy, never out/'s image).
+    pub fn boot_qemu(name: &str, disk: &Path, format: &str) -> Result<Device> {
+        let ports = free_ports()?;
+        let q = Qemu::start(name, disk, format, &ports)?;
+        Ok(Device { host: "127.0.0.1".into(), ports, token: QEMU_TOKEN.into(), qemu: Some(q) })
+    }
+
+    /// Wait until all five services answer /health with 200; returns the time taken.
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<Duration> {
+        let t = Instant::now();
+        loop {
+            let mut all = true;
+            for i in 0..5 {
+                if http("GET", &self.url(i, "/health"), None, None)?.0 != 200 {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return Ok(t.elapsed());
+            }
+            if t.elapsed() > timeout {
+                let tail = self.qemu.as_ref().map(|q| q.console_tail(40)).unwrap_or_default();
+                bail!("not healthy after {timeout:?}; console tail:\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Five free host ports (bound and released: a small race, fine for a test machine).
+pub fn free_ports() -> Result<[u16; 5]> {
+    let socks: Vec<std::net::TcpListener> = (0..5).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    let mut p = [0u16; 5];
+    for (i, s) in socks.iter().enumerate() {
+        p[i] = s.local_addr()?.port();
+    }
+    Ok(p)
+}
+
+/// A running QEMU with its console captured (kept in memory and in out/hil/NAME.console).
+pub struct Qemu {
+    child: Child,
+    console: Arc<Mutex<String>>,
+    pub started: Instant,
+    pub log: PathBuf,
+}
+
+impl Qemu {
+    pub fn start(name: &str, disk: &Path, format: &str, ports: &[u16; 5]) -> Result<Qemu> {
+        let board = xtask::board::load(&repo(), BOARD, None)?;
+        let fwd: Vec<(u16, u16)> = ports.iter().enumerate().map(|(i, h)| (*h, 8083 + i as u16)).collect();
+        let mut c = xtask::qemu::command(&board, disk, &fwd, false)?;
+        if format != "qcow2" {
+            // The harness may boot a raw scratch copy (tests that edit p1 with mtools).
+            let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().replace("format=qcow2", &format!("format={format}"))).collect();
+            c = Command::new(c.get_program());
+            c.args(args);
+        }
+        let log = work_dir().join(format!("{name}.console"));
+        let mut file = std::fs::File::create(&log)?;
+        let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("qemu-system-aarch64")?;
+        let out = child.stdout.take().unwrap();
+        let console = Arc::new(Mutex::new(String::new()));
+        let sink = console.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                let _ = file.write_all(&line);
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&line));
+                line.clear();
+            }
+        });
+        Ok(Qemu { child, console, started: Instant::now(), log })
+    }
+
+    pub fn console(&self) -> String {
+        self.console.lock().unwrap().clone()
+    }
+
+    pub fn console_tail(&self, n: usize) -> String {
+        let c = self.console();
+        let lines: Vec<&str> = c.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Wait until `needle` appears on the console `count` times in all.
+    pub fn wait_console(&self, needle: &str, count: usize, timeout: Duration) -> Result<Duration> {
+        let t = Instant::now();
+        loop {
+            if self.console().matches(needle).count() >= count {
+                return Ok(t.elapsed());
+            }
+            if t.elapsed() > timeout {
+                bail!("{needle:?} not seen {count}x on the console after {timeout:?}; tail:\n{}", self.console_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Pull the plug: SIGKILL, no shutdown (power-cut tests).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One HTTP request through curl: (status, body). Status 0 when nothing answered.
+pub fn http(method: &str, url: &str, token: Option<&str>, json: Option<&str>) -> Result<(u16, Vec<u8>)> {
+    let body = tempfile_path("body");
+    let mut c = Command::new("curl");
+    c.args(["-s", "-m", "20", "-X", method, "-o"]).arg(&body).args(["-w", "%{http_code}"]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(j) = json {
+        c.args(["-H", "content-type: application/json", "--data-binary", j]);
+    }
+    c.arg(url);
+    let out = c.output().context("curl")?;
+    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let bytes = std::fs::read(&body).unwrap_or_default();
+    let _ = std::fs::remove_file(&body);
+    Ok((code, bytes))
+}
+
+pub fn json(bytes: &[u8]) -> Result<serde_json::Value> {
+    serde_json::from_slice(bytes).with_context(|| format!("not JSON: {}", String::from_utf8_lossy(bytes)))
+}
+
+fn tempfile_path(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    work_dir().join(format!(".{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Byte offset of partition `n` of a raw image (from `sfdisk -J`).
+pub fn partition_offset(image: &Path, n: u32) -> Result<u64> {
+    let out = Command::new("sfdisk").arg("-J").arg(image).output().context("sfdisk")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let suffix = n.to_string();
+    for p in v["partitiontable"]["partitions"].as_array().context("no partitions")? {
+        let node = p["node"].as_str().unwrap_or("");
+        if node.ends_with(&suffix) && !node[..node.len() - suffix.len()].ends_with(|c: char| c.is_ascii_digit()) {
+            return Ok(p["start"].as_u64().context("start")? * 512);
+        }
+    }
+    bail!("no partition {n} in {}", image.display())
+}
+
+/// Read a file from the FAT partition `n` of a raw image (mtools, no mount).
+pub fn fat_read(image: &Path, n: u32, name: &str) -> Result<String> {
+    let off = partition_offset(image, n)?;
+    let out = Command::new("mtype")
+        .arg("-i")
+        .arg(format!("{}@@{off}", image.display()))
+        .arg(format!("::{name}"))
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()?;
+    if !out.status.success() {
+        bail!("mtype {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Write a file into the FAT partition `n` of a raw image.
+pub fn fat_write(image: &Path, n: u32, name: &str, content: &str) -> Result<()> {
+    let off = partition_offset(image, n)?;
+    let src = tempfile_path("fat");
+    std::fs::write(&src, content)?;
+    let st = Command::new("mcopy")
+        .arg("-o")
+        .arg("-i")
+        .arg(format!("{}@@{off}", image.display()))
+        .arg(&src)
+        .arg(format!("::{name}"))
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .status()?;
+    let _ = std::fs::remove_file(&src);
+    if !st.success() {
+        bail!("mcopy {name} failed");
+    }
+    Ok(())
+}

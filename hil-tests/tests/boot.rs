@@ -1,0 +1,89 @@
+//! Group `boot`: the qemu-aarch64-virt SD image boots through U-Boot to a healthy lucidd,
+//! records a session with the synthetic camera whose evidence verifies on the host, and
+//! the U-Boot one-shot trial (`lucid_try` in lucid.env) boots the other slot exactly once.
+//! Prints the boot time to a healthy /health, the image size and the rootfs size.
+
+use std::process::Command;
+use std::time::Duration;
+
+use hil_tests::*;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+#[test]
+#[ignore = "boots QEMU; run by ./scripts/hil boot"]
+fn boots_to_healthy_services_and_records_a_verifiable_session() {
+    let dev = Device::from_env("boot").unwrap();
+    let healthy = dev.wait_healthy(BOOT_TIMEOUT).unwrap();
+    let since_power_on = dev.qemu.as_ref().map(|q| q.started.elapsed());
+    if let Some(q) = &dev.qemu {
+        let c = q.console();
+        assert!(c.contains("lucid: slot a"), "U-Boot did not pick slot a");
+        assert!(c.contains("lucid.slot=a"), "kernel command line lacks lucid.slot=a");
+        assert!(c.contains("watchdog armed"), "the i6300esb watchdog was not armed");
+    }
+
+    let t = Some(dev.token.as_str());
+    let (code, body) = http("POST", &dev.gateway("/api/v1/sessions"), t, Some(r#"{"name":"hil boot"}"#)).unwrap();
+    assert!(code == 200 || code == 201, "create: {code} {}", String::from_utf8_lossy(&body));
+    let sid = json(&body).unwrap()["session_id"].as_str().unwrap().to_owned();
+    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/start")), t, None).unwrap();
+    assert_eq!(code, 200, "start: {}", String::from_utf8_lossy(&body));
+    std::thread::sleep(Duration::from_secs(8));
+    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/stop")), t, None).unwrap();
+    assert_eq!(code, 200, "stop: {}", String::from_utf8_lossy(&body));
+    let stats = json(&body).unwrap()["final_statistics"].clone();
+    assert!(stats["chunks_count"].as_u64().unwrap_or(0) >= 2, "too few chunks: {stats}");
+
+    let (code, evidence) = http("GET", &dev.gateway(&format!("/api/v1/sessions/{sid}/evidence")), None, None).unwrap();
+    assert_eq!(code, 200);
+    let path = work_dir().join("boot-evidence.tar");
+    std::fs::write(&path, &evidence).unwrap();
+    let out = Command::new(host_lucidd().unwrap()).arg("verify").arg(&path).output().unwrap();
+    assert!(out.status.success(), "lucidd verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    let img = image_path();
+    let rootfs = img.with_file_name("rootfs.squashfs");
+    println!("hil boot: healthy /health {:.1} s after QEMU start (harness wait {:.1} s)", since_power_on.unwrap_or(healthy).as_secs_f64(), healthy.as_secs_f64());
+    if remote_target().is_none() {
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let xz = img.with_extension("img.xz");
+        println!(
+            "hil boot: image {} bytes ({:.0} MiB; {:.1} MiB as .xz), rootfs.squashfs {} bytes ({:.1} MiB)",
+            size(&img),
+            size(&img) as f64 / 1048576.0,
+            size(&xz) as f64 / 1048576.0,
+            size(&rootfs),
+            size(&rootfs) as f64 / 1048576.0
+        );
+    }
+    println!("hil boot: session {sid}: {} chunks, {} frames, evidence verified on the host", stats["chunks_count"], stats["frame_count"]);
+}
+
+#[test]
+#[ignore = "boots QEMU; run by ./scripts/hil boot"]
+fn a_one_shot_trial_boots_the_other_slot_and_is_consumed_first() {
+    if remote_target().is_some() {
+        eprintln!("skipped on a real target: it edits the boot control partition of an image");
+        return;
+    }
+    // A scratch raw copy (sparse), so p1 can be edited with mtools before the boot.
+    let disk = work_dir().join("try.img");
+    let st = Command::new("cp").arg("--sparse=always").arg(image_path()).arg(&disk).status().unwrap();
+    assert!(st.success());
+    // Exactly the bytes lucidd writes when it arms a trial.
+    fat_write(&disk, 1, "lucid.env", "lucid_active=a\nlucid_try=b\n").unwrap();
+
+    let mut dev = Device::boot_qemu("try", &disk, "raw").unwrap();
+    let q = dev.qemu.as_mut().unwrap();
+    q.wait_console("lucid-rcS: up:", 1, BOOT_TIMEOUT).unwrap();
+    let c = q.console();
+    assert!(c.contains("lucid: slot b"), "U-Boot did not take the trial slot b");
+    assert!(c.contains("root=/dev/vda6 lucid.slot=b"), "kernel was not given slot b's root");
+    assert!(c.contains("lucid-rcS: up: slot b"), "the system did not come up on slot b");
+    q.kill();
+    // The trial was consumed before the kernel started: a reset now boots slot a.
+    assert_eq!(fat_read(&disk, 1, "lucid.env").unwrap(), "lucid_active=a\nlucid_try=\n");
+    let _ = std::fs::remove_file(&disk);
+    println!("hil boot: lucid_try=b booted slot b once; lucid.env rewritten to lucid_active=a, lucid_try= before boot");
+}

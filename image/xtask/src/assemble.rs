@@ -1,0 +1,706 @@
+//! Image assembly (`xtask image BOARD`): Debian arm64 packages + the static `lucidd` +
+//! `image/` files -> partition images -> `genimage` -> `out/BOARD/BOARD.img`, a
+//! compressed copy and (when the daemon has `lucidd bundle`) the OTA bundle.
+//!
+//! Without root: file systems are made from directories (`mksquashfs`, `mkfs.vfat` +
+//! `mcopy`, `mke2fs -d`), never mounted. Every per-board fact comes from the manifest
+//! (board.rs); this module only knows the fixed layout shared with the daemon:
+//! p1 bootctl, p2/p3 boot A/B, p5/p6 root A/B, p7 data.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::board::{Board, BootMethod, KernelImage};
+use crate::deb::{DebCache, kernel_version};
+use crate::{copy_tree, run, run_output};
+
+pub struct Options {
+    pub repo: PathBuf,
+    pub board: String,
+    pub variant: Option<String>,
+    pub build: u64,
+    pub out: PathBuf,
+    pub cache: PathBuf,
+    pub lucidd: PathBuf,
+    pub compress: Compress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compress {
+    Xz,
+    Zstd,
+    None,
+}
+
+/// What a build produced, for printing and for the tests.
+#[derive(Debug)]
+pub struct Outputs {
+    pub image: PathBuf,
+    pub compressed: Option<PathBuf>,
+    pub bundle: Option<PathBuf>,
+    pub rootfs: PathBuf,
+    pub boot: PathBuf,
+    pub sizes: Vec<(String, u64)>,
+}
+
+/// Output directory name: the board, or `board-variant`.
+pub fn out_name(board: &str, variant: Option<&str>, build: u64) -> String {
+    let mut s = board.to_owned();
+    if let Some(v) = variant {
+        s.push('-');
+        s.push_str(v);
+    }
+    if build != 1 {
+        write!(s, "-build{build}").unwrap();
+    }
+    s
+}
+
+pub fn build(o: &Options) -> Result<Outputs> {
+    let board = crate::board::load(&o.repo, &o.board, o.variant.as_deref())?;
+    let out_dir = o.out.join(out_name(&o.board, o.variant.as_deref(), o.build));
+    let work = out_dir.join("work");
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&work)?;
+    if !o.lucidd.exists() {
+        bail!(
+            "no static lucidd at {}: cargo build --release --target aarch64-unknown-linux-musl -p lucidd",
+            o.lucidd.display()
+        );
+    }
+    let cache = DebCache::new(o.cache.clone())?;
+
+    // Packages.
+    let kroot = cache.unpack(&board.kernel.package)?;
+    let kver = kernel_version(&kroot)?;
+    let kdir = kroot.join("lib/modules").join(&kver);
+    let bbroot = cache.unpack(&board.rootfs.busybox_package)?;
+    let busybox = bbroot.join("bin/busybox");
+    let dtb_root = kroot.join("usr/lib").join(format!("linux-image-{kver}"));
+    for dt in &board.boot.device_trees {
+        if !dtb_root.join(dt).exists() {
+            bail!(
+                "board {}: the kernel package {} has no device tree {dt}; this board needs the Raspberry Pi kernel: build it with Buildroot (buildroot/, docs/image.md)",
+                board.name,
+                board.kernel.package
+            );
+        }
+    }
+    if !kdir.join("modules.dep").exists() {
+        // Debian ships no modules.dep (depmod runs at install); busybox's depmod under
+        // qemu-user writes one, once per unpacked kernel.
+        eprintln!("xtask: depmod for {kver} (once, about 20 s under qemu-user)");
+        run(Command::new("qemu-aarch64-static").arg(&busybox).args(["depmod", "-b"]).arg(&kroot).arg(&kver))?;
+    }
+    let fwroot = match &board.boot.firmware_package {
+        Some(p) => Some(cache.unpack(p)?),
+        None => None,
+    };
+    let uboot = match (&board.boot.uboot_package, &board.boot.uboot_file) {
+        (Some(p), Some(f)) => Some(cache.unpack(p)?.join(f)),
+        _ => None,
+    };
+
+    // Config and release facts, checked by the daemon itself.
+    let (lucid_toml, with_update) = check_config(&o.lucidd, &work, &board, &lucidd_config(&board)?)?;
+    let release = format!("board={}\nversion={}\nbuild={}\n", board.name, board.full_version(), o.build);
+
+    // OTA keys: the production key from the environment, else development keys made once.
+    let keys = ota_keys(&o.repo, &o.out, &o.lucidd, &work)?;
+
+    // Initramfs: busybox, the modules, /init.
+    let initramfs = work.join("initramfs");
+    build_initramfs(&o.repo, &board, &kdir, &kver, &busybox, &initramfs)?;
+    let initrd = work.join("initrd.img");
+    cpio_gz(&initramfs, &initrd)?;
+
+    // Root file system.
+    let rootdir = work.join("rootfs");
+    build_rootfs(o, &board, &busybox, &rootdir, &lucid_toml, &release, keys.as_ref().map(|k| k.1.as_path()))?;
+    let rootfs = work.join("rootfs.squashfs");
+    run(Command::new("mksquashfs")
+        .arg(&rootdir)
+        .arg(&rootfs)
+        .args(["-noappend", "-all-root", "-no-progress", "-quiet", "-comp", &board.rootfs.compression]))?;
+    let mib = 1024 * 1024;
+    let rootfs_size = std::fs::metadata(&rootfs)?.len();
+    if rootfs_size > board.partitions.root_mib as u64 * mib {
+        bail!("rootfs.squashfs is {rootfs_size} bytes, more than root_mib = {}", board.partitions.root_mib);
+    }
+
+    // Boot partitions A and B, and p1.
+    let kernel_src = kroot.join("boot").join(format!("vmlinuz-{kver}"));
+    let boot_a = work.join("boot-a.vfat");
+    let boot_b = work.join("boot-b.vfat");
+    for (slot, path) in [('a', &boot_a), ('b', &boot_b)] {
+        let dir = work.join(format!("boot-{slot}"));
+        std::fs::create_dir_all(&dir)?;
+        fill_boot(&board, slot, &kernel_src, &dtb_root, fwroot.as_deref(), &initrd, &dir)?;
+        make_vfat(&dir, path, board.partitions.boot_mib, &format!("BOOT-{}", slot.to_ascii_uppercase()))?;
+    }
+    let ctl_dir = work.join("bootctl");
+    std::fs::create_dir_all(&ctl_dir)?;
+    fill_bootctl(&o.repo, &board, &dtb_root, fwroot.as_deref(), uboot.as_deref(), &work, &ctl_dir)?;
+    let bootctl = work.join("bootctl.vfat");
+    make_vfat(&ctl_dir, &bootctl, board.partitions.bootctl_mib, "BOOTCTL")?;
+
+    // Data: an empty ext4, made at build time.
+    let data = work.join("data.ext4");
+    let empty = work.join("data-root");
+    std::fs::create_dir_all(&empty)?;
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", "data", "-E", "root_owner=0:0", "-d"])
+        .arg(&empty)
+        .arg(&data)
+        .arg(format!("{}M", board.partitions.data_mib)))?;
+
+    // The disk image.
+    let img_name = format!("{}.img", out_name(&o.board, o.variant.as_deref(), o.build));
+    let cfg = genimage_config(&board, &img_name);
+    std::fs::write(work.join("genimage.cfg"), &cfg)?;
+    let tmp = work.join("genimage-tmp");
+    run(Command::new("genimage")
+        .arg("--config")
+        .arg(work.join("genimage.cfg"))
+        .arg("--inputpath")
+        .arg(&work)
+        .arg("--outputpath")
+        .arg(&out_dir)
+        .arg("--rootpath")
+        .arg(&empty)
+        .arg("--tmppath")
+        .arg(&tmp))?;
+    let image = out_dir.join(&img_name);
+
+    // Slot payloads kept beside the image (the OTA bundle's inputs, the hil tests' too).
+    let boot_payload = out_dir.join("boot.vfat");
+    let root_payload = out_dir.join("rootfs.squashfs");
+    std::fs::copy(&boot_a, &boot_payload)?;
+    std::fs::copy(&rootfs, &root_payload)?;
+    std::fs::write(out_dir.join("release"), &release)?;
+
+    let compressed = compress(&image, o.compress)?;
+    let bundle = bundle(o, &board, &out_dir, &boot_payload, &root_payload, keys.as_ref().map(|k| k.0.as_path()))?;
+    if !with_update {
+        eprintln!("xtask: NOTE: the daemon does not accept an [update] table yet; lucidd.toml was written without it");
+    }
+
+    let mut sizes = vec![
+        ("image".to_owned(), std::fs::metadata(&image)?.len()),
+        ("rootfs.squashfs".to_owned(), rootfs_size),
+        ("initrd.img".to_owned(), std::fs::metadata(&initrd)?.len()),
+        ("lucidd".to_owned(), std::fs::metadata(&o.lucidd)?.len()),
+    ];
+    if let Some(c) = &compressed {
+        sizes.push((c.file_name().unwrap().to_string_lossy().into_owned(), std::fs::metadata(c)?.len()));
+    }
+    if let Some(b) = &bundle {
+        sizes.push((b.file_name().unwrap().to_string_lossy().into_owned(), std::fs::metadata(b)?.len()));
+    }
+    std::fs::remove_dir_all(&tmp).ok();
+    Ok(Outputs { image, compressed, bundle, rootfs: root_payload, boot: boot_payload, sizes })
+}
+
+/// /etc/lucid/lucidd.toml: the manifest's `[lucidd.config]` plus the `[update]` table.
+pub fn lucidd_config(board: &Board) -> Result<String> {
+    let mut t = board.lucidd.config.clone();
+    t.insert("update".into(), toml::Value::Table(update_table(board)));
+    Ok(toml::to_string(&t)?)
+}
+
+/// The `[update]` table the daemon's OTA code reads (the interface fixed in issue 3).
+pub fn update_table(board: &Board) -> toml::Table {
+    let mut slots = toml::Table::new();
+    for (s, boot, root) in [("a", 2, 5), ("b", 3, 6)] {
+        let mut e = toml::Table::new();
+        e.insert("boot".into(), board.part(boot).into());
+        e.insert("root".into(), board.part(root).into());
+        slots.insert(s.into(), e.into());
+    }
+    let mut u = toml::Table::new();
+    u.insert("boot_control".into(), board.boot.method.daemon_name().into());
+    u.insert("board".into(), board.name.clone().into());
+    u.insert("release_file".into(), "/etc/lucid/release".into());
+    u.insert("trusted_keys_dir".into(), "/etc/lucid/ota-keys".into());
+    u.insert("bootctl_dir".into(), "/boot/ctl".into());
+    u.insert("cmdline_path".into(), "/proc/cmdline".into());
+    u.insert("slots".into(), slots.into());
+    u.insert("reboot_after_install".into(), true.into());
+    u
+}
+
+/// Run `lucidd config --config FILE` under qemu-user. Returns the config to install and
+/// whether it has the `[update]` table: it is left out when only that table is refused
+/// (the daemon's OTA code not landed yet). Fails the build on any other rejection, or
+/// when a variant expects a rejection and the daemon accepts.
+fn check_config(lucidd: &Path, work: &Path, board: &Board, text: &str) -> Result<(String, bool)> {
+    let path = work.join("lucidd.toml");
+    let try_it = |body: &str| -> Result<(bool, String)> {
+        std::fs::write(&path, body)?;
+        let out = Command::new("qemu-aarch64-static")
+            .arg(lucidd)
+            .args(["config", "--config"])
+            .arg(&path)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output()
+            .context("running lucidd config under qemu-aarch64-static")?;
+        Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    };
+    let (ok, err) = try_it(text)?;
+    if board.expect_config_rejected {
+        if ok {
+            bail!("variant expects the daemon to reject its config, but `lucidd config` accepted it");
+        }
+        eprintln!("xtask: the daemon rejects this variant's config, as intended: {}", err.trim());
+        // Installed as generated; with [update] only if the daemon knows the table.
+        return Ok((text.to_owned(), true));
+    }
+    if ok {
+        return Ok((text.to_owned(), true));
+    }
+    if err.contains("update") {
+        let mut t: toml::Table = toml::from_str(text)?;
+        t.remove("update");
+        let without = toml::to_string(&t)?;
+        let (ok2, err2) = try_it(&without)?;
+        if ok2 {
+            return Ok((without, false));
+        }
+        bail!("lucidd rejects the generated config: {}", err2.trim());
+    }
+    bail!("lucidd rejects the generated config: {}", err.trim())
+}
+
+/// (pk8, vkey): LUCID_OTA_KEY/LUCID_OTA_VKEY, else out/keys/dev.* made once by
+/// `lucidd bundle keygen`. None when the daemon has no bundle subcommand yet.
+fn ota_keys(_repo: &Path, out: &Path, lucidd: &Path, _work: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
+    if let (Some(k), Some(v)) = (std::env::var_os("LUCID_OTA_KEY"), std::env::var_os("LUCID_OTA_VKEY")) {
+        let (k, v) = (PathBuf::from(k), PathBuf::from(v));
+        if !k.exists() || !v.exists() {
+            bail!("LUCID_OTA_KEY / LUCID_OTA_VKEY name files that do not exist");
+        }
+        return Ok(Some((k, v)));
+    }
+    let dir = out.join("keys");
+    let (k, v) = (dir.join("dev.pk8"), dir.join("dev.vkey"));
+    if k.exists() && v.exists() {
+        return Ok(Some((k, v)));
+    }
+    if !has_bundle_command(lucidd) {
+        eprintln!("xtask: NOTE: this lucidd has no `bundle` subcommand yet: no OTA keys, no bundle");
+        return Ok(None);
+    }
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("qemu-aarch64-static").arg(lucidd).args(["bundle", "keygen", "--name", "dev", "--out"]).arg(&dir))?;
+    eprintln!("xtask: made DEVELOPMENT OTA keys in {} (set LUCID_OTA_KEY/LUCID_OTA_VKEY for production)", dir.display());
+    Ok(Some((k, v)))
+}
+
+fn has_bundle_command(lucidd: &Path) -> bool {
+    Command::new("qemu-aarch64-static")
+        .arg(lucidd)
+        .args(["bundle", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn bundle(o: &Options, board: &Board, out_dir: &Path, boot: &Path, rootfs: &Path, key: Option<&Path>) -> Result<Option<PathBuf>> {
+    let Some(key) = key else { return Ok(None) };
+    if !has_bundle_command(&o.lucidd) {
+        return Ok(None);
+    }
+    let path = out_dir.join(format!("{}-{}-{}.lucidota", board.name, board.full_version(), o.build));
+    run(Command::new("qemu-aarch64-static")
+        .arg(&o.lucidd)
+        .args(["bundle", "create", "--board", &board.name, "--version", &board.full_version(), "--build", &o.build.to_string(), "--key"])
+        .arg(key)
+        .arg("--boot")
+        .arg(boot)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .arg("-o")
+        .arg(&path))?;
+    Ok(Some(path))
+}
+
+/// Modules named by the board (plus the watchdog's), with their dependencies, in load
+/// order. Built-in modules are skipped; unknown ones fail the build.
+pub fn resolve_modules(board: &Board, kdir: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let dep = std::fs::read_to_string(kdir.join("modules.dep"))?;
+    let builtin = std::fs::read_to_string(kdir.join("modules.builtin")).unwrap_or_default();
+    let norm = |s: &str| s.replace('-', "_");
+    let stem = |p: &str| norm(Path::new(p).file_stem().unwrap().to_str().unwrap().trim_end_matches(".ko"));
+    let mut table = std::collections::HashMap::new();
+    for line in dep.lines() {
+        if let Some((m, deps)) = line.split_once(':') {
+            table.insert(stem(m), (m.to_owned(), deps.split_whitespace().map(str::to_owned).collect::<Vec<_>>()));
+        }
+    }
+    let builtins: std::collections::HashSet<String> = builtin.lines().map(stem).collect();
+    let mut wanted = board.kernel.modules.clone();
+    if let Some(w) = &board.hardware.watchdog {
+        if !wanted.contains(&w.module) {
+            wanted.push(w.module.clone());
+        }
+    }
+    let mut load = Vec::new();
+    let mut files = Vec::new();
+    for m in wanted {
+        let n = norm(&m);
+        if let Some((file, deps)) = table.get(&n) {
+            load.push(m.clone());
+            for f in deps.iter().chain(std::iter::once(file)) {
+                if !files.contains(f) {
+                    files.push(f.clone());
+                }
+            }
+        } else if !builtins.contains(&n) {
+            bail!("board {}: kernel module {m} is neither a module nor built into {}", board.name, kdir.display());
+        }
+    }
+    Ok((load, files))
+}
+
+fn build_initramfs(repo: &Path, board: &Board, kdir: &Path, kver: &str, busybox: &Path, dir: &Path) -> Result<()> {
+    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "newroot", "usr/bin", "usr/sbin"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox"))?;
+    std::fs::copy(repo.join("image/initramfs/init"), dir.join("init"))?;
+    set_mode(&dir.join("init"), 0o755)?;
+    let (load, files) = resolve_modules(board, kdir)?;
+    let mdir = dir.join("lib/modules").join(kver);
+    for f in &files {
+        let dest = mdir.join(f);
+        std::fs::create_dir_all(dest.parent().unwrap())?;
+        std::fs::copy(kdir.join(f), &dest)?;
+    }
+    for f in ["modules.builtin", "modules.order"] {
+        if kdir.join(f).exists() {
+            std::fs::copy(kdir.join(f), mdir.join(f))?;
+        }
+    }
+    // modules.dep for the subset, in the kernel's own format (paths relative to mdir).
+    let dep = std::fs::read_to_string(kdir.join("modules.dep"))?;
+    let kept: String = dep
+        .lines()
+        .filter(|l| l.split_once(':').is_some_and(|(m, _)| files.iter().any(|f| f == m)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(mdir.join("modules.dep"), kept)?;
+    std::fs::write(dir.join("etc/modules"), load.join("\n") + "\n")?;
+    Ok(())
+}
+
+fn cpio_gz(dir: &Path, out: &Path) -> Result<()> {
+    let script = format!(
+        "cd '{}' && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 --reproducible | gzip -9n > '{}'",
+        dir.display(),
+        out.display()
+    );
+    run(Command::new("sh").args(["-c", &script]))
+}
+
+fn build_rootfs(o: &Options, board: &Board, busybox: &Path, dir: &Path, toml: &str, release: &str, vkey: Option<&Path>) -> Result<()> {
+    copy_tree(&o.repo.join("image/rootfs"), dir)?;
+    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "data", "boot/ctl", "root", "etc/lucid/ota-keys", "var"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox"))?;
+    // One symlink per applet, where busybox itself says it belongs.
+    let list = run_output(Command::new("qemu-aarch64-static").arg(busybox).arg("--list-full"))?;
+    for applet in list.lines().filter(|l| !l.is_empty()) {
+        let link = dir.join(applet);
+        if link.exists() || link.symlink_metadata().is_ok() {
+            continue;
+        }
+        std::fs::create_dir_all(link.parent().unwrap())?;
+        let depth = applet.matches('/').count();
+        let target = format!("{}bin/busybox", "../".repeat(depth));
+        std::os::unix::fs::symlink(target, &link)?;
+    }
+    for (l, t) in [("var/tmp", "/tmp"), ("var/run", "/run"), ("var/log", "/tmp")] {
+        std::os::unix::fs::symlink(t, dir.join(l))?;
+    }
+    std::fs::copy(&o.lucidd, dir.join("usr/bin/lucidd"))?;
+    set_mode(&dir.join("usr/bin/lucidd"), 0o755)?;
+    std::fs::write(dir.join("etc/lucid/lucidd.toml"), toml)?;
+    std::fs::write(dir.join("etc/lucid/release"), release)?;
+    if let Some(v) = vkey {
+        std::fs::copy(v, dir.join("etc/lucid/ota-keys").join(v.file_name().unwrap()))?;
+    }
+    std::fs::write(dir.join("etc/hostname"), format!("{}\n", board.rootfs.hostname))?;
+    let wd = board.hardware.watchdog.as_ref().map(|w| w.timeout_secs.to_string()).unwrap_or_default();
+    let ifaces = if board.qemu.is_some() { "eth0" } else { "eth0 end0 usb0" };
+    std::fs::write(
+        dir.join("etc/lucid/board.env"),
+        format!(
+            "# Generated from board/{}.toml by the image tool.\nLUCID_BOARD={}\nLUCID_BOOTCTL_DEV={}\nLUCID_DATA_DEV={}\nLUCID_WATCHDOG_TIMEOUT={}\nLUCID_NET_IFACES=\"{}\"\n",
+            board.name,
+            board.name,
+            board.part(1),
+            board.part(7),
+            wd,
+            ifaces
+        ),
+    )?;
+    std::fs::write(
+        dir.join("etc/fstab"),
+        format!(
+            "# Mounted by /etc/init.d/rcS; listed for reference and for `mount /data`.\n{} /boot/ctl vfat rw,noatime,sync 0 0\n{} /data ext4 noatime 0 0\n",
+            board.part(1),
+            board.part(7)
+        ),
+    )?;
+    Ok(())
+}
+
+/// The files of boot slot `slot`.
+fn fill_boot(board: &Board, slot: char, kernel: &Path, dtb_root: &Path, fw: Option<&Path>, initrd: &Path, dir: &Path) -> Result<()> {
+    std::fs::copy(initrd, dir.join("initrd.img"))?;
+    let base_args = format!("console={} {}", board.boot.console, board.kernel.cmdline).trim().to_owned();
+    match board.kernel.image {
+        KernelImage::Image => {
+            // Debian's arm64 "vmlinuz" is in fact an uncompressed Image (EFI stub); older
+            // or other kernels may be gzip'd, which booti cannot start.
+            let mut magic = [0u8; 2];
+            std::io::Read::read_exact(&mut std::fs::File::open(kernel)?, &mut magic)?;
+            if magic == [0x1f, 0x8b] {
+                let f = std::fs::File::create(dir.join("Image"))?;
+                let st = Command::new("gzip").arg("-dc").arg(kernel).stdout(f).status()?;
+                if !st.success() {
+                    bail!("gzip -dc {} failed", kernel.display());
+                }
+            } else {
+                std::fs::copy(kernel, dir.join("Image"))?;
+            }
+        }
+        KernelImage::Vmlinuz => {
+            std::fs::copy(kernel, dir.join("vmlinuz"))?;
+        }
+    }
+    match board.boot.method {
+        BootMethod::UbootEnv => {
+            // Slot-independent: boot.scr adds root= and lucid.slot=, so one boot.vfat
+            // serves either slot (the OTA bundle carries just one).
+            std::fs::write(dir.join("bootargs.env"), format!("lucid_args={base_args}\n"))?;
+            for dt in &board.boot.device_trees {
+                let dest = dir.join("dtbs").join(dt);
+                std::fs::create_dir_all(dest.parent().unwrap())?;
+                std::fs::copy(dtb_root.join(dt), dest)?;
+            }
+        }
+        BootMethod::RpiTryboot => {
+            let (root, _) = if slot == 'a' { (board.part(5), 2) } else { (board.part(6), 3) };
+            std::fs::write(dir.join("cmdline.txt"), format!("{base_args} root={root} lucid.slot={slot}\n"))?;
+            std::fs::write(dir.join("config.txt"), board.boot.config_txt.join("\n") + "\n")?;
+            for dt in &board.boot.device_trees {
+                let name = Path::new(dt).file_name().unwrap();
+                std::fs::copy(dtb_root.join(dt), dir.join(name))?;
+            }
+            copy_firmware(board, fw, dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_firmware(board: &Board, fw: Option<&Path>, dir: &Path) -> Result<()> {
+    if let Some(fw) = fw {
+        for f in &board.boot.firmware_files {
+            let src = fw.join("usr/lib/raspi-firmware").join(f);
+            std::fs::copy(&src, dir.join(f)).with_context(|| format!("firmware file {}", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// p1: which slot boots.
+fn fill_bootctl(repo: &Path, board: &Board, dtb_root: &Path, fw: Option<&Path>, uboot: Option<&Path>, work: &Path, dir: &Path) -> Result<()> {
+    match board.boot.method {
+        BootMethod::RpiTryboot => {
+            std::fs::write(dir.join("autoboot.txt"), AUTOBOOT_TXT)?;
+        }
+        BootMethod::UbootEnv => {
+            let src = std::fs::read_to_string(repo.join("image/uboot/boot.cmd"))?
+                .replace("@ROOT_A@", &board.part(5))
+                .replace("@ROOT_B@", &board.part(6));
+            let cmd = work.join("boot.cmd");
+            std::fs::write(&cmd, src)?;
+            run(Command::new("mkimage")
+                .args(["-q", "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none", "-n", "lucid A/B", "-d"])
+                .arg(&cmd)
+                .arg(dir.join("boot.scr")))?;
+            std::fs::write(dir.join("lucid.env"), env_file('a', None))?;
+            std::fs::write(dir.join("lucid-a.env"), env_file('a', None))?;
+            std::fs::write(dir.join("lucid-b.env"), env_file('b', None))?;
+            if let Some(u) = uboot {
+                // A Pi with U-Boot: its boot ROM reads firmware, config.txt and the device
+                // tree from p1, then starts U-Boot, which runs boot.scr.
+                std::fs::copy(u, dir.join("u-boot.bin"))?;
+                std::fs::write(dir.join("config.txt"), board.boot.config_txt.join("\n") + "\n")?;
+                for dt in &board.boot.device_trees {
+                    std::fs::copy(dtb_root.join(dt), dir.join(Path::new(dt).file_name().unwrap()))?;
+                }
+                copy_firmware(board, fw, dir)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Pi 4/5 tryboot_a_b file on p1 (fixed by the daemon interface).
+pub const AUTOBOOT_TXT: &str = "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n";
+
+/// `lucid.env` in `env export -t` text form, exactly what lucidd writes.
+pub fn env_file(active: char, try_slot: Option<char>) -> String {
+    format!("lucid_active={active}\nlucid_try={}\n", try_slot.map(String::from).unwrap_or_default())
+}
+
+fn make_vfat(dir: &Path, out: &Path, size_mib: u32, label: &str) -> Result<()> {
+    let _ = std::fs::remove_file(out);
+    run(Command::new("mkfs.vfat").args(["-C", "-n", label]).arg(out).arg((size_mib as u64 * 1024).to_string()).stdout(std::process::Stdio::null()))?;
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut c = Command::new("mcopy");
+    c.arg("-s").arg("-p").arg("-i").arg(out);
+    c.args(&entries);
+    c.arg("::/");
+    c.env("MTOOLS_SKIP_CHECK", "1");
+    run(&mut c)
+}
+
+/// genimage layout: MBR, p1-p3 primary FAT, p4 extended, p5-p7 logical.
+pub fn genimage_config(board: &Board, img_name: &str) -> String {
+    let p = &board.partitions;
+    format!(
+        r#"# Generated by image/xtask from board/{board}.toml. Layout shared with lucidd's OTA code.
+image {img} {{
+  hdimage {{
+    partition-table-type = "mbr"
+    extended-partition = 4
+    align = 1M
+  }}
+  partition bootctl {{
+    partition-type = 0xC
+    bootable = true
+    image = "bootctl.vfat"
+    size = {ctl}M
+  }}
+  partition boot-a {{
+    partition-type = 0xC
+    image = "boot-a.vfat"
+    size = {boot}M
+  }}
+  partition boot-b {{
+    partition-type = 0xC
+    image = "boot-b.vfat"
+    size = {boot}M
+  }}
+  partition root-a {{
+    partition-type = 0x83
+    image = "rootfs.squashfs"
+    size = {root}M
+  }}
+  partition root-b {{
+    partition-type = 0x83
+    image = "rootfs.squashfs"
+    size = {root}M
+  }}
+  partition data {{
+    partition-type = 0x83
+    image = "data.ext4"
+    size = {data}M
+  }}
+}}
+"#,
+        board = board.name,
+        img = img_name,
+        ctl = p.bootctl_mib,
+        boot = p.boot_mib,
+        root = p.root_mib,
+        data = p.data_mib,
+    )
+}
+
+fn compress(image: &Path, how: Compress) -> Result<Option<PathBuf>> {
+    let (ext, cmd): (&str, Vec<&str>) = match how {
+        Compress::None => return Ok(None),
+        Compress::Xz => ("xz", vec!["xz", "-T0", "-6", "-k", "-f"]),
+        Compress::Zstd => ("zst", vec!["zstd", "-q", "-T0", "-19", "-f", "-k"]),
+    };
+    let mut c = Command::new(cmd[0]);
+    c.args(&cmd[1..]).arg(image);
+    run(&mut c)?;
+    let mut out = image.as_os_str().to_owned();
+    out.push(format!(".{ext}"));
+    Ok(Some(PathBuf::from(out)))
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    }
+
+    #[test]
+    fn env_file_is_what_the_daemon_writes() {
+        assert_eq!(env_file('a', None), "lucid_active=a\nlucid_try=\n");
+        assert_eq!(env_file('a', Some('b')), "lucid_active=a\nlucid_try=b\n");
+    }
+
+    #[test]
+    fn update_table_names_each_slots_partitions() {
+        let q = crate::board::load(&repo(), "qemu-aarch64-virt", None).unwrap();
+        let text = lucidd_config(&q).unwrap();
+        let t: toml::Table = toml::from_str(&text).unwrap();
+        let u = &t["update"];
+        assert_eq!(u["boot_control"].as_str(), Some("uboot-env"));
+        assert_eq!(u["slots"]["a"]["root"].as_str(), Some("/dev/vda5"));
+        assert_eq!(u["slots"]["b"]["boot"].as_str(), Some("/dev/vda3"));
+        assert_eq!(t["data_dir"].as_str(), Some("/data/lucid"));
+        let p4 = crate::board::load(&repo(), "rpi4", None).unwrap();
+        let t: toml::Table = toml::from_str(&lucidd_config(&p4).unwrap()).unwrap();
+        assert_eq!(t["update"]["boot_control"].as_str(), Some("rpi-tryboot"));
+        assert_eq!(t["update"]["slots"]["b"]["root"].as_str(), Some("/dev/mmcblk0p6"));
+    }
+
+    #[test]
+    fn genimage_layout_has_seven_partitions_in_order() {
+        let q = crate::board::load(&repo(), "qemu-aarch64-virt", None).unwrap();
+        let c = genimage_config(&q, "x.img");
+        let order = ["bootctl", "boot-a", "boot-b", "root-a", "root-b", "data"];
+        let pos: Vec<usize> = order.iter().map(|n| c.find(&format!("partition {n} ")).unwrap()).collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]));
+        assert!(c.contains("extended-partition = 4"));
+    }
+
+    #[test]
+    fn boot_script_consumes_the_trial_before_booting() {
+        let s = std::fs::read_to_string(repo().join("image/uboot/boot.cmd")).unwrap();
+        let write = s.find("fatwrite").unwrap();
+        let boot = s.find("\nbooti ").unwrap();
+        assert!(write < boot);
+        assert!(s.contains("@ROOT_A@") && s.contains("@ROOT_B@"));
+    }
+
+    #[test]
+    fn autoboot_txt_is_the_fixed_interface() {
+        assert_eq!(AUTOBOOT_TXT, "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n");
+    }
+}
