@@ -274,3 +274,85 @@ pub fn fat_write(image: &Path, n: u32, name: &str, content: &str) -> Result<()> 
     }
     Ok(())
 }
+
+/// A sparse scratch copy of `src` in out/hil/NAME (raw), for tests that boot a disk more
+/// than once or inspect its bytes afterwards; out/'s image stays pristine.
+pub fn scratch_copy(src: &Path, name: &str) -> Result<PathBuf> {
+    let disk = work_dir().join(name);
+    let _ = std::fs::remove_file(&disk);
+    let st = Command::new("cp").arg("--sparse=always").arg(src).arg(&disk).status().context("cp")?;
+    if !st.success() {
+        bail!("cp {} {} failed", src.display(), disk.display());
+    }
+    Ok(disk)
+}
+
+/// The raw bytes of partition `n` of a raw image (start and size from `sfdisk -J`).
+pub fn partition_bytes(image: &Path, n: u32) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let out = Command::new("sfdisk").arg("-J").arg(image).output().context("sfdisk")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let start = partition_offset(image, n)?;
+    let size = v["partitiontable"]["partitions"]
+        .as_array()
+        .context("no partitions")?
+        .iter()
+        .find(|p| p["start"].as_u64().map(|s| s * 512) == Some(start))
+        .and_then(|p| p["size"].as_u64())
+        .context("partition size")?
+        * 512;
+    let mut f = std::fs::File::open(image)?;
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = vec![0u8; size as usize];
+    f.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// The OTA bundle of a build in out/NAME/ (`xtask::assemble::out_name`).
+pub fn bundle_path(variant: Option<&str>, build: u64) -> Result<PathBuf> {
+    let dir = repo().join("out").join(xtask::assemble::out_name(BOARD, variant, build));
+    let found = std::fs::read_dir(&dir)
+        .with_context(|| format!("{}: build it with ./scripts/image {BOARD} --build {build}{}", dir.display(), variant.map(|v| format!(" --variant {v}")).unwrap_or_default()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "lucidota"));
+    found.with_context(|| format!("no .lucidota in {}", dir.display()))
+}
+
+/// POST a file as a streamed `application/octet-stream` body (curl -T streams it rather
+/// than loading it): (status, body, time taken).
+pub fn upload(url: &str, token: &str, file: &Path, timeout: Duration) -> Result<(u16, Vec<u8>, Duration)> {
+    let body = tempfile_path("upload");
+    let t = Instant::now();
+    let out = Command::new("curl")
+        .args(["-s", "-m", &timeout.as_secs().to_string(), "-X", "POST", "-o"])
+        .arg(&body)
+        .args(["-w", "%{http_code}", "-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "content-type: application/octet-stream", "-H", "Expect:", "-T"])
+        .arg(file)
+        .arg(url)
+        .output()
+        .context("curl")?;
+    let took = t.elapsed();
+    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let bytes = std::fs::read(&body).unwrap_or_default();
+    let _ = std::fs::remove_file(&body);
+    Ok((code, bytes, took))
+}
+
+/// Starts a raw HTTP/1.1 upload of `file` and sends only its first `send` bytes, so a
+/// test can cut the power while the device is in the middle of writing a slot. The
+/// returned connection is left open (the device keeps waiting for the rest).
+pub fn partial_upload(host: &str, port: u16, path: &str, token: &str, file: &Path, send: usize) -> Result<std::net::TcpStream> {
+    let data = std::fs::read(file)?;
+    let mut s = std::net::TcpStream::connect((host, port))?;
+    s.set_write_timeout(Some(Duration::from_secs(120)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    )?;
+    for chunk in data[..send.min(data.len())].chunks(1 << 20) {
+        s.write_all(chunk)?;
+    }
+    Ok(s)
+}

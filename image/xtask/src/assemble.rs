@@ -141,7 +141,12 @@ pub fn build(o: &Options) -> Result<Outputs> {
         let dir = work.join(format!("boot-{slot}"));
         std::fs::create_dir_all(&dir)?;
         fill_boot(&board, slot, &kernel_src, &dtb_root, fwroot.as_deref(), &initrd, &dir)?;
-        make_vfat(&dir, path, board.partitions.boot_mib, &format!("BOOT-{}", slot.to_ascii_uppercase()))?;
+        // Sized to its contents, not to the partition: this file is also the OTA
+        // bundle's `boot` payload, written from the start of the boot partition. The FAT
+        // header records its own size, so the kernel, U-Boot and the Pi firmware read it
+        // the same in a larger partition, and the bundle does not carry empty space.
+        let size_mib = fat_size_mib(&dir, board.partitions.boot_mib)?;
+        make_vfat(&dir, path, size_mib, &format!("BOOT-{}", slot.to_ascii_uppercase()))?;
     }
     let ctl_dir = work.join("bootctl");
     std::fs::create_dir_all(&ctl_dir)?;
@@ -395,6 +400,9 @@ fn build_initramfs(repo: &Path, board: &Board, kdir: &Path, kver: &str, busybox:
         .collect();
     std::fs::write(mdir.join("modules.dep"), kept)?;
     std::fs::write(dir.join("etc/modules"), load.join("\n") + "\n")?;
+    // Each slot's root device, for /init when the command line names none (Pi tryboot:
+    // the slot comes from the partition the firmware booted, see image/initramfs/init).
+    std::fs::write(dir.join("etc/lucid-roots"), format!("a={}\nb={}\n", board.part(5), board.part(6)))?;
     Ok(())
 }
 
@@ -461,8 +469,10 @@ fn build_rootfs(o: &Options, board: &Board, busybox: &Path, dir: &Path, toml: &s
     Ok(())
 }
 
-/// The files of boot slot `slot`.
-fn fill_boot(board: &Board, slot: char, kernel: &Path, dtb_root: &Path, fw: Option<&Path>, initrd: &Path, dir: &Path) -> Result<()> {
+/// The files of a boot partition. They are the same for both slots on every board (the
+/// slot is told at boot time), so one OTA `boot` payload fits either; `_slot` is kept for
+/// callers' clarity only.
+fn fill_boot(board: &Board, _slot: char, kernel: &Path, dtb_root: &Path, fw: Option<&Path>, initrd: &Path, dir: &Path) -> Result<()> {
     std::fs::copy(initrd, dir.join("initrd.img"))?;
     let base_args = format!("console={} {}", board.boot.console, board.kernel.cmdline).trim().to_owned();
     match board.kernel.image {
@@ -497,8 +507,10 @@ fn fill_boot(board: &Board, slot: char, kernel: &Path, dtb_root: &Path, fw: Opti
             }
         }
         BootMethod::RpiTryboot => {
-            let (root, _) = if slot == 'a' { (board.part(5), 2) } else { (board.part(6), 3) };
-            std::fs::write(dir.join("cmdline.txt"), format!("{base_args} root={root} lucid.slot={slot}\n"))?;
+            // Slot-independent too: no root= or lucid.slot=. The initramfs and lucidd take
+            // the slot from the partition the firmware booted (device tree
+            // chosen/bootloader/partition: 2 = a, 3 = b), so one boot.vfat fits p2 or p3.
+            std::fs::write(dir.join("cmdline.txt"), format!("{base_args}\n"))?;
             std::fs::write(dir.join("config.txt"), board.boot.config_txt.join("\n") + "\n")?;
             for dt in &board.boot.device_trees {
                 let name = Path::new(dt).file_name().unwrap();
@@ -560,6 +572,26 @@ pub const AUTOBOOT_TXT: &str = "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot
 /// `lucid.env` in `env export -t` text form, exactly what lucidd writes.
 pub fn env_file(active: char, try_slot: Option<char>) -> String {
     format!("lucid_active={active}\nlucid_try={}\n", try_slot.map(String::from).unwrap_or_default())
+}
+
+/// A FAT size for the files under `dir`: their total plus 10 % and 4 MiB (cluster
+/// slack, the FATs and root directory), in whole MiB, refused above `max_mib`.
+pub fn fat_size_mib(dir: &Path, max_mib: u32) -> Result<u32> {
+    fn total(p: &Path) -> Result<u64> {
+        let mut n = 0;
+        for e in std::fs::read_dir(p)? {
+            let e = e?;
+            let m = e.metadata()?;
+            n += if m.is_dir() { total(&e.path())? } else { m.len() };
+        }
+        Ok(n)
+    }
+    let bytes = total(dir)?;
+    let mib = (bytes + bytes / 10 + (4 << 20)).div_ceil(1 << 20);
+    if mib > max_mib as u64 {
+        bail!("{} holds {bytes} bytes: a FAT for it needs {mib} MiB, more than the {max_mib} MiB partition", dir.display());
+    }
+    Ok(mib as u32)
 }
 
 fn make_vfat(dir: &Path, out: &Path, size_mib: u32, label: &str) -> Result<()> {
@@ -662,6 +694,18 @@ mod tests {
     fn env_file_is_what_the_daemon_writes() {
         assert_eq!(env_file('a', None), "lucid_active=a\nlucid_try=\n");
         assert_eq!(env_file('a', Some('b')), "lucid_active=a\nlucid_try=b\n");
+    }
+
+    #[test]
+    fn boot_fat_is_sized_to_its_contents_and_fits_the_partition() {
+        let dir = std::env::temp_dir().join(format!("xtask-fat-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("dtbs")).unwrap();
+        std::fs::write(dir.join("Image"), vec![0u8; 20 << 20]).unwrap();
+        std::fs::write(dir.join("dtbs/x.dtb"), vec![0u8; 1 << 20]).unwrap();
+        // 21 MiB of files (one in a subdirectory) + 10 % + 4 MiB = 27.1 -> 28 MiB.
+        assert_eq!(fat_size_mib(&dir, 64).unwrap(), 28);
+        assert!(fat_size_mib(&dir, 27).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

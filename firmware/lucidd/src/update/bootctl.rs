@@ -81,7 +81,7 @@ pub enum BootCtlError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Malformed { path: PathBuf, reason: String },
-    #[error("the kernel command line {path} names no slot (lucid.slot=a|b)")]
+    #[error("the kernel command line {path} names no slot (lucid.slot=a|b) and the device tree no boot partition 2|3")]
     NoSlot { path: PathBuf },
     #[error("boot control is not configured")]
     NotConfigured,
@@ -96,14 +96,34 @@ pub struct BootState {
     pub armed: Option<Slot>,
 }
 
-/// The running slot, from `lucid.slot=a|b` on the kernel command line.
+/// Where the Raspberry Pi firmware says which partition it booted from: a big-endian
+/// u32 device-tree property (2 = boot A, 3 = boot B under `tryboot_a_b`).
+pub const DT_BOOT_PARTITION: &str = "/proc/device-tree/chosen/bootloader/partition";
+
+/// The running slot, from `lucid.slot=a|b` on the kernel command line or, when the
+/// command line names none (the Pi's slot-independent cmdline.txt), from the partition
+/// the Pi firmware booted.
 pub fn running_slot(cmdline_path: &Path) -> Result<Slot, BootCtlError> {
+    running_slot_or_dt(cmdline_path, Path::new(DT_BOOT_PARTITION))
+}
+
+/// [`running_slot`] with the device-tree property at `dt_partition` (tests).
+pub fn running_slot_or_dt(cmdline_path: &Path, dt_partition: &Path) -> Result<Slot, BootCtlError> {
     let text = std::fs::read_to_string(cmdline_path).map_err(|source| BootCtlError::Io { path: cmdline_path.into(), source })?;
-    text.split_whitespace()
-        .filter_map(|w| w.strip_prefix("lucid.slot="))
-        .next_back()
-        .and_then(Slot::parse)
-        .ok_or_else(|| BootCtlError::NoSlot { path: cmdline_path.into() })
+    // A slot named on the command line wins, and a bad name is an error rather than a
+    // reason to guess from elsewhere.
+    match text.split_whitespace().filter_map(|w| w.strip_prefix("lucid.slot=")).next_back() {
+        Some(name) => Slot::parse(name),
+        None => slot_from_dt_partition(dt_partition),
+    }
+    .ok_or_else(|| BootCtlError::NoSlot { path: cmdline_path.into() })
+}
+
+/// The slot whose boot partition the DT property at `path` names; None when the file is
+/// missing (not a Pi) or is not a 4-byte big-endian 2 or 3.
+pub fn slot_from_dt_partition(path: &Path) -> Option<Slot> {
+    let bytes: [u8; 4] = std::fs::read(path).ok()?.try_into().ok()?;
+    u8::try_from(u32::from_be_bytes(bytes)).ok().and_then(Slot::from_boot_partition)
 }
 
 /// A configured boot control over the directory where p1 is mounted.
@@ -419,11 +439,37 @@ mod tests {
     fn running_slot_from_cmdline() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("cmdline");
+        let no_dt = dir.path().join("no-such-partition");
         std::fs::write(&p, "console=ttyAMA0 root=/dev/vda6 lucid.slot=b rootwait\n").unwrap();
-        assert_eq!(running_slot(&p).unwrap(), Slot::B);
+        assert_eq!(running_slot_or_dt(&p, &no_dt).unwrap(), Slot::B);
         std::fs::write(&p, "console=ttyAMA0\n").unwrap();
-        assert!(matches!(running_slot(&p), Err(BootCtlError::NoSlot { .. })));
+        assert!(matches!(running_slot_or_dt(&p, &no_dt), Err(BootCtlError::NoSlot { .. })));
         std::fs::write(&p, "lucid.slot=c\n").unwrap();
-        assert!(running_slot(&p).is_err());
+        assert!(running_slot_or_dt(&p, &no_dt).is_err());
+    }
+
+    #[test]
+    fn running_slot_from_the_pi_device_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmdline = dir.path().join("cmdline");
+        let dt = dir.path().join("partition");
+        std::fs::write(&cmdline, "console=ttyS1,115200 rootwait panic=5\n").unwrap();
+        // The firmware's property is a big-endian u32.
+        std::fs::write(&dt, [0, 0, 0, 3]).unwrap();
+        assert_eq!(slot_from_dt_partition(&dt), Some(Slot::B));
+        assert_eq!(running_slot_or_dt(&cmdline, &dt).unwrap(), Slot::B);
+        std::fs::write(&dt, [0, 0, 0, 2]).unwrap();
+        assert_eq!(running_slot_or_dt(&cmdline, &dt).unwrap(), Slot::A);
+        // The command line, when it names a slot, wins over the device tree.
+        std::fs::write(&cmdline, "lucid.slot=b\n").unwrap();
+        assert_eq!(running_slot_or_dt(&cmdline, &dt).unwrap(), Slot::B);
+        // Anything but a 4-byte 2 or 3 names no slot: other partitions, little-endian
+        // bytes, wrong lengths.
+        std::fs::write(&cmdline, "console=ttyS1,115200\n").unwrap();
+        for bad in [&[0u8, 0, 0, 1][..], &[3, 0, 0, 0], &[0, 0, 3], &[0, 0, 0, 0, 3], &[0, 0, 1, 3], &[]] {
+            std::fs::write(&dt, bad).unwrap();
+            assert_eq!(slot_from_dt_partition(&dt), None, "{bad:?}");
+            assert!(matches!(running_slot_or_dt(&cmdline, &dt), Err(BootCtlError::NoSlot { .. })), "{bad:?}");
+        }
     }
 }
