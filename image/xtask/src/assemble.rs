@@ -107,11 +107,11 @@ pub fn build(o: &Options) -> Result<Outputs> {
     };
 
     // Config and release facts, checked by the daemon itself.
-    let (lucid_toml, with_update) = check_config(&o.lucidd, &work, &board, &lucidd_config(&board)?)?;
-    let release = format!("board={}\nversion={}\nbuild={}\n", board.name, board.full_version(), o.build);
+    let (lucid_toml, with_update) = check_config(&o.lucidd, None, &work, &board, &lucidd_config(&board)?)?;
+    let release = release_text(&board, o.build);
 
     // OTA keys: the production key from the environment, else development keys made once.
-    let keys = ota_keys(&o.repo, &o.out, &o.lucidd, &work)?;
+    let keys = ota_keys(&o.out.join("keys"), &o.lucidd, None)?;
 
     // Initramfs: busybox, the modules, /init.
     let initramfs = work.join("initramfs");
@@ -127,20 +127,112 @@ pub fn build(o: &Options) -> Result<Outputs> {
         .arg(&rootdir)
         .arg(&rootfs)
         .args(["-noappend", "-all-root", "-no-progress", "-quiet", "-comp", &board.rootfs.compression]))?;
+
+    // Boot partitions, p1, data, the disk image, payloads, compressed copy, bundle.
+    let files = BootFiles {
+        kernel: kroot.join("boot").join(format!("vmlinuz-{kver}")),
+        dtbs: board.boot.device_trees.iter().map(|dt| (dtb_root.join(dt), dt.clone())).collect(),
+        firmware_dir: fwroot.as_ref().map(|f| f.join("usr/lib/raspi-firmware")),
+        uboot,
+        initrd: initrd.clone(),
+    };
+    let img_name = format!("{}.img", out_name(&o.board, o.variant.as_deref(), o.build));
+    let t = Tail {
+        repo: &o.repo,
+        board: &board,
+        work: &work,
+        out_dir: &out_dir,
+        img_name: &img_name,
+        files: &files,
+        rootfs: &rootfs,
+        release: &release,
+        lucidd: &o.lucidd,
+        sysroot: None,
+        build: o.build,
+        key: keys.as_ref().map(|k| k.0.as_path()),
+        compress: o.compress,
+    };
+    let (image, compressed, bundle) = finish(&t)?;
+    if !with_update {
+        eprintln!("xtask: NOTE: the daemon does not accept an [update] table yet; lucidd.toml was written without it");
+    }
+
+    let mut sizes = vec![
+        ("image".to_owned(), std::fs::metadata(&image)?.len()),
+        ("rootfs.squashfs".to_owned(), std::fs::metadata(&rootfs)?.len()),
+        ("initrd.img".to_owned(), std::fs::metadata(&initrd)?.len()),
+        ("lucidd".to_owned(), std::fs::metadata(&o.lucidd)?.len()),
+    ];
+    if let Some(c) = &compressed {
+        sizes.push((c.file_name().unwrap().to_string_lossy().into_owned(), std::fs::metadata(c)?.len()));
+    }
+    if let Some(b) = &bundle {
+        sizes.push((b.file_name().unwrap().to_string_lossy().into_owned(), std::fs::metadata(b)?.len()));
+    }
+    Ok(Outputs { image, compressed, bundle, rootfs: out_dir.join("rootfs.squashfs"), boot: out_dir.join("boot.vfat"), sizes })
+}
+
+/// `/etc/lucid/release`.
+pub fn release_text(board: &Board, build: u64) -> String {
+    format!("board={}\nversion={}\nbuild={}\n", board.name, board.full_version(), build)
+}
+
+/// What the boot partitions and p1 are made of: from Debian packages (`build`) or from
+/// Buildroot's `BINARIES_DIR` (`crate::buildroot_image`).
+pub struct BootFiles {
+    /// The kernel, installed as `Image` or `vmlinuz` (board.kernel.image).
+    pub kernel: PathBuf,
+    /// Device trees: (file, name). The name may have a directory (`broadcom/x.dtb`):
+    /// U-Boot boot partitions keep it under `dtbs/`, the Pi firmware gets the file name.
+    pub dtbs: Vec<(PathBuf, String)>,
+    /// Where the manifest's `firmware_files` are (Pi boards).
+    pub firmware_dir: Option<PathBuf>,
+    /// U-Boot loaded by the Pi firmware from p1 (Pi 3).
+    pub uboot: Option<PathBuf>,
+    pub initrd: PathBuf,
+}
+
+/// The inputs of the steps both builds share.
+pub(crate) struct Tail<'a> {
+    pub repo: &'a Path,
+    pub board: &'a Board,
+    pub work: &'a Path,
+    pub out_dir: &'a Path,
+    pub img_name: &'a str,
+    pub files: &'a BootFiles,
+    pub rootfs: &'a Path,
+    pub release: &'a str,
+    /// The aarch64 lucidd that makes the bundle (run under qemu-user).
+    pub lucidd: &'a Path,
+    /// `-L` for qemu-user when `lucidd` is dynamically linked (Buildroot's TARGET_DIR).
+    pub sysroot: Option<&'a Path>,
+    pub build: u64,
+    pub key: Option<&'a Path>,
+    pub compress: Compress,
+}
+
+/// Boot A/B, p1, data, `genimage`, the slot payloads beside the image, the compressed
+/// copy and the OTA bundle. Returns (image, compressed, bundle).
+pub(crate) fn finish(t: &Tail<'_>) -> Result<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
+    let (board, work, out_dir) = (t.board, t.work, t.out_dir);
     let mib = 1024 * 1024;
-    let rootfs_size = std::fs::metadata(&rootfs)?.len();
+    let rootfs_size = std::fs::metadata(t.rootfs)?.len();
     if rootfs_size > board.partitions.root_mib as u64 * mib {
         bail!("rootfs.squashfs is {rootfs_size} bytes, more than root_mib = {}", board.partitions.root_mib);
     }
+    // genimage reads its inputs from `work` by name.
+    let rootfs_in = work.join("rootfs.squashfs");
+    if t.rootfs != rootfs_in {
+        std::fs::copy(t.rootfs, &rootfs_in)?;
+    }
 
     // Boot partitions A and B, and p1.
-    let kernel_src = kroot.join("boot").join(format!("vmlinuz-{kver}"));
     let boot_a = work.join("boot-a.vfat");
     let boot_b = work.join("boot-b.vfat");
     for (slot, path) in [('a', &boot_a), ('b', &boot_b)] {
         let dir = work.join(format!("boot-{slot}"));
         std::fs::create_dir_all(&dir)?;
-        fill_boot(&board, slot, &kernel_src, &dtb_root, fwroot.as_deref(), &initrd, &dir)?;
+        fill_boot(board, slot, t.files, &dir)?;
         // Sized to its contents, not to the partition: this file is also the OTA
         // bundle's `boot` payload, written from the start of the boot partition. The FAT
         // header records its own size, so the kernel, U-Boot and the Pi firmware read it
@@ -150,7 +242,7 @@ pub fn build(o: &Options) -> Result<Outputs> {
     }
     let ctl_dir = work.join("bootctl");
     std::fs::create_dir_all(&ctl_dir)?;
-    fill_bootctl(&o.repo, &board, &dtb_root, fwroot.as_deref(), uboot.as_deref(), &work, &ctl_dir)?;
+    fill_bootctl(t.repo, board, t.files, work, &ctl_dir)?;
     let bootctl = work.join("bootctl.vfat");
     make_vfat(&ctl_dir, &bootctl, board.partitions.bootctl_mib, "BOOTCTL")?;
 
@@ -165,50 +257,33 @@ pub fn build(o: &Options) -> Result<Outputs> {
         .arg(format!("{}M", board.partitions.data_mib)))?;
 
     // The disk image.
-    let img_name = format!("{}.img", out_name(&o.board, o.variant.as_deref(), o.build));
-    let cfg = genimage_config(&board, &img_name);
+    let cfg = genimage_config(board, t.img_name);
     std::fs::write(work.join("genimage.cfg"), &cfg)?;
     let tmp = work.join("genimage-tmp");
     run(Command::new("genimage")
         .arg("--config")
         .arg(work.join("genimage.cfg"))
         .arg("--inputpath")
-        .arg(&work)
+        .arg(work)
         .arg("--outputpath")
-        .arg(&out_dir)
+        .arg(out_dir)
         .arg("--rootpath")
         .arg(&empty)
         .arg("--tmppath")
         .arg(&tmp))?;
-    let image = out_dir.join(&img_name);
+    let image = out_dir.join(t.img_name);
 
     // Slot payloads kept beside the image (the OTA bundle's inputs, the hil tests' too).
     let boot_payload = out_dir.join("boot.vfat");
     let root_payload = out_dir.join("rootfs.squashfs");
     std::fs::copy(&boot_a, &boot_payload)?;
-    std::fs::copy(&rootfs, &root_payload)?;
-    std::fs::write(out_dir.join("release"), &release)?;
+    std::fs::copy(&rootfs_in, &root_payload)?;
+    std::fs::write(out_dir.join("release"), t.release)?;
 
-    let compressed = compress(&image, o.compress)?;
-    let bundle = bundle(o, &board, &out_dir, &boot_payload, &root_payload, keys.as_ref().map(|k| k.0.as_path()))?;
-    if !with_update {
-        eprintln!("xtask: NOTE: the daemon does not accept an [update] table yet; lucidd.toml was written without it");
-    }
-
-    let mut sizes = vec![
-        ("image".to_owned(), std::fs::metadata(&image)?.len()),
-        ("rootfs.squashfs".to_owned(), rootfs_size),
-        ("initrd.img".to_owned(), std::fs::metadata(&initrd)?.len()),
-        ("lucidd".to_owned(), std::fs::metadata(&o.lucidd)?.len()),
-    ];
-    if let Some(c) = &compressed {
-        sizes.push((c.file_name().unwrap().to_string_lossy().into_owned(), std::fs::metadata(c)?.len()));
-    }
-    if let Some(b) = &bundle {
-        sizes.push((b.file_name().unwrap().to_string_lossy().into_owned(), std::fs::metadata(b)?.len()));
-    }
+    let compressed = compress(&image, t.compress)?;
+    let bundle = bundle(t.lucidd, t.sysroot, board, t.build, out_dir, &boot_payload, &root_payload, t.key)?;
     std::fs::remove_dir_all(&tmp).ok();
-    Ok(Outputs { image, compressed, bundle, rootfs: root_payload, boot: boot_payload, sizes })
+    Ok((image, compressed, bundle))
 }
 
 /// /etc/lucid/lucidd.toml: the manifest's `[lucidd.config]` plus the `[update]` table.
@@ -243,12 +318,11 @@ pub fn update_table(board: &Board) -> toml::Table {
 /// whether it has the `[update]` table: it is left out when only that table is refused
 /// (the daemon's OTA code not landed yet). Fails the build on any other rejection, or
 /// when a variant expects a rejection and the daemon accepts.
-fn check_config(lucidd: &Path, work: &Path, board: &Board, text: &str) -> Result<(String, bool)> {
+pub(crate) fn check_config(lucidd: &Path, sysroot: Option<&Path>, work: &Path, board: &Board, text: &str) -> Result<(String, bool)> {
     let path = work.join("lucidd.toml");
     let try_it = |body: &str| -> Result<(bool, String)> {
         std::fs::write(&path, body)?;
-        let out = Command::new("qemu-aarch64-static")
-            .arg(lucidd)
+        let out = aarch64(lucidd, sysroot)
             .args(["config", "--config"])
             .arg(&path)
             .env_clear()
@@ -282,9 +356,19 @@ fn check_config(lucidd: &Path, work: &Path, board: &Board, text: &str) -> Result
     bail!("lucidd rejects the generated config: {}", err.trim())
 }
 
-/// (pk8, vkey): LUCID_OTA_KEY/LUCID_OTA_VKEY, else out/keys/dev.* made once by
+/// `lucidd` (aarch64) under qemu-user; `sysroot` (`-L`) for a dynamically linked one.
+fn aarch64(lucidd: &Path, sysroot: Option<&Path>) -> Command {
+    let mut c = Command::new("qemu-aarch64-static");
+    if let Some(s) = sysroot {
+        c.arg("-L").arg(s);
+    }
+    c.arg(lucidd);
+    c
+}
+
+/// (pk8, vkey): LUCID_OTA_KEY/LUCID_OTA_VKEY, else `dir`/dev.* (out/keys) made once by
 /// `lucidd bundle keygen`. None when the daemon has no bundle subcommand yet.
-fn ota_keys(_repo: &Path, out: &Path, lucidd: &Path, _work: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
+pub(crate) fn ota_keys(dir: &Path, lucidd: &Path, sysroot: Option<&Path>) -> Result<Option<(PathBuf, PathBuf)>> {
     if let (Some(k), Some(v)) = (std::env::var_os("LUCID_OTA_KEY"), std::env::var_os("LUCID_OTA_VKEY")) {
         let (k, v) = (PathBuf::from(k), PathBuf::from(v));
         if !k.exists() || !v.exists() {
@@ -292,38 +376,36 @@ fn ota_keys(_repo: &Path, out: &Path, lucidd: &Path, _work: &Path) -> Result<Opt
         }
         return Ok(Some((k, v)));
     }
-    let dir = out.join("keys");
     let (k, v) = (dir.join("dev.pk8"), dir.join("dev.vkey"));
     if k.exists() && v.exists() {
         return Ok(Some((k, v)));
     }
-    if !has_bundle_command(lucidd) {
+    if !has_bundle_command(lucidd, sysroot) {
         eprintln!("xtask: NOTE: this lucidd has no `bundle` subcommand yet: no OTA keys, no bundle");
         return Ok(None);
     }
-    std::fs::create_dir_all(&dir)?;
-    run(Command::new("qemu-aarch64-static").arg(lucidd).args(["bundle", "keygen", "--name", "dev", "--out"]).arg(&dir))?;
+    std::fs::create_dir_all(dir)?;
+    run(aarch64(lucidd, sysroot).args(["bundle", "keygen", "--name", "dev", "--out"]).arg(dir))?;
     eprintln!("xtask: made DEVELOPMENT OTA keys in {} (set LUCID_OTA_KEY/LUCID_OTA_VKEY for production)", dir.display());
     Ok(Some((k, v)))
 }
 
-fn has_bundle_command(lucidd: &Path) -> bool {
-    Command::new("qemu-aarch64-static")
-        .arg(lucidd)
+fn has_bundle_command(lucidd: &Path, sysroot: Option<&Path>) -> bool {
+    aarch64(lucidd, sysroot)
         .args(["bundle", "--help"])
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
-fn bundle(o: &Options, board: &Board, out_dir: &Path, boot: &Path, rootfs: &Path, key: Option<&Path>) -> Result<Option<PathBuf>> {
+#[allow(clippy::too_many_arguments)]
+fn bundle(lucidd: &Path, sysroot: Option<&Path>, board: &Board, build: u64, out_dir: &Path, boot: &Path, rootfs: &Path, key: Option<&Path>) -> Result<Option<PathBuf>> {
     let Some(key) = key else { return Ok(None) };
-    if !has_bundle_command(&o.lucidd) {
+    if !has_bundle_command(lucidd, sysroot) {
         return Ok(None);
     }
-    let path = out_dir.join(format!("{}-{}-{}.lucidota", board.name, board.full_version(), o.build));
-    run(Command::new("qemu-aarch64-static")
-        .arg(&o.lucidd)
-        .args(["bundle", "create", "--board", &board.name, "--version", &board.full_version(), "--build", &o.build.to_string(), "--key"])
+    let path = out_dir.join(format!("{}-{}-{}.lucidota", board.name, board.full_version(), build));
+    run(aarch64(lucidd, sysroot)
+        .args(["bundle", "create", "--board", &board.name, "--version", &board.full_version(), "--build", &build.to_string(), "--key"])
         .arg(key)
         .arg("--boot")
         .arg(boot)
@@ -372,7 +454,7 @@ pub fn resolve_modules(board: &Board, kdir: &Path) -> Result<(Vec<String>, Vec<S
     Ok((load, files))
 }
 
-fn build_initramfs(repo: &Path, board: &Board, kdir: &Path, kver: &str, busybox: &Path, dir: &Path) -> Result<()> {
+pub(crate) fn build_initramfs(repo: &Path, board: &Board, kdir: &Path, kver: &str, busybox: &Path, dir: &Path) -> Result<()> {
     for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "newroot", "usr/bin", "usr/sbin"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
@@ -406,7 +488,7 @@ fn build_initramfs(repo: &Path, board: &Board, kdir: &Path, kver: &str, busybox:
     Ok(())
 }
 
-fn cpio_gz(dir: &Path, out: &Path) -> Result<()> {
+pub(crate) fn cpio_gz(dir: &Path, out: &Path) -> Result<()> {
     let script = format!(
         "cd '{}' && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 --reproducible | gzip -9n > '{}'",
         dir.display(),
@@ -433,11 +515,25 @@ fn build_rootfs(o: &Options, board: &Board, busybox: &Path, dir: &Path, toml: &s
         let target = format!("{}bin/busybox", "../".repeat(depth));
         std::os::unix::fs::symlink(target, &link)?;
     }
-    for (l, t) in [("var/tmp", "/tmp"), ("var/run", "/run"), ("var/log", "/tmp")] {
-        std::os::unix::fs::symlink(t, dir.join(l))?;
-    }
     std::fs::copy(&o.lucidd, dir.join("usr/bin/lucidd"))?;
     set_mode(&dir.join("usr/bin/lucidd"), 0o755)?;
+    install_generated(board, dir, toml, release, vkey)
+}
+
+/// What the build generates into a root file system from the manifest, on top of the
+/// shared overlay (image/rootfs) and a busybox: mount points, `/var` links,
+/// `/etc/lucid/{lucidd.toml,release,board.env}`, the OTA key, `/etc/hostname`,
+/// `/etc/fstab`. The Debian build and `xtask rootfs-files` (Buildroot's post-build) both
+/// call it, so the two roots agree. Existing `/var` links (Buildroot's skeleton) are kept.
+pub(crate) fn install_generated(board: &Board, dir: &Path, toml: &str, release: &str, vkey: Option<&Path>) -> Result<()> {
+    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "data", "boot/ctl", "root", "etc/lucid/ota-keys", "var"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    for (l, t) in [("var/tmp", "/tmp"), ("var/run", "/run"), ("var/log", "/tmp")] {
+        if dir.join(l).symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(t, dir.join(l))?;
+        }
+    }
     std::fs::write(dir.join("etc/lucid/lucidd.toml"), toml)?;
     std::fs::write(dir.join("etc/lucid/release"), release)?;
     if let Some(v) = vkey {
@@ -472,8 +568,9 @@ fn build_rootfs(o: &Options, board: &Board, busybox: &Path, dir: &Path, toml: &s
 /// The files of a boot partition. They are the same for both slots on every board (the
 /// slot is told at boot time), so one OTA `boot` payload fits either; `_slot` is kept for
 /// callers' clarity only.
-fn fill_boot(board: &Board, _slot: char, kernel: &Path, dtb_root: &Path, fw: Option<&Path>, initrd: &Path, dir: &Path) -> Result<()> {
-    std::fs::copy(initrd, dir.join("initrd.img"))?;
+fn fill_boot(board: &Board, _slot: char, f: &BootFiles, dir: &Path) -> Result<()> {
+    let kernel = f.kernel.as_path();
+    std::fs::copy(&f.initrd, dir.join("initrd.img"))?;
     let base_args = format!("console={} {}", board.boot.console, board.kernel.cmdline).trim().to_owned();
     match board.kernel.image {
         KernelImage::Image => {
@@ -500,10 +597,10 @@ fn fill_boot(board: &Board, _slot: char, kernel: &Path, dtb_root: &Path, fw: Opt
             // Slot-independent: boot.scr adds root= and lucid.slot=, so one boot.vfat
             // serves either slot (the OTA bundle carries just one).
             std::fs::write(dir.join("bootargs.env"), format!("lucid_args={base_args}\n"))?;
-            for dt in &board.boot.device_trees {
+            for (src, dt) in &f.dtbs {
                 let dest = dir.join("dtbs").join(dt);
                 std::fs::create_dir_all(dest.parent().unwrap())?;
-                std::fs::copy(dtb_root.join(dt), dest)?;
+                std::fs::copy(src, dest)?;
             }
         }
         BootMethod::RpiTryboot => {
@@ -512,11 +609,11 @@ fn fill_boot(board: &Board, _slot: char, kernel: &Path, dtb_root: &Path, fw: Opt
             // chosen/bootloader/partition: 2 = a, 3 = b), so one boot.vfat fits p2 or p3.
             std::fs::write(dir.join("cmdline.txt"), format!("{base_args}\n"))?;
             std::fs::write(dir.join("config.txt"), board.boot.config_txt.join("\n") + "\n")?;
-            for dt in &board.boot.device_trees {
+            for (src, dt) in &f.dtbs {
                 let name = Path::new(dt).file_name().unwrap();
-                std::fs::copy(dtb_root.join(dt), dir.join(name))?;
+                std::fs::copy(src, dir.join(name))?;
             }
-            copy_firmware(board, fw, dir)?;
+            copy_firmware(board, f.firmware_dir.as_deref(), dir)?;
         }
     }
     Ok(())
@@ -525,7 +622,7 @@ fn fill_boot(board: &Board, _slot: char, kernel: &Path, dtb_root: &Path, fw: Opt
 fn copy_firmware(board: &Board, fw: Option<&Path>, dir: &Path) -> Result<()> {
     if let Some(fw) = fw {
         for f in &board.boot.firmware_files {
-            let src = fw.join("usr/lib/raspi-firmware").join(f);
+            let src = fw.join(f);
             std::fs::copy(&src, dir.join(f)).with_context(|| format!("firmware file {}", src.display()))?;
         }
     }
@@ -533,7 +630,7 @@ fn copy_firmware(board: &Board, fw: Option<&Path>, dir: &Path) -> Result<()> {
 }
 
 /// p1: which slot boots.
-fn fill_bootctl(repo: &Path, board: &Board, dtb_root: &Path, fw: Option<&Path>, uboot: Option<&Path>, work: &Path, dir: &Path) -> Result<()> {
+fn fill_bootctl(repo: &Path, board: &Board, f: &BootFiles, work: &Path, dir: &Path) -> Result<()> {
     match board.boot.method {
         BootMethod::RpiTryboot => {
             std::fs::write(dir.join("autoboot.txt"), AUTOBOOT_TXT)?;
@@ -551,15 +648,15 @@ fn fill_bootctl(repo: &Path, board: &Board, dtb_root: &Path, fw: Option<&Path>, 
             std::fs::write(dir.join("lucid.env"), env_file('a', None))?;
             std::fs::write(dir.join("lucid-a.env"), env_file('a', None))?;
             std::fs::write(dir.join("lucid-b.env"), env_file('b', None))?;
-            if let Some(u) = uboot {
+            if let Some(u) = &f.uboot {
                 // A Pi with U-Boot: its boot ROM reads firmware, config.txt and the device
                 // tree from p1, then starts U-Boot, which runs boot.scr.
                 std::fs::copy(u, dir.join("u-boot.bin"))?;
                 std::fs::write(dir.join("config.txt"), board.boot.config_txt.join("\n") + "\n")?;
-                for dt in &board.boot.device_trees {
-                    std::fs::copy(dtb_root.join(dt), dir.join(Path::new(dt).file_name().unwrap()))?;
+                for (src, dt) in &f.dtbs {
+                    std::fs::copy(src, dir.join(Path::new(dt).file_name().unwrap()))?;
                 }
-                copy_firmware(board, fw, dir)?;
+                copy_firmware(board, f.firmware_dir.as_deref(), dir)?;
             }
         }
     }

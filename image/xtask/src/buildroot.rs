@@ -17,6 +17,8 @@ const COMMON: &[&str] = &[
     "BR2_PACKAGE_HOST_GENIMAGE",
     "BR2_PACKAGE_HOST_DOSFSTOOLS",
     "BR2_PACKAGE_HOST_MTOOLS",
+    // mke2fs for the data partition (post-image runs `xtask image --from-buildroot`).
+    "BR2_PACKAGE_HOST_E2FSPROGS",
     "BR2_LINUX_KERNEL",
     "BR2_ROOTFS_OVERLAY",
     "BR2_ROOTFS_POST_BUILD_SCRIPT",
@@ -50,7 +52,14 @@ pub fn check(repo: &Path) -> Vec<String> {
         p.extend(missing_refs(repo, &br, &mk, &format!("package/{name}/{name}.mk")));
     }
     let lucidd_mk = read(&br.join("package/lucidd/lucidd.mk"));
-    for want in ["$(eval $(cargo-package))", "LUCIDD_SITE_METHOD = local", "-p lucidd"] {
+    for want in [
+        "$(eval $(cargo-package))",
+        "$(eval $(generic-package))",
+        "BR2_PACKAGE_LUCIDD_PREBUILT",
+        "aarch64-unknown-linux-musl/release/lucidd",
+        "LUCIDD_SITE_METHOD = local",
+        "-p lucidd",
+    ] {
         if !lucidd_mk.contains(want) {
             p.push(format!("package/lucidd/lucidd.mk lacks `{want}`"));
         }
@@ -108,7 +117,24 @@ pub fn check(repo: &Path) -> Vec<String> {
                 p.push(format!("{at}: boot.scr needs BR2_PACKAGE_HOST_UBOOT_TOOLS (mkimage)"));
             }
         }
+        // post-image takes BINARIES_DIR/Image (Buildroot's default arm64 kernel format).
+        for k in ["BR2_LINUX_KERNEL_IMAGEGZ", "BR2_LINUX_KERNEL_VMLINUX", "BR2_LINUX_KERNEL_IMAGE_TARGET_CUSTOM"] {
+            if get(k).is_some() {
+                p.push(format!("{at}: {k}: post-image needs the uncompressed arm64 Image"));
+            }
+        }
         p.extend(missing_refs(repo, &br, &text, &at));
+    }
+    // The hooks call the image tool's Buildroot entries (their command lines are parsed
+    // by the CLI in a test of main.rs).
+    for (hook, want) in [("post-build.sh", "rootfs-files"), ("post-image.sh", "--from-buildroot")] {
+        let text = read(&br.join("board").join(hook));
+        if !text.contains(want) {
+            p.push(format!("board/{hook} does not call xtask {want}"));
+        }
+        if text.to_lowercase().contains("not implemented") {
+            p.push(format!("board/{hook} still stops as not implemented"));
+        }
     }
     p
 }

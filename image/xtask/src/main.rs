@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::{assemble, board, buildroot, flash, qemu, repo_root};
+use xtask::{assemble, board, buildroot, flash, from_buildroot, qemu, repo_root};
 
 #[derive(Parser, Debug)]
 #[command(name = "xtask", about = "Lucid SD image tooling")]
@@ -35,6 +35,32 @@ enum Cmd {
         lucidd: PathBuf,
         #[arg(long, value_enum, default_value = "xz")]
         compress: assemble::Compress,
+        /// Buildroot's BINARIES_DIR: make the image from Buildroot's kernel, device trees,
+        /// rpi-firmware/, u-boot.bin and rootfs.squashfs (post-image.sh) instead of Debian
+        /// packages.
+        #[arg(long)]
+        from_buildroot: Option<PathBuf>,
+        /// With --from-buildroot: Buildroot's TARGET_DIR (busybox and modules for the
+        /// initramfs, lucidd for the bundle).
+        #[arg(long, env = "TARGET_DIR")]
+        target_dir: Option<PathBuf>,
+        /// With --from-buildroot: where the OTA keys `rootfs-files` used are (the Debian
+        /// build uses OUT/keys).
+        #[arg(long, default_value = "out/keys")]
+        keys: PathBuf,
+    },
+    /// Buildroot post-build: install the generated /etc/lucid files, OTA key, fstab and
+    /// mount points into TARGET_DIR (what `image` generates into its own root).
+    RootfsFiles {
+        board: String,
+        target_dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        build: u64,
+        #[arg(long)]
+        variant: Option<String>,
+        /// Development keys are made here once (LUCID_OTA_KEY/LUCID_OTA_VKEY win).
+        #[arg(long, default_value = "out/keys")]
+        keys: PathBuf,
     },
     /// Boot a board's image in QEMU on a copy-on-write overlay; console on stdout.
     Qemu {
@@ -76,11 +102,30 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     let repo = repo_root();
     std::env::set_current_dir(&repo)?;
     match cli.cmd {
-        Cmd::Image { board, build, variant, out, cache, lucidd, compress } => {
+        Cmd::Image { board, build, variant, out, cache, lucidd, compress, from_buildroot, target_dir, keys } => {
             let t = std::time::Instant::now();
             let (out, cache, lucidd) = (repo.join(out), repo.join(cache), repo.join(lucidd));
-            let o = assemble::Options { repo: repo.clone(), board, variant, build, out, cache, lucidd, compress };
-            let r = assemble::build(&o)?;
+            let r = match from_buildroot {
+                None => {
+                    let o = assemble::Options { repo: repo.clone(), board, variant, build, out, cache, lucidd, compress };
+                    assemble::build(&o)?
+                }
+                Some(binaries) => {
+                    let target = target_dir.ok_or_else(|| anyhow::anyhow!("--from-buildroot needs --target-dir (or TARGET_DIR)"))?;
+                    let o = from_buildroot::Options {
+                        repo: repo.clone(),
+                        board,
+                        variant,
+                        build,
+                        binaries: repo.join(binaries),
+                        target: repo.join(target),
+                        out,
+                        keys: repo.join(keys),
+                        compress,
+                    };
+                    from_buildroot::image(&o)?
+                }
+            };
             println!("built {} in {:.0} s", r.image.display(), t.elapsed().as_secs_f64());
             for (name, size) in &r.sizes {
                 println!("  {name:<40} {:>12} bytes ({:.1} MiB)", size, *size as f64 / 1048576.0);
@@ -88,6 +133,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             if r.bundle.is_none() {
                 println!("  OTA bundle: not built (this lucidd has no `bundle create` yet)");
             }
+        }
+        Cmd::RootfsFiles { board, target_dir, build, variant, keys } => {
+            let target = repo.join(target_dir);
+            from_buildroot::rootfs_files(&repo, &board, variant.as_deref(), &target, build, &repo.join(keys))?;
+            println!("installed /etc/lucid (board {board}, build {build}) into {}", target.display());
         }
         Cmd::Qemu { board, image, port_base } => {
             let b = board::load(&repo, &board, None)?;
@@ -122,4 +172,47 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The Buildroot hooks' xtask command lines are ones this CLI accepts.
+    use super::*;
+
+    /// The `"$XTASK" ...` command of a hook (continuation lines joined), with the shell
+    /// variables replaced by sample values.
+    fn hook_args(hook: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(repo_root().join("buildroot/board").join(hook)).unwrap();
+        let text = text.replace("\\\n", " ");
+        let line = text.lines().find(|l| l.starts_with("\"$XTASK\"")).expect("a \"$XTASK\" line");
+        let mut args = vec!["xtask".to_owned()];
+        for w in line.split_whitespace().skip(1) {
+            let w = w.trim_matches('"');
+            args.push(match w {
+                "$BOARD" => "rpi4".to_owned(),
+                w if w.starts_with("${LUCID_BUILD") => "3".to_owned(),
+                w if w.contains('$') => "/tmp/x".to_owned(),
+                w => w.to_owned(),
+            });
+        }
+        args
+    }
+
+    #[test]
+    fn post_build_calls_rootfs_files() {
+        let cli = Cli::try_parse_from(hook_args("post-build.sh")).unwrap();
+        assert!(matches!(cli.cmd, Cmd::RootfsFiles { ref board, build: 3, .. } if board == "rpi4"), "{cli:?}");
+    }
+
+    #[test]
+    fn post_image_calls_image_from_buildroot() {
+        let cli = Cli::try_parse_from(hook_args("post-image.sh")).unwrap();
+        match cli.cmd {
+            Cmd::Image { board, build, from_buildroot, target_dir, .. } => {
+                assert_eq!((board.as_str(), build), ("rpi4", 3));
+                assert!(from_buildroot.is_some() && target_dir.is_some());
+            }
+            c => panic!("{c:?}"),
+        }
+    }
 }
