@@ -356,3 +356,30 @@ pub fn partial_upload(host: &str, port: u16, path: &str, token: &str, file: &Pat
     }
     Ok(s)
 }
+
+/// Creates a session, records 8 s of the synthetic camera, stops it, and returns its id and
+/// final statistics (at least two chunks, or the test fails).
+pub fn record_session(dev: &Device, name: &str) -> (String, serde_json::Value) {
+    let t = Some(dev.token.as_str());
+    let (code, body) = http("POST", &dev.gateway("/api/v1/sessions"), t, Some(&format!(r#"{{"name":"{name}"}}"#))).unwrap();
+    assert!(code == 200 || code == 201, "create: {code} {}", String::from_utf8_lossy(&body));
+    let sid = json(&body).unwrap()["session_id"].as_str().unwrap().to_owned();
+    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/start")), t, None).unwrap();
+    assert_eq!(code, 200, "start: {}", String::from_utf8_lossy(&body));
+    std::thread::sleep(Duration::from_secs(8));
+    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/stop")), t, None).unwrap();
+    assert_eq!(code, 200, "stop: {}", String::from_utf8_lossy(&body));
+    let stats = json(&body).unwrap()["final_statistics"].clone();
+    assert!(stats["chunks_count"].as_u64().unwrap_or(0) >= 2, "too few chunks: {stats}");
+    (sid, stats)
+}
+
+/// Downloads a session's evidence and checks it with the host's `lucidd verify`.
+pub fn verify_evidence(dev: &Device, sid: &str, tag: &str) {
+    let (code, evidence) = http("GET", &dev.gateway(&format!("/api/v1/sessions/{sid}/evidence")), None, None).unwrap();
+    assert_eq!(code, 200, "evidence of {sid}: {}", String::from_utf8_lossy(&evidence));
+    let path = work_dir().join(format!("{tag}-evidence.tar"));
+    std::fs::write(&path, &evidence).unwrap();
+    let out = Command::new(host_lucidd().unwrap()).arg("verify").arg(&path).output().unwrap();
+    assert!(out.status.success(), "lucidd verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}

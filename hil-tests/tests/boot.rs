@@ -23,24 +23,8 @@ fn boots_to_healthy_services_and_records_a_verifiable_session() {
         assert!(c.contains("watchdog armed"), "the i6300esb watchdog was not armed");
     }
 
-    let t = Some(dev.token.as_str());
-    let (code, body) = http("POST", &dev.gateway("/api/v1/sessions"), t, Some(r#"{"name":"hil boot"}"#)).unwrap();
-    assert!(code == 200 || code == 201, "create: {code} {}", String::from_utf8_lossy(&body));
-    let sid = json(&body).unwrap()["session_id"].as_str().unwrap().to_owned();
-    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/start")), t, None).unwrap();
-    assert_eq!(code, 200, "start: {}", String::from_utf8_lossy(&body));
-    std::thread::sleep(Duration::from_secs(8));
-    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/stop")), t, None).unwrap();
-    assert_eq!(code, 200, "stop: {}", String::from_utf8_lossy(&body));
-    let stats = json(&body).unwrap()["final_statistics"].clone();
-    assert!(stats["chunks_count"].as_u64().unwrap_or(0) >= 2, "too few chunks: {stats}");
-
-    let (code, evidence) = http("GET", &dev.gateway(&format!("/api/v1/sessions/{sid}/evidence")), None, None).unwrap();
-    assert_eq!(code, 200);
-    let path = work_dir().join("boot-evidence.tar");
-    std::fs::write(&path, &evidence).unwrap();
-    let out = Command::new(host_lucidd().unwrap()).arg("verify").arg(&path).output().unwrap();
-    assert!(out.status.success(), "lucidd verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (sid, stats) = record_session(&dev, "hil boot");
+    verify_evidence(&dev, &sid, "boot");
 
     let img = image_path();
     let rootfs = img.with_file_name("rootfs.squashfs");

@@ -62,31 +62,6 @@ fn slot_of(s: &Value) -> &str {
     s["current"]["slot"].as_str().unwrap_or("?")
 }
 
-fn record_session(dev: &Device, name: &str) -> String {
-    let t = Some(dev.token.as_str());
-    let (code, body) = http("POST", &dev.gateway("/api/v1/sessions"), t, Some(&format!(r#"{{"name":"{name}"}}"#))).unwrap();
-    assert!(code == 200 || code == 201, "create: {code} {}", String::from_utf8_lossy(&body));
-    let sid = json(&body).unwrap()["session_id"].as_str().unwrap().to_owned();
-    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/start")), t, None).unwrap();
-    assert_eq!(code, 200, "start: {}", String::from_utf8_lossy(&body));
-    std::thread::sleep(Duration::from_secs(8));
-    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/stop")), t, None).unwrap();
-    assert_eq!(code, 200, "stop: {}", String::from_utf8_lossy(&body));
-    let stats = json(&body).unwrap()["final_statistics"].clone();
-    assert!(stats["chunks_count"].as_u64().unwrap_or(0) >= 2, "too few chunks: {stats}");
-    sid
-}
-
-/// Downloads a session's evidence and checks it with the host's `lucidd verify`.
-fn verify_evidence(dev: &Device, sid: &str, tag: &str) {
-    let (code, evidence) = http("GET", &dev.gateway(&format!("/api/v1/sessions/{sid}/evidence")), None, None).unwrap();
-    assert_eq!(code, 200, "evidence of {sid}: {}", String::from_utf8_lossy(&evidence));
-    let path = work_dir().join(format!("{tag}-evidence.tar"));
-    std::fs::write(&path, &evidence).unwrap();
-    let out = Command::new(host_lucidd().unwrap()).arg("verify").arg(&path).output().unwrap();
-    assert!(out.status.success(), "lucidd verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
-
 /// POSTs a bundle that must be refused before the device arms anything: 400 with
 /// `expect` in the detail.
 fn expect_refused(dev: &Device, bundle: &Path, expect: &str) {
@@ -151,7 +126,7 @@ fn refused_bundles_power_cut_then_update_to_build_2() {
     assert_eq!(slot_of(&s), "a", "{s}");
     assert_eq!(s["current"]["build"], 1, "{s}");
     assert_eq!(s["trial_boot"], false, "{s}");
-    let sid = record_session(&dev, "before the update");
+    let sid = record_session(&dev, "before the update").0;
     verify_evidence(&dev, &sid, "ota-before");
 
     // Refused from the head: nothing may reach slot B's partitions.
