@@ -24,8 +24,80 @@ pub enum ConfigError {
 pub enum SourceKind {
     /// The synthetic camera: a moving pattern with frame counter and clock.
     Test,
-    /// A V4L2 capture device (the camera issue brings this path).
+    /// A V4L2 capture device: the Pi camera (bcm2835-unicam / libcamera's V4L2 nodes) or a
+    /// USB UVC camera.
     V4l2,
+}
+
+/// Which encoder turns camera frames into the recorded codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderChoice {
+    /// The camera's own H.264 if it has one; else a V4L2 M2M encoder of the codec if one
+    /// is present (bcm2835-codec on Pi 0–4); else the software encoder.
+    Auto,
+    /// A V4L2 M2M encoder; recording fails if there is none.
+    Hardware,
+    /// OpenH264 in the daemon (Pi 5, emulators, dev hosts).
+    Software,
+}
+
+/// The recorded codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecChoice {
+    H264,
+    /// vicodec's FWHT: only to prove the V4L2 encoder path where no H.264 hardware exists
+    /// (the emulated image). Needs `encoder = "hardware"` or `"auto"` with vicodec loaded.
+    Fwht,
+}
+
+impl CodecChoice {
+    pub fn media(self) -> lucid_media::Codec {
+        match self {
+            CodecChoice::H264 => lucid_media::Codec::H264,
+            CodecChoice::Fwht => lucid_media::Codec::Fwht,
+        }
+    }
+}
+
+/// `[camera]`: the V4L2 devices. Also settable at run time (`PUT /api/v1/camera`, kept in
+/// the store); the file gives the defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Capture node, e.g. "/dev/video0"; empty = the first camera found by capability.
+    pub device: String,
+    pub encoder: EncoderChoice,
+    pub codec: CodecChoice,
+    /// M2M encoder node; empty = the first one whose capture queue offers the codec.
+    pub encoder_device: String,
+    /// Capture buffers: enough to ride out a chunk commit (one fsync) without drops.
+    pub buffers: u32,
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        CameraConfig { device: String::new(), encoder: EncoderChoice::Auto, codec: CodecChoice::H264, encoder_device: String::new(), buffers: 6 }
+    }
+}
+
+impl CameraConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, msg: &str| Err(ConfigError::Invalid { key, msg: msg.into() });
+        if !(2..=32).contains(&self.buffers) {
+            return bad("camera.buffers", "must be 2..=32");
+        }
+        if self.codec == CodecChoice::Fwht && self.encoder == EncoderChoice::Software {
+            return bad("camera.codec", "fwht has no software encoder; use encoder = \"hardware\" (vicodec)");
+        }
+        for (key, v) in [("camera.device", &self.device), ("camera.encoder_device", &self.encoder_device)] {
+            if !v.is_empty() && !v.starts_with("/dev/") {
+                return bad(key, "must be empty (find by capability) or a /dev/ path");
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,6 +238,8 @@ pub struct Config {
     pub ports: Ports,
     pub source: SourceKind,
     pub video: VideoConfig,
+    /// The V4L2 camera and encoder (used when `source = "v4l2"`).
+    pub camera: CameraConfig,
     pub record: RecordConfig,
     /// Bearer token for mutating routes; generated into the data dir when unset.
     #[serde(skip_serializing)]
@@ -190,6 +264,7 @@ impl Default for Config {
             ports: Ports::default(),
             source: SourceKind::Test,
             video: VideoConfig::default(),
+            camera: CameraConfig::default(),
             record: RecordConfig::default(),
             api_token: None,
             cors_origins: "*".into(),
@@ -223,6 +298,7 @@ impl Config {
         if !(100..=60_000).contains(&v.keyframe_interval_ms) {
             return bad("video.keyframe_interval_ms", "must be 100..=60000");
         }
+        self.camera.validate()?;
         let r = &self.record;
         if !(100..=60_000).contains(&r.chunk_target_ms) {
             return bad("record.chunk_target_ms", "must be 100..=60000");

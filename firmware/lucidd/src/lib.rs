@@ -10,6 +10,8 @@
 pub mod config;
 pub mod engine;
 pub mod http;
+#[cfg(target_os = "linux")]
+pub mod hwcheck;
 pub mod keys;
 pub mod metrics;
 pub mod store;

@@ -28,6 +28,32 @@ enum Cmd {
     /// Make, check and sign OTA update bundles (host side).
     #[command(subcommand)]
     Bundle(BundleCmd),
+    /// V4L2 hardware: list cameras and codecs; decode a recording on the device.
+    #[cfg(target_os = "linux")]
+    #[command(subcommand)]
+    Hw(HwCmd),
+}
+
+#[cfg(target_os = "linux")]
+#[derive(Subcommand, Debug)]
+enum HwCmd {
+    /// List /dev/video* with driver, role and formats, and what the recorder would pick.
+    List,
+    /// Decode a FWHT export (GET .../export.mp4 of a fwht session) through a V4L2 decoder
+    /// and compare each picture with a camera frame (luma PSNR).
+    Decode {
+        /// The FWHT elementary stream.
+        input: PathBuf,
+        /// Decoder node (default: the first that takes FWHT).
+        #[arg(long)]
+        decoder: Option<PathBuf>,
+        /// Compare with a frame from this camera ("auto" = the first camera).
+        #[arg(long)]
+        reference: Option<String>,
+        /// Lowest acceptable PSNR (dB) against the reference.
+        #[arg(long, default_value_t = 25.0)]
+        min_psnr: f64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -300,6 +326,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Bundle(cmd) => bundle_cmd(cmd),
+        #[cfg(target_os = "linux")]
+        Cmd::Hw(cmd) => {
+            let r = match cmd {
+                HwCmd::List => lucidd::hwcheck::list(),
+                HwCmd::Decode { input, decoder, reference, min_psnr } => lucidd::hwcheck::decode(&lucidd::hwcheck::DecodeArgs {
+                    input,
+                    decoder,
+                    reference: reference.map(|r| if r == "auto" { None } else { Some(PathBuf::from(r)) }),
+                    min_psnr,
+                }),
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lucidd hw: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Verify { evidence } => match lucidd::verify::verify_file(&evidence) {
             Ok(r) => {
                 let m = &r.manifest;

@@ -207,6 +207,36 @@ impl Store {
         Ok(next)
     }
 
+    /// A small device setting (JSON) in the meta table; `None` when never set.
+    pub fn get_setting<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let meta = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.fail("open meta", e.to_string())),
+        };
+        let Some(v) = db!(self, "read setting", meta.get(key))? else { return Ok(None) };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt { key: format!("meta/{key}"), msg: e.to_string() })
+    }
+
+    /// Stores a device setting durably (one committed transaction).
+    pub fn put_setting<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt { key: format!("meta/{key}"), msg: e.to_string() })?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
+        {
+            let mut meta = db!(self, "open meta", txn.open_table(META))?;
+            db!(self, "write setting", meta.insert(key, &bytes[..]))?;
+        }
+        db!(self, "commit", txn.commit())?;
+        Ok(())
+    }
+
     pub fn put_session<T: Serialize>(&self, id: &str, row: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(row).map_err(|e| StoreError::Corrupt { key: id.into(), msg: e.to_string() })?;
         let g = self.handle()?;

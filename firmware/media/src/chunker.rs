@@ -1,5 +1,6 @@
 //! The keyframe chunker: groups access units into chunks of whole GOPs and turns each
-//! chunk into one fMP4 fragment (moof + mdat) via the muxer it owns.
+//! chunk into one fMP4 fragment (moof + mdat) via the muxer it owns — or, for the FWHT test
+//! codec, into the frames' raw elementary stream (see `fwht`).
 //!
 //! Owns cut decisions, the media timeline across chunks, and the fragment size limit. It
 //! must never cut inside a GOP (every chunk starts with an IDR, so `init + chunk` decodes
@@ -10,7 +11,7 @@ use std::collections::VecDeque;
 
 use crate::encode::AccessUnit;
 use crate::fmp4::{DEFAULT_TIMESCALE, Fmp4Error, Fmp4Muxer, fragment_overhead};
-use crate::h264;
+use crate::{Codec, fwht, h264};
 
 /// Chunking policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,9 @@ pub struct ChunkerConfig {
     pub max_fragment_bytes: usize,
     /// `mfhd` sequence number / `MediaChunk::sequence` of the first chunk (> 0).
     pub first_sequence: u32,
+    /// What the access units carry; decides the packaging (fMP4 for H.264, the raw
+    /// stream for FWHT). Everything else — cuts, timeline, limits — is codec-blind.
+    pub codec: Codec,
 }
 
 impl Default for ChunkerConfig {
@@ -30,6 +34,7 @@ impl Default for ChunkerConfig {
             target_duration_us: 1_000_000,
             max_fragment_bytes: 4 << 20,
             first_sequence: 1,
+            codec: Codec::H264,
         }
     }
 }
@@ -62,6 +67,12 @@ pub enum ChunkError {
     InvalidConfig(String),
     #[error("access unit at {pts_us} µs contains no H.264 NAL units")]
     EmptyAccessUnit { pts_us: u64 },
+    #[error("access unit at {pts_us} µs is not one FWHT frame: {source}")]
+    BadFwhtFrame {
+        pts_us: u64,
+        #[source]
+        source: fwht::FwhtError,
+    },
     #[error("first keyframe at {pts_us} µs carries no SPS/PPS; cannot build the init segment")]
     MissingParameterSets { pts_us: u64 },
     #[error(
@@ -164,9 +175,44 @@ impl Chunker {
         self.init.as_deref()
     }
 
-    /// RFC 6381 codec string (e.g. `avc1.42c01e`), once the first keyframe was pushed.
+    /// RFC 6381 codec string (e.g. `avc1.42c01e`; `fwht` for the test codec), once the
+    /// first keyframe was pushed.
     pub fn codec_string(&self) -> Option<String> {
-        self.muxer.as_ref().map(Fmp4Muxer::codec_string)
+        match self.cfg.codec {
+            Codec::H264 => self.muxer.as_ref().map(Fmp4Muxer::codec_string),
+            Codec::Fwht => self.init.as_ref().map(|_| "fwht".to_owned()),
+        }
+    }
+
+    /// Bytes `au` takes in a chunk (AVCC sample or raw FWHT frame); 0 when it is empty.
+    fn sample_len(&self, au: &AccessUnit) -> Result<usize, ChunkError> {
+        match self.cfg.codec {
+            Codec::H264 => Ok(h264::avcc_len(&au.data)),
+            Codec::Fwht => {
+                let frames = fwht::split_stream(&au.data)
+                    .map_err(|source| ChunkError::BadFwhtFrame { pts_us: au.pts_us, source })?;
+                if frames.len() > 1 {
+                    return Err(ChunkError::BadFwhtFrame {
+                        pts_us: au.pts_us,
+                        source: fwht::FwhtError::Truncated { offset: frames[1].0, len: 0 },
+                    });
+                }
+                Ok(au.data.len())
+            }
+        }
+    }
+
+    /// Container bytes around `samples` samples.
+    fn overhead(&self, samples: usize) -> usize {
+        match self.cfg.codec {
+            Codec::H264 => fragment_overhead(samples),
+            Codec::Fwht => 0,
+        }
+    }
+
+    /// Container bytes one more sample adds.
+    fn per_sample(&self) -> usize {
+        self.overhead(1) - self.overhead(0)
     }
 
     /// True when the chunker needs an IDR soon: the pending group nears the size limit, or
@@ -188,13 +234,13 @@ impl Chunker {
 
     /// Size the fragment for the pending group would have.
     fn pending_fragment_len(&self) -> usize {
-        fragment_overhead(self.pending.len()) + self.pending_lens.iter().sum::<usize>()
+        self.overhead(self.pending.len()) + self.pending_lens.iter().sum::<usize>()
     }
 
     /// Adds one access unit. May queue a chunk (see `pop_chunk`). On error the access unit
     /// is not added; queued chunks are kept.
     pub fn push(&mut self, au: AccessUnit) -> Result<(), ChunkError> {
-        let sample_len = h264::avcc_len(&au.data);
+        let sample_len = self.sample_len(&au)?;
         if sample_len == 0 {
             return Err(ChunkError::EmptyAccessUnit { pts_us: au.pts_us });
         }
@@ -247,13 +293,14 @@ impl Chunker {
             self.wants_keyframe = false;
             if let Some(first_pts) = self.pending.first().map(|a| a.pts_us) {
                 let long_enough = pts - first_pts >= self.cfg.target_duration_us;
-                let would_overflow = self.pending_fragment_len() + 12 + sample_len > limit;
+                let would_overflow =
+                    self.pending_fragment_len() + self.per_sample() + sample_len > limit;
                 if long_enough || would_overflow || self.size_pressure() {
                     self.emit(self.pending.len(), pts)?;
                 }
             }
             self.gop_starts.push(self.pending.len());
-        } else if self.pending_fragment_len() + 12 + sample_len > limit {
+        } else if self.pending_fragment_len() + self.per_sample() + sample_len > limit {
             // Cut before the current GOP if earlier whole GOPs are pending: still a
             // keyframe cut, and it frees room for the current GOP.
             if let Some(&g) = self.gop_starts.last()
@@ -264,7 +311,7 @@ impl Chunker {
             }
         }
 
-        if fragment_overhead(self.pending.len() + 1)
+        if self.overhead(self.pending.len() + 1)
             + self.pending_lens.iter().sum::<usize>()
             + sample_len
             > limit
@@ -290,7 +337,7 @@ impl Chunker {
     /// for the next keyframe and mark the discontinuity.
     fn drop_current_gop(&mut self, sample_len: usize) -> ChunkError {
         let frames = self.pending.len() + 1;
-        let bytes = self.pending_fragment_len() + 12 + sample_len;
+        let bytes = self.pending_fragment_len() + self.per_sample() + sample_len;
         tracing::warn!(
             frames,
             bytes,
@@ -313,6 +360,12 @@ impl Chunker {
     }
 
     fn check_parameter_sets(&mut self, au: &AccessUnit) -> Result<(), ChunkError> {
+        if self.cfg.codec == Codec::Fwht {
+            // Every FWHT frame header carries its own geometry: no init segment is needed,
+            // so the session's init segment is empty and its export is the bare stream.
+            self.init.get_or_insert_with(Vec::new);
+            return Ok(());
+        }
         let found = h264::parameter_sets(&au.data);
         match (&self.sps_pps, found) {
             (None, None) => Err(ChunkError::MissingParameterSets { pts_us: au.pts_us }),
@@ -334,9 +387,11 @@ impl Chunker {
 
     /// Turns `pending[..n]` into a queued chunk ending at `end_us`.
     fn emit(&mut self, n: usize, end_us: u64) -> Result<(), ChunkError> {
-        let Some(muxer) = &self.muxer else {
+        let muxer = match (self.cfg.codec, &self.muxer) {
+            (Codec::H264, Some(m)) => Some(m),
+            (Codec::Fwht, _) => None,
             // Unreachable in practice: pending is only filled after the muxer exists.
-            return Err(ChunkError::MissingParameterSets { pts_us: end_us });
+            (Codec::H264, None) => return Err(ChunkError::MissingParameterSets { pts_us: end_us }),
         };
         let aus: Vec<AccessUnit> = self.pending.drain(..n).collect();
         self.pending_lens.drain(..n);
@@ -345,12 +400,10 @@ impl Chunker {
             *g -= n;
         }
         let first = &aus[0];
-        let fragment = muxer.fragment(
-            self.next_sequence,
-            &aus,
-            muxer.ticks(first.pts_us),
-            Some(end_us),
-        )?;
+        let fragment = match muxer {
+            Some(muxer) => muxer.fragment(self.next_sequence, &aus, muxer.ticks(first.pts_us), Some(end_us))?,
+            None => aus.iter().flat_map(|a| a.data.iter().copied()).collect(),
+        };
         if fragment.len() > self.cfg.max_fragment_bytes {
             // The size prediction is exact, so this means a bug; still never emit oversize.
             return Err(ChunkError::GopTooLarge {
@@ -505,6 +558,7 @@ mod tests {
             target_duration_us: 1_000_000,
             max_fragment_bytes: limit,
             first_sequence: 1,
+            codec: Codec::H264,
         })
         .unwrap();
         c.push(idr_at(&idr, 0)).unwrap();
@@ -561,6 +615,7 @@ mod tests {
             target_duration_us: 300_000,
             max_fragment_bytes: limit,
             first_sequence: 1,
+            codec: Codec::H264,
         })
         .unwrap();
         // Two normal GOPs (0.3 s each), then a runaway GOP, then normal again.
@@ -605,6 +660,7 @@ mod tests {
             target_duration_us: 10_000_000,
             max_fragment_bytes: limit,
             first_sequence: 5,
+            codec: Codec::H264,
         })
         .unwrap();
         let mut i = 0u64;
@@ -632,6 +688,7 @@ mod tests {
             target_duration_us: 100_000_000,
             max_fragment_bytes: limit,
             first_sequence: 1,
+            codec: Codec::H264,
         })
         .unwrap();
         for i in 0..100u64 {
@@ -734,5 +791,45 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn fwht_chunks_are_the_raw_frames_cut_at_intra_frames() {
+        use crate::fwht::{split_stream, test_frame};
+        let mut c = Chunker::new(ChunkerConfig {
+            target_duration_us: 300_000,
+            codec: Codec::Fwht,
+            ..Default::default()
+        })
+        .unwrap();
+        let au = |i: u64, intra: bool| AccessUnit {
+            data: test_frame(32, 16, intra, &[i as u8; 7]),
+            pts_us: i * F,
+            wall_us: 0,
+            keyframe: intra,
+        };
+        // A P frame before any I frame is dropped, like an H.264 P frame.
+        c.push(au(0, false)).unwrap();
+        for i in 1..=8 {
+            c.push(au(i, i % 3 == 1)).unwrap();
+        }
+        c.finish().unwrap();
+        assert_eq!(c.init_segment(), Some(&[][..]), "FWHT needs no init segment");
+        assert_eq!(c.codec_string().as_deref(), Some("fwht"));
+        let chunks: Vec<_> = std::iter::from_fn(|| c.pop_chunk()).collect();
+        assert_eq!(chunks.iter().map(|k| k.frame_count).collect::<Vec<_>>(), vec![3, 3, 2]);
+        let mut all = Vec::new();
+        for k in &chunks {
+            let frames = split_stream(&k.fragment).unwrap();
+            assert!(frames[0].1.is_intra(), "every chunk starts with an I frame");
+            assert_eq!(frames.len() as u32, k.frame_count);
+            all.extend_from_slice(&k.fragment);
+        }
+        assert_eq!(chunks[1].media_start_us, chunks[0].media_end_us);
+        // The export (init + chunks) is one valid stream of all 8 frames.
+        assert_eq!(split_stream(&all).unwrap().len(), 8);
+        // Garbage is refused and nothing queued is lost.
+        let bad = AccessUnit { data: vec![1, 2, 3], pts_us: 100 * F, wall_us: 0, keyframe: true };
+        assert!(matches!(c.push(bad), Err(ChunkError::BadFwhtFrame { .. })));
     }
 }

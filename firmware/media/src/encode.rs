@@ -55,6 +55,9 @@ pub enum EncodeError {
         got: usize,
         expected: usize,
     },
+    /// A V4L2 encoder device failed (ioctl error, device gone, timeout).
+    #[error("{device}: {msg}")]
+    Device { device: String, msg: String },
     #[error("{encoder} failed on frame {seq}: {source}")]
     Encode {
         encoder: &'static str,

@@ -65,8 +65,8 @@ pub(crate) fn split_annexb(data: &[u8]) -> Vec<&[u8]> {
     nals
 }
 
-/// True if the access unit carries an IDR slice.
-pub(crate) fn is_idr(annexb: &[u8]) -> bool {
+/// True when the access unit holds an IDR slice (a random-access point).
+pub fn is_idr(annexb: &[u8]) -> bool {
     split_annexb(annexb)
         .iter()
         .any(|n| nal_type(n) == Some(NAL_IDR))

@@ -29,15 +29,40 @@
 //! ```
 
 mod chunker;
+mod convert;
 mod encode;
 mod fmp4;
+pub mod fwht;
 mod h264;
 mod source;
+#[cfg(target_os = "linux")]
+pub mod v4l2;
+
+/// The compressed format a session records. The chunker and the store are codec-blind
+/// beyond the packaging this selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// H.264 (Annex-B access units in, fMP4 out): every real camera path.
+    H264,
+    /// vicodec's FWHT, raw stream: only to prove the V4L2 encoder path without hardware.
+    Fwht,
+}
+
+impl Codec {
+    /// Name used in config, the API and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::H264 => "h264",
+            Codec::Fwht => "fwht",
+        }
+    }
+}
 
 pub use chunker::{ChunkError, Chunker, ChunkerConfig, MediaChunk};
 pub use encode::{AccessUnit, EncodeError, EncoderConfig, OpenH264Encoder, VideoEncoder};
 pub use fmp4::{DEFAULT_TIMESCALE, Fmp4Error, Fmp4Muxer};
-pub use h264::H264Error;
+pub use convert::to_i420;
+pub use h264::{H264Error, is_idr};
 pub use source::{
     Frame, FrameSource, PixelFormat, SourceError, TestPattern, TestPatternConfig, VideoFormat,
 };

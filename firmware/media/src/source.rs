@@ -16,6 +16,9 @@ pub enum PixelFormat {
     Nv12,
     /// Packed 4:2:2 `Y0 U Y1 V` (V4L2 `YUYV`). For the V4L2 path.
     Yuyv,
+    /// Not pixels: one Annex-B H.264 access unit from a camera that encodes itself (many
+    /// UVC cameras). Recorded as is, without re-encoding.
+    H264,
 }
 
 impl PixelFormat {
@@ -37,6 +40,7 @@ impl PixelFormat {
                 }
                 px.checked_mul(2)
             }
+            PixelFormat::H264 => None,
         }
     }
 }

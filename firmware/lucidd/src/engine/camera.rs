@@ -11,7 +11,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use lucid_media::{Chunker, ChunkerConfig, EncoderConfig, FrameSource, MediaChunk, OpenH264Encoder, VideoEncoder};
+use lucid_media::{
+    AccessUnit, Chunker, ChunkerConfig, Codec, EncodeError, EncoderConfig, Frame, FrameSource, MediaChunk, OpenH264Encoder,
+    PixelFormat, SourceError, VideoEncoder,
+};
 
 use super::{ChunkInfo, Engine, EngineError, Kind, Result, SessionRow, Status, lock};
 use crate::config::SourceKind;
@@ -31,13 +34,80 @@ struct Control {
     changed: Condvar,
 }
 
-/// Camera health, shown by `/health` and the recorder service.
+/// Camera health, shown by `/health`, the recorder service and `GET /api/v1/camera`.
 #[derive(Debug, Default)]
 pub struct CameraState {
     pub running: AtomicBool,
     pub frames: AtomicU64,
     pub dropped: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// False while a recording waits for an unplugged camera to come back.
+    pub connected: AtomicBool,
+    /// Times the camera went away during recordings since start.
+    pub disconnects: AtomicU64,
+    /// What the last run opened: source description and encoder name.
+    pub source: Mutex<Option<String>>,
+    pub encoder: Mutex<Option<String>>,
+}
+
+/// The software encoder behind a converter: cameras give NV12 or YUYV, OpenH264 takes
+/// I420 only.
+struct Software(OpenH264Encoder);
+
+impl VideoEncoder for Software {
+    fn encode(&mut self, frame: &Frame) -> std::result::Result<Vec<AccessUnit>, EncodeError> {
+        if frame.format.pixel_format == PixelFormat::I420 {
+            return self.0.encode(frame);
+        }
+        let conv = lucid_media::to_i420(frame)
+            .ok_or(EncodeError::UnsupportedPixelFormat { seq: frame.seq, format: frame.format.pixel_format })?;
+        self.0.encode(&conv)
+    }
+    fn request_keyframe(&mut self) {
+        self.0.request_keyframe()
+    }
+    fn flush(&mut self) -> std::result::Result<Vec<AccessUnit>, EncodeError> {
+        self.0.flush()
+    }
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+}
+
+/// A camera that encodes H.264 itself: its access units are recorded as they come.
+struct Passthrough;
+
+impl VideoEncoder for Passthrough {
+    fn encode(&mut self, frame: &Frame) -> std::result::Result<Vec<AccessUnit>, EncodeError> {
+        if frame.format.pixel_format != PixelFormat::H264 {
+            return Err(EncodeError::UnsupportedPixelFormat { seq: frame.seq, format: frame.format.pixel_format });
+        }
+        Ok(vec![AccessUnit {
+            keyframe: lucid_media::is_idr(&frame.data),
+            data: frame.data.clone(),
+            pts_us: frame.pts_us,
+            wall_us: frame.wall_us,
+        }])
+    }
+    // UVC has no standard "force IDR" request; the camera's own GOP decides the cuts.
+    fn request_keyframe(&mut self) {}
+    fn flush(&mut self) -> std::result::Result<Vec<AccessUnit>, EncodeError> {
+        Ok(Vec::new())
+    }
+    fn name(&self) -> &'static str {
+        "camera-h264"
+    }
+}
+
+/// Opens a source again after it went away (same settings, same negotiated format).
+type Reopen = Box<dyn FnMut() -> Result<Box<dyn FrameSource>> + Send>;
+
+/// Source, encoder and codec of one recording run.
+struct Pipeline {
+    source: Box<dyn FrameSource>,
+    encoder: Box<dyn VideoEncoder>,
+    codec: Codec,
+    reopen: Option<Reopen>,
 }
 
 pub struct CameraRun {
@@ -53,7 +123,20 @@ struct RunOutcome {
     dropped: u64,
 }
 
-fn open_source(engine: &Engine) -> Result<Box<dyn FrameSource>> {
+fn software(engine: &Engine, width: u32, height: u32) -> Result<Box<dyn VideoEncoder>> {
+    let v = &engine.cfg.video;
+    let enc = OpenH264Encoder::new(EncoderConfig {
+        width,
+        height,
+        fps: v.fps,
+        bitrate_bps: v.bitrate_bps,
+        keyframe_interval_frames: (v.fps * v.keyframe_interval_ms / 1000).max(1),
+    })
+    .map_err(|e| EngineError::Unavailable(format!("encoder: {e}")))?;
+    Ok(Box::new(Software(enc)))
+}
+
+fn open_pipeline(engine: &Engine) -> Result<Pipeline> {
     let v = &engine.cfg.video;
     match engine.cfg.source {
         SourceKind::Test => {
@@ -64,12 +147,100 @@ fn open_source(engine: &Engine) -> Result<Box<dyn FrameSource>> {
                 paced: true,
             })
             .map_err(|e| EngineError::Unavailable(format!("test source: {e}")))?;
-            Ok(Box::new(src))
+            let encoder = software(engine, v.width, v.height)?;
+            Ok(Pipeline { source: Box::new(src), encoder, codec: Codec::H264, reopen: None })
         }
-        SourceKind::V4l2 => Err(EngineError::Unavailable(
-            "the V4L2 camera path is not in this build yet; run with --source test".into(),
-        )),
+        SourceKind::V4l2 => open_v4l2(engine),
     }
+}
+
+#[cfg(target_os = "linux")]
+fn open_v4l2(engine: &Engine) -> Result<Pipeline> {
+    use crate::config::EncoderChoice;
+    use lucid_media::v4l2::{self, CodecParams, FourCc, V4l2Camera, V4l2Encoder, negotiate};
+    let s = engine.camera_settings()?;
+    let v = engine.cfg.video.clone();
+    let codec = s.codec.media();
+    let unavailable = |m: String| EngineError::Unavailable(m);
+    let found = v4l2::scan(std::path::Path::new("/dev"));
+    let hw = if s.encoder_device.is_empty() {
+        v4l2::find_encoder(&found, FourCc::of_codec(codec)).cloned()
+    } else {
+        found.iter().find(|f| f.path.as_os_str() == s.encoder_device.as_str()).cloned()
+    };
+    let hw = match (s.encoder, hw) {
+        (EncoderChoice::Software, _) => None,
+        (_, Some(h)) => Some(h),
+        (EncoderChoice::Hardware, None) => {
+            return Err(unavailable(format!("no V4L2 encoder of {} found ({})", codec.name(), describe_found(&found))));
+        }
+        (EncoderChoice::Auto, None) if codec == Codec::Fwht => {
+            return Err(unavailable(format!("no V4L2 encoder of fwht (is vicodec loaded?) ({})", describe_found(&found))));
+        }
+        (EncoderChoice::Auto, None) => None,
+    };
+    let cam_cfg = v4l2::CameraConfig {
+        device: (!s.device.is_empty()).then(|| s.device.clone().into()),
+        width: v.width,
+        height: v.height,
+        fps: v.fps,
+        encoder_inputs: match &hw {
+            Some(h) => negotiate::hardware_encoder_inputs(&h.output),
+            None => negotiate::software_encoder_inputs(),
+        },
+        allow_passthrough: codec == Codec::H264 && s.encoder == EncoderChoice::Auto,
+        buffers: s.buffers,
+    };
+    let cam = V4l2Camera::open(&cam_cfg).map_err(|e| unavailable(format!("camera: {e}")))?;
+    let choice = cam.choice();
+    let encoder: Box<dyn VideoEncoder> = if choice.passthrough {
+        Box::new(Passthrough)
+    } else if let Some(h) = &hw {
+        let p = CodecParams {
+            codec,
+            width: choice.width,
+            height: choice.height,
+            input: choice.fourcc,
+            fps: v.fps,
+            bitrate_bps: v.bitrate_bps,
+            keyframe_interval_frames: (v.fps * v.keyframe_interval_ms / 1000).max(1),
+        };
+        Box::new(V4l2Encoder::open(Some(&h.path), p).map_err(|e| unavailable(format!("encoder: {e}")))?)
+    } else {
+        software(engine, choice.width, choice.height)?
+    };
+    // After an unplug, the same node (or the first camera found) must come back with the
+    // same format, or the session's init segment would no longer apply.
+    let want = cam.format();
+    let mut reopen_cfg = cam_cfg.clone();
+    reopen_cfg.allow_passthrough = choice.passthrough;
+    reopen_cfg.encoder_inputs = vec![choice.fourcc];
+    let reopen: Reopen = Box::new(move || {
+        let c = V4l2Camera::open(&reopen_cfg).map_err(|e| EngineError::Unavailable(format!("camera: {e}")))?;
+        let got = c.format();
+        if (got.width, got.height, got.pixel_format) != (want.width, want.height, want.pixel_format) {
+            return Err(EngineError::Unavailable(format!("the camera came back as {got:?}, not {want:?}")));
+        }
+        Ok(Box::new(c) as Box<dyn FrameSource>)
+    });
+    Ok(Pipeline { source: Box::new(cam), encoder, codec, reopen: Some(reopen) })
+}
+
+#[cfg(target_os = "linux")]
+fn describe_found(found: &[lucid_media::v4l2::Found]) -> String {
+    if found.is_empty() {
+        return "no /dev/video* nodes".into();
+    }
+    found
+        .iter()
+        .map(|f| format!("{} {} {:?} out {:?} cap {:?}", f.path.display(), f.driver, f.role, f.output, f.capture))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_v4l2(_: &Engine) -> Result<Pipeline> {
+    Err(EngineError::Unavailable("V4L2 exists on Linux only; run with --source test".into()))
 }
 
 pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
@@ -90,22 +261,19 @@ pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
             row.status.as_str()
         )));
     }
-    let source = open_source(engine)?;
-    let fmt = source.format();
+    let pipeline = open_pipeline(engine)?;
+    let fmt = pipeline.source.format();
     let v = &engine.cfg.video;
-    let encoder = OpenH264Encoder::new(EncoderConfig {
-        width: fmt.width,
-        height: fmt.height,
-        fps: v.fps,
-        bitrate_bps: v.bitrate_bps,
-        keyframe_interval_frames: (v.fps * v.keyframe_interval_ms / 1000).max(1),
-    })
-    .map_err(|e| EngineError::Unavailable(format!("encoder: {e}")))?;
+    *lock(&engine.camera_state.source) = Some(pipeline.source.describe());
+    *lock(&engine.camera_state.encoder) = Some(pipeline.encoder.name().to_owned());
+    engine.camera_state.connected.store(true, Relaxed);
+    tracing::info!(session = %sid, source = %pipeline.source.describe(), encoder = pipeline.encoder.name(), codec = pipeline.codec.name(), "recording");
     let chunker = Chunker::new(ChunkerConfig {
         target_duration_us: engine.cfg.record.chunk_target_ms as u64 * 1000,
         max_fragment_bytes: super::MAX_PART,
         // Fragment sequence numbers continue across runs of one session.
         first_sequence: row.chunk_count as u32 + 1,
+        codec: pipeline.codec,
     })
     .map_err(|e| EngineError::BadInput(format!("chunker: {e}")))?;
     let now = now_rfc3339();
@@ -128,7 +296,7 @@ pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
     let (e2, c2, s2) = (engine.clone(), control.clone(), sid.to_owned());
     let thread = std::thread::Builder::new()
         .name("lucid-camera".into())
-        .spawn(move || run(&e2, &s2, &c2, source, Box::new(encoder), chunker, pts_offset))
+        .spawn(move || run(&e2, &s2, &c2, pipeline, chunker, pts_offset))
         .map_err(|e| EngineError::Internal(format!("spawn camera thread: {e}")))?;
     engine.camera_state.running.store(true, Relaxed);
     *cam = Some(CameraRun { session_id: sid.to_owned(), control, thread: Some(thread), started: Instant::now() });
@@ -279,15 +447,42 @@ impl Sink<'_> {
     }
 }
 
+/// Polls for the camera every second until it is back (`Some`) or the run is stopped.
+fn wait_for_camera(engine: &Engine, control: &Control, reopen: &mut Reopen, sid: &str) -> Option<Box<dyn FrameSource>> {
+    let mut last_try = Instant::now() - std::time::Duration::from_secs(10);
+    loop {
+        {
+            let st = lock(&control.state);
+            if *st == RunState::Stopping {
+                return None;
+            }
+            let _ = control.changed.wait_timeout(st, std::time::Duration::from_millis(200));
+        }
+        if last_try.elapsed() < std::time::Duration::from_secs(1) {
+            continue;
+        }
+        last_try = Instant::now();
+        match reopen() {
+            Ok(s) => {
+                tracing::info!(session = %sid, source = %s.describe(), "camera back; recording resumes");
+                return Some(s);
+            }
+            Err(e) => tracing::debug!(session = %sid, error = %e, "camera not back yet"),
+        }
+        let _ = engine;
+    }
+}
+
 fn run(
     engine: &Engine,
     sid: &str,
     control: &Control,
-    mut source: Box<dyn FrameSource>,
-    mut encoder: Box<dyn VideoEncoder>,
+    pipeline: Pipeline,
     mut chunker: Chunker,
     pts_offset: u64,
 ) -> RunOutcome {
+    let Pipeline { mut source, mut encoder, mut reopen, .. } = pipeline;
+    let mut dropped_before = 0;
     let m = &engine.metrics;
     let mut sink = Sink { engine, sid, init_stored: false };
     let mut was_paused = false;
@@ -301,6 +496,28 @@ fn run(
             let t = Instant::now();
             let mut frame = match source.next_frame() {
                 Ok(f) => f,
+                Err(SourceError::Disconnected(why)) if reopen.is_some() => {
+                    // Keep what we have, mark the gap, wait for the camera to return.
+                    m.record(Stage::Recording, t.elapsed(), false);
+                    tracing::warn!(session = %sid, reason = %why, "camera disconnected; recording the gap and waiting for it");
+                    engine.camera_state.connected.store(false, Relaxed);
+                    engine.camera_state.disconnects.fetch_add(1, Relaxed);
+                    *lock(&engine.camera_state.last_error) = Some(format!("camera disconnected: {why}"));
+                    for au in encoder.flush().map_err(|e| EngineError::Internal(e.to_string()))? {
+                        chunker.push(au).map_err(|e| EngineError::Internal(e.to_string()))?;
+                    }
+                    chunker.gap().map_err(|e| EngineError::Internal(e.to_string()))?;
+                    sink.drain(&mut chunker)?;
+                    dropped_before += source.dropped_frames();
+                    let Some(new) = wait_for_camera(engine, control, reopen.as_mut().unwrap_or_else(|| unreachable!()), sid) else {
+                        break;
+                    };
+                    source = new;
+                    engine.camera_state.connected.store(true, Relaxed);
+                    *lock(&engine.camera_state.last_error) = None;
+                    encoder.request_keyframe();
+                    continue;
+                }
                 Err(e) => {
                     m.record(Stage::Recording, t.elapsed(), false);
                     return Err(EngineError::Unavailable(format!("camera: {e}")));
@@ -362,7 +579,7 @@ fn run(
         }
         Ok(())
     })();
-    outcome.dropped = source.dropped_frames();
+    outcome.dropped = dropped_before + source.dropped_frames();
     engine.camera_state.dropped.store(outcome.dropped, Relaxed);
     if let Err(e) = result {
         tracing::error!(session = %sid, error = %e, "recording stopped by an error");

@@ -119,6 +119,9 @@ struct Log {
     row: SessionRow,
 }
 
+/// Meta-table key of the run-time camera settings.
+const CAMERA_SETTINGS: &str = "camera_settings";
+
 pub struct Engine {
     pub cfg: Config,
     store: Store,
@@ -188,6 +191,22 @@ impl Engine {
         });
         engine.recover()?;
         Ok(engine)
+    }
+
+    /// The camera settings in effect: the config file's `[camera]`, replaced by the last
+    /// `PUT /api/v1/camera` if there was one.
+    pub fn camera_settings(&self) -> Result<crate::config::CameraConfig> {
+        Ok(self.store.get_setting(CAMERA_SETTINGS)?.unwrap_or_else(|| self.cfg.camera.clone()))
+    }
+
+    /// Validates and stores new camera settings; they apply from the next recording start.
+    pub fn set_camera_settings(&self, s: &crate::config::CameraConfig) -> Result<()> {
+        s.validate().map_err(|e| EngineError::BadInput(e.to_string()))?;
+        if s.codec == crate::config::CodecChoice::Fwht && self.cfg.source != crate::config::SourceKind::V4l2 {
+            return Err(EngineError::BadInput("codec fwht needs the V4L2 camera path (source = \"v4l2\")".into()));
+        }
+        self.store.put_setting(CAMERA_SETTINGS, s)?;
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {

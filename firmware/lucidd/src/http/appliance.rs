@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, AppState, LQuery, VERSION, blocking};
+use super::{ApiError, ApiResult, AppState, LJson, LQuery, VERSION, blocking};
 use crate::engine::{Engine, EngineError, Kind, Status};
 use crate::util::{hex, now_rfc3339};
 
@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/device", get(device))
+        .route("/api/v1/camera", get(camera).put(put_camera))
         .route("/api/v1/sessions/{id}/manifest", get(manifest))
         .route("/api/v1/sessions/{id}/checkpoint", get(checkpoint))
         .route("/api/v1/sessions/{id}/checkpoints", get(checkpoints))
@@ -90,6 +91,69 @@ async fn device(State(e): State<AppState>) -> axum::Json<Value> {
             "plausible": now.year() >= 2024,
         },
     }))
+}
+
+/// The camera: settings in effect, live state, and the V4L2 devices this board has.
+fn camera_report(e: &Engine) -> Result<Value, EngineError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let settings = e.camera_settings()?;
+    let st = &e.camera_state;
+    let lock = |m: &std::sync::Mutex<Option<String>>| m.lock().map(|g| g.clone()).unwrap_or(None);
+    #[cfg(target_os = "linux")]
+    let devices: Vec<Value> = lucid_media::v4l2::scan(std::path::Path::new("/dev"))
+        .into_iter()
+        .map(|f| {
+            json!({
+                "path": f.path.display().to_string(),
+                "driver": f.driver,
+                "card": f.card,
+                "role": format!("{:?}", f.role).to_lowercase(),
+                "capture_formats": f.capture.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                "output_formats": f.output.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    #[cfg(not(target_os = "linux"))]
+    let devices: Vec<Value> = Vec::new();
+    Ok(json!({
+        "source": format!("{:?}", e.cfg.source).to_lowercase(),
+        "settings": settings,
+        "state": {
+            "recording": st.running.load(Relaxed),
+            "connected": st.connected.load(Relaxed),
+            "disconnects": st.disconnects.load(Relaxed),
+            "frames": st.frames.load(Relaxed),
+            "dropped_frames": st.dropped.load(Relaxed),
+            "opened": lock(&st.source),
+            "encoder": lock(&st.encoder),
+            "last_error": lock(&st.last_error),
+        },
+        "devices": devices,
+    }))
+}
+
+async fn camera(State(e): State<AppState>) -> ApiResult<axum::Json<Value>> {
+    Ok(axum::Json(blocking(move || camera_report(&e)).await?))
+}
+
+/// Replaces the given keys of the camera settings (the rest stay). Applies from the next
+/// recording start; a running recording keeps its devices.
+async fn put_camera(State(e): State<AppState>, LJson(body): LJson<Value>) -> ApiResult<axum::Json<Value>> {
+    let Value::Object(changes) = body else {
+        return Err(ApiError::BadRequest("the body must be a JSON object of camera settings".into()));
+    };
+    blocking(move || {
+        let mut merged = serde_json::to_value(e.camera_settings()?).map_err(|x| EngineError::Internal(x.to_string()))?;
+        if let Value::Object(m) = &mut merged {
+            m.extend(changes);
+        }
+        let s: crate::config::CameraConfig =
+            serde_json::from_value(merged).map_err(|x| EngineError::BadInput(format!("camera settings: {x}")))?;
+        e.set_camera_settings(&s)?;
+        camera_report(&e)
+    })
+    .await
+    .map(axum::Json)
 }
 
 async fn manifest(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -306,14 +370,16 @@ async fn export(
     require_read_token(&e, &headers, &q)?;
     // Check what can fail before the headers go out.
     let (sid, e2) = (id.clone(), e.clone());
-    let (init, count) = blocking(move || {
+    let (init, count, codec) = blocking(move || {
         let row = camera_session(&e2, &sid)?;
         let init = e2
             .init_segment(&sid)?
             .ok_or_else(|| EngineError::NotFound { what: "video of session", id: sid.clone() })?;
-        Ok((init, row.chunk_count))
+        Ok((init, row.chunk_count, row.codec))
     })
     .await?;
+    // A FWHT session (the V4L2 test codec) is its raw elementary stream, not MP4.
+    let (mime, ext) = if codec.as_deref() == Some("fwht") { ("video/x-fwht", "fwht") } else { ("video/mp4", "mp4") };
     let sid = id.clone();
     let body = stream_body(move |w| {
         let reader = e.reader(&sid)?;
@@ -330,8 +396,8 @@ async fn export(
     });
     Ok((
         [
-            (header::CONTENT_TYPE, "video/mp4".to_owned()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.mp4\"")),
+            (header::CONTENT_TYPE, mime.to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.{ext}\"")),
         ],
         body,
     )
