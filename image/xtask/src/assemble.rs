@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::board::{Board, BootMethod, KernelImage};
 use crate::deb::{DebCache, kernel_version};
+use crate::kmod::{self, Built};
 use crate::{copy_tree, run, run_output};
 
 pub struct Options {
@@ -97,6 +98,13 @@ pub fn build(o: &Options) -> Result<Outputs> {
         eprintln!("xtask: depmod for {kver} (once, about 20 s under qemu-user)");
         run(Command::new("qemu-aarch64-static").arg(&busybox).args(["depmod", "-b"]).arg(&kroot).arg(&kver))?;
     }
+    // Modules the kernel package lacks, built for exactly this kernel (cached).
+    let out_of_tree = if board.kernel.out_of_tree.is_empty() {
+        Vec::new()
+    } else {
+        let id = kmod::KernelId::of(&cache.deb(&board.kernel.package)?, &kver)?;
+        kmod::build_all(&cache, &id, &board.kernel.out_of_tree)?
+    };
     let fwroot = match &board.boot.firmware_package {
         Some(p) => Some(cache.unpack(p)?),
         None => None,
@@ -115,7 +123,7 @@ pub fn build(o: &Options) -> Result<Outputs> {
 
     // Initramfs: busybox, the modules, /init.
     let initramfs = work.join("initramfs");
-    build_initramfs(&o.repo, &board, &kdir, &kver, &busybox, &initramfs)?;
+    build_initramfs(&o.repo, &board, &kdir, &kver, &busybox, &initramfs, &out_of_tree)?;
     let initrd = work.join("initrd.img");
     cpio_gz(&initramfs, &initrd)?;
 
@@ -416,29 +424,37 @@ fn bundle(lucidd: &Path, sysroot: Option<&Path>, board: &Board, build: u64, out_
     Ok(Some(path))
 }
 
-/// Modules named by the board (plus the watchdog's), with their dependencies, in load
-/// order. Built-in modules are skipped; unknown ones fail the build.
-pub fn resolve_modules(board: &Board, kdir: &Path) -> Result<(Vec<String>, Vec<String>)> {
+/// Modules named by the board (`modules`, `extra_modules`, the watchdog's), with their
+/// dependencies, in load order, and the `modules.dep` of that subset. Built-in modules
+/// are skipped; unknown ones fail the build. `extra` are the out-of-tree modules built
+/// for this kernel (kmod.rs): they resolve like the kernel's own, their lines made here.
+pub fn resolve_modules(board: &Board, kdir: &Path, extra: &[Built]) -> Result<ModuleSet> {
     let dep = std::fs::read_to_string(kdir.join("modules.dep"))?;
     let builtin = std::fs::read_to_string(kdir.join("modules.builtin")).unwrap_or_default();
     let norm = |s: &str| s.replace('-', "_");
     let stem = |p: &str| norm(Path::new(p).file_stem().unwrap().to_str().unwrap().trim_end_matches(".ko"));
     let mut table = std::collections::HashMap::new();
+    let mut lines = std::collections::HashMap::new();
     for line in dep.lines() {
         if let Some((m, deps)) = line.split_once(':') {
             table.insert(stem(m), (m.to_owned(), deps.split_whitespace().map(str::to_owned).collect::<Vec<_>>()));
+            lines.insert(m.to_owned(), line.to_owned());
         }
+    }
+    let mut sources = std::collections::HashMap::new();
+    for b in extra {
+        let (line, deps) = kmod::dep_line(b, &table)?;
+        let file = kmod::install_path(&b.name);
+        // An out-of-tree module of the same name as the kernel's wins, as under updates/
+        // with depmod's default search order.
+        table.insert(norm(&b.name), (file.clone(), deps));
+        lines.insert(file.clone(), line);
+        sources.insert(file, b.ko.clone());
     }
     let builtins: std::collections::HashSet<String> = builtin.lines().map(stem).collect();
-    let mut wanted = board.kernel.modules.clone();
-    if let Some(w) = &board.hardware.watchdog {
-        if !wanted.contains(&w.module) {
-            wanted.push(w.module.clone());
-        }
-    }
     let mut load = Vec::new();
     let mut files = Vec::new();
-    for m in wanted {
+    for m in board.load_list() {
         let n = norm(&m);
         if let Some((file, deps)) = table.get(&n) {
             load.push(m.clone());
@@ -451,41 +467,64 @@ pub fn resolve_modules(board: &Board, kdir: &Path) -> Result<(Vec<String>, Vec<S
             bail!("board {}: kernel module {m} is neither a module nor built into {}", board.name, kdir.display());
         }
     }
-    Ok((load, files))
+    // modules.dep for the subset, in the kernel's own format (paths relative to mdir).
+    let dep = files.iter().filter_map(|f| lines.get(f)).map(|l| format!("{l}\n")).collect();
+    Ok(ModuleSet { load, files, sources, dep })
 }
 
-pub(crate) fn build_initramfs(repo: &Path, board: &Board, kdir: &Path, kver: &str, busybox: &Path, dir: &Path) -> Result<()> {
+/// What the initramfs gets of the kernel's modules.
+#[derive(Debug)]
+pub struct ModuleSet {
+    /// /etc/modules: what /init loads, in order.
+    pub load: Vec<String>,
+    /// Files under lib/modules/KVER, dependencies first.
+    pub files: Vec<String>,
+    /// Files that are not the kernel package's: install path -> built `.ko`.
+    pub sources: std::collections::HashMap<String, PathBuf>,
+    /// modules.dep of exactly `files`.
+    pub dep: String,
+}
+
+pub(crate) fn build_initramfs(repo: &Path, board: &Board, kdir: &Path, kver: &str, busybox: &Path, dir: &Path, extra: &[Built]) -> Result<()> {
     for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "newroot", "usr/bin", "usr/sbin"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
     std::fs::copy(busybox, dir.join("bin/busybox"))?;
     std::fs::copy(repo.join("image/initramfs/init"), dir.join("init"))?;
     set_mode(&dir.join("init"), 0o755)?;
-    let (load, files) = resolve_modules(board, kdir)?;
+    let set = resolve_modules(board, kdir, extra)?;
     let mdir = dir.join("lib/modules").join(kver);
-    for f in &files {
+    for f in &set.files {
         let dest = mdir.join(f);
         std::fs::create_dir_all(dest.parent().unwrap())?;
-        std::fs::copy(kdir.join(f), &dest)?;
+        let src = set.sources.get(f).cloned().unwrap_or_else(|| kdir.join(f));
+        std::fs::copy(&src, &dest).with_context(|| format!("module {}", src.display()))?;
     }
     for f in ["modules.builtin", "modules.order"] {
         if kdir.join(f).exists() {
             std::fs::copy(kdir.join(f), mdir.join(f))?;
         }
     }
-    // modules.dep for the subset, in the kernel's own format (paths relative to mdir).
-    let dep = std::fs::read_to_string(kdir.join("modules.dep"))?;
-    let kept: String = dep
-        .lines()
-        .filter(|l| l.split_once(':').is_some_and(|(m, _)| files.iter().any(|f| f == m)))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(mdir.join("modules.dep"), kept)?;
-    std::fs::write(dir.join("etc/modules"), load.join("\n") + "\n")?;
+    std::fs::write(mdir.join("modules.dep"), &set.dep)?;
+    std::fs::write(dir.join("etc/modules"), set.load.join("\n") + "\n")?;
+    if !board.kernel.module_options.is_empty() {
+        std::fs::create_dir_all(dir.join("etc/modprobe.d"))?;
+        std::fs::write(dir.join("etc/modprobe.d/lucid.conf"), modprobe_conf(board))?;
+    }
     // Each slot's root device, for /init when the command line names none (Pi tryboot:
     // the slot comes from the partition the firmware booted, see image/initramfs/init).
     std::fs::write(dir.join("etc/lucid-roots"), format!("a={}\nb={}\n", board.part(5), board.part(6)))?;
     Ok(())
+}
+
+/// /etc/modprobe.d/lucid.conf of the initramfs: one `options` line per module in the
+/// manifest's `[kernel.module_options]` (busybox modprobe reads /etc/modprobe.d).
+pub fn modprobe_conf(board: &Board) -> String {
+    let mut s = format!("# Generated from board/{}.toml [kernel.module_options] by the image tool.\n", board.name);
+    for (m, o) in &board.kernel.module_options {
+        writeln!(s, "options {m} {}", o.trim()).unwrap();
+    }
+    s
 }
 
 pub(crate) fn cpio_gz(dir: &Path, out: &Path) -> Result<()> {
@@ -838,6 +877,33 @@ mod tests {
         let boot = s.find("\nbooti ").unwrap();
         assert!(write < boot);
         assert!(s.contains("@ROOT_A@") && s.contains("@ROOT_B@"));
+    }
+
+    #[test]
+    fn out_of_tree_modules_join_the_initramfs_subset_with_their_dependencies() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("modules.dep"),
+            "k/mc.ko:\nk/videodev.ko: k/mc.ko\nk/vivid.ko: k/videodev.ko k/mc.ko\nk/m2m.ko: k/videodev.ko k/mc.ko\nk/virtio_pci.ko:\nk/i6300esb.ko:\nk/unused.ko:\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("modules.builtin"), "k/squashfs.ko\nk/vfat.ko\nk/nls_cp437.ko\nk/nls_ascii.ko\nk/crc32c_generic.ko\nk/ext4.ko\nk/virtio_blk.ko\nk/virtio_net.ko\n").unwrap();
+        let b = crate::board::load(&repo(), "qemu-aarch64-virt", Some("camera")).unwrap();
+        let vicodec = Built { name: "vicodec".into(), ko: PathBuf::from("/cache/vicodec.ko"), depends: vec!["m2m".into(), "videodev".into()] };
+        let set = resolve_modules(&b, d.path(), std::slice::from_ref(&vicodec)).unwrap();
+        assert_eq!(set.load, ["virtio_pci", "i6300esb", "vivid", "vicodec"].map(String::from));
+        assert_eq!(set.sources["updates/vicodec.ko"], PathBuf::from("/cache/vicodec.ko"));
+        assert!(set.dep.lines().any(|l| l == "updates/vicodec.ko: k/m2m.ko k/videodev.ko k/mc.ko"), "{}", set.dep);
+        assert!(set.dep.lines().any(|l| l == "k/vivid.ko: k/videodev.ko k/mc.ko"), "{}", set.dep);
+        assert!(!set.dep.contains("unused"));
+        assert_eq!(set.dep.lines().count(), set.files.len(), "one line per installed module");
+        // Without the built module, the variant's vicodec is an unknown module.
+        let e = resolve_modules(&b, d.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("vicodec"), "{e}");
+        assert_eq!(
+            modprobe_conf(&b).lines().nth(1),
+            Some("options vivid n_devs=1 node_types=0x1 num_inputs=1 input_types=0x0")
+        );
     }
 
     #[test]

@@ -95,9 +95,34 @@ pub struct Kernel {
     pub image: KernelImage,
     /// Modules loaded by the initramfs, in order; their dependencies come along.
     pub modules: Vec<String>,
+    /// Loaded after `modules`, in order. For variants: arrays replace whole when layers
+    /// merge, so a variant that adds devices lists only its own here instead of copying
+    /// the board's `modules`.
+    #[serde(default)]
+    pub extra_modules: Vec<String>,
+    /// Module parameters, e.g. `vivid = "n_devs=1"`: written as `options` lines to the
+    /// initramfs's /etc/modprobe.d/lucid.conf, which busybox modprobe reads.
+    #[serde(default)]
+    pub module_options: std::collections::BTreeMap<String, String>,
+    /// Modules the kernel package lacks, built from its `linux-source` (kmod.rs).
+    #[serde(default)]
+    pub out_of_tree: Vec<OutOfTree>,
     /// Extra kernel arguments after console/root/slot.
     #[serde(default)]
     pub cmdline: String,
+}
+
+/// A kernel module built out of tree against the image's exact kernel (kmod.rs).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutOfTree {
+    /// The module, as modprobe names it: `<name>.ko` is what the build must produce.
+    pub name: String,
+    /// Its directory in the kernel source tree, e.g. `drivers/media/test-drivers/vicodec`.
+    pub source: String,
+    /// The Kconfig symbol of its Makefile's `obj-$(...)` line, set to `m` for the build
+    /// (the distribution's kernel config has it off, which is why it is missing).
+    pub config: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +256,7 @@ impl Board {
         if self.kernel.modules.is_empty() {
             return bad("kernel.modules is empty: the initramfs could not mount the root".into());
         }
+        self.validate_modules()?;
         if !self.lucidd.config.contains_key("data_dir") {
             return bad("lucidd.config.data_dir is required (the data partition)".into());
         }
@@ -239,6 +265,70 @@ impl Board {
         }
         if !self.boot.console.starts_with("tty") {
             return bad("boot.console must name a tty, e.g. ttyAMA0,115200".into());
+        }
+        Ok(())
+    }
+
+    /// Every module the initramfs loads, in order: `modules`, `extra_modules`, then the
+    /// watchdog's driver when it is not listed.
+    pub fn load_list(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        let wd = self.hardware.watchdog.as_ref().map(|w| w.module.clone());
+        for m in self.kernel.modules.iter().chain(&self.kernel.extra_modules).chain(wd.iter()) {
+            if !v.contains(m) {
+                v.push(m.clone());
+            }
+        }
+        v
+    }
+
+    fn validate_modules(&self) -> Result<(), BoardError> {
+        let bad = |msg: String| Err(BoardError::Invalid { board: self.name.clone(), msg });
+        let k = &self.kernel;
+        let load = self.load_list();
+        // modprobe treats - and _ alike; so do these checks.
+        let norm = |s: &str| s.replace('-', "_");
+        let loaded = |m: &str| load.iter().any(|l| norm(l) == norm(m));
+        for m in &k.extra_modules {
+            if k.modules.contains(m) {
+                return bad(format!("kernel.extra_modules repeats {m}, already in kernel.modules"));
+            }
+        }
+        for (m, opts) in &k.module_options {
+            // The root has no module tree: a module the initramfs does not load is never
+            // loaded, so options for it are a typo or a forgotten list entry.
+            if !loaded(m) {
+                return bad(format!("kernel.module_options.{m}: {m} is not in kernel.modules or kernel.extra_modules"));
+            }
+            if opts.trim().is_empty() || opts.contains(['\n', '\r', '#']) {
+                return bad(format!("kernel.module_options.{m} must be one line of name=value words"));
+            }
+        }
+        let mut names = Vec::new();
+        for o in &k.out_of_tree {
+            if o.name.is_empty() || !o.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return bad(format!("kernel.out_of_tree: name {:?} must be [A-Za-z0-9_-]+", o.name));
+            }
+            if names.contains(&norm(&o.name)) {
+                return bad(format!("kernel.out_of_tree: {} is listed twice", o.name));
+            }
+            names.push(norm(&o.name));
+            let src = std::path::Path::new(&o.source);
+            if o.source.is_empty()
+                || src.is_absolute()
+                || src.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return bad(format!("kernel.out_of_tree.{}: source {:?} must be a plain relative path in the kernel tree", o.name, o.source));
+            }
+            if !o.config.starts_with("CONFIG_") || !o.config.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+                return bad(format!("kernel.out_of_tree.{}: config {:?} must be a Kconfig symbol, CONFIG_...", o.name, o.config));
+            }
+            if !loaded(&o.name) {
+                return bad(format!(
+                    "kernel.out_of_tree.{0}: {0} is built but not in kernel.modules or kernel.extra_modules; the root has no module tree, so it would never load",
+                    o.name
+                ));
+            }
         }
         Ok(())
     }
@@ -389,6 +479,65 @@ mod tests {
         let b = load(&repo(), "qemu-aarch64-virt", Some("broken-daemon")).unwrap();
         assert!(b.expect_config_rejected);
         assert!(b.full_version().ends_with("-broken"));
+    }
+
+    #[test]
+    fn camera_variant_adds_vivid_and_an_out_of_tree_vicodec() {
+        let b = load(&repo(), "qemu-aarch64-virt", Some("camera")).unwrap();
+        let base = load(&repo(), "qemu-aarch64-virt", None).unwrap();
+        assert_eq!(b.kernel.modules, base.kernel.modules, "the board's own modules stay");
+        assert_eq!(b.kernel.extra_modules, ["vivid", "vicodec"]);
+        let load = b.load_list();
+        assert_eq!(&load[load.len() - 3..], ["i6300esb", "vivid", "vicodec"].map(String::from), "{load:?}");
+        assert_eq!(
+            b.kernel.out_of_tree,
+            [OutOfTree {
+                name: "vicodec".into(),
+                source: "drivers/media/test-drivers/vicodec".into(),
+                config: "CONFIG_VIDEO_VICODEC".into()
+            }]
+        );
+        let vivid = &b.kernel.module_options["vivid"];
+        for o in ["n_devs=1", "node_types=0x1", "input_types=0x0"] {
+            assert!(vivid.split_whitespace().any(|w| w == o), "{vivid}");
+        }
+        assert_eq!(b.lucidd.config["source"].as_str(), Some("v4l2"));
+        // vivid's webcam input has discrete sizes; 320x180 is one, 320x240 is not.
+        let v = &b.lucidd.config["video"];
+        assert_eq!((v["width"].as_integer(), v["height"].as_integer()), (Some(320), Some(180)));
+        assert!(base.kernel.out_of_tree.is_empty() && base.kernel.module_options.is_empty());
+    }
+
+    /// The QEMU board with `extra` merged on top, deserialized and validated.
+    fn qemu_with(extra: &str) -> Result<Board, BoardError> {
+        let mut t = load_table(&repo().join("board/qemu-aarch64-virt.toml")).unwrap();
+        merge(&mut t, toml::from_str(extra).unwrap());
+        from_table(Path::new("q.toml"), t)
+    }
+
+    #[test]
+    fn out_of_tree_modules_and_options_are_checked() {
+        let ok = "[kernel]\nextra_modules = [\"vicodec\"]\nout_of_tree = [{ name = \"vicodec\", source = \"drivers/x\", config = \"CONFIG_X\" }]\n";
+        qemu_with(ok).unwrap();
+        let cases: Vec<(String, &str)> = vec![
+            // Built but never loaded: the root has no module tree.
+            ("[kernel]\nout_of_tree = [{ name = \"vicodec\", source = \"drivers/x\", config = \"CONFIG_X\" }]\n".to_owned(), "never load"),
+            (ok.replace("drivers/x", "../x"), "plain relative path"),
+            (ok.replace("drivers/x", "/usr/src/x"), "plain relative path"),
+            (ok.replace("CONFIG_X", "VIDEO_X"), "Kconfig symbol"),
+            (ok.replace("\" }]", "\", typo = 1 }]"), "unknown field"),
+            (format!("{ok}[kernel.module_options]\nvivid = \"n_devs=1\"\n"), "not in kernel.modules"),
+            (format!("{ok}[kernel.module_options]\nvicodec = \"a=1\\nb=2\"\n"), "one line"),
+            ("[kernel]\nextra_modules = [\"ext4\"]\n".to_owned(), "repeats ext4"),
+            (
+                "[kernel]\nextra_modules = [\"a\"]\nout_of_tree = [{ name = \"a\", source = \"d\", config = \"CONFIG_A\" }, { name = \"a\", source = \"e\", config = \"CONFIG_A\" }]\n".to_owned(),
+                "twice",
+            ),
+        ];
+        for (extra, want) in cases {
+            let e = qemu_with(&extra).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

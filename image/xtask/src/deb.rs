@@ -1,7 +1,9 @@
 //! Debian arm64 packages for the image: fetched with `apt-get download` into a cache,
 //! unpacked once with `dpkg-deb -x`. No root and no chroot: the packages are only
 //! sources of files. Metapackages (`linux-image-arm64`) are resolved to the package they
-//! depend on, so the cache names the exact kernel that went into an image.
+//! depend on, so the cache names the exact kernel that went into an image. Packages that
+//! must match that kernel to the Debian revision (headers, kbuild, source: kmod.rs) are
+//! downloaded at an exact version, also for the host's architecture.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,6 +70,39 @@ impl DebCache {
         Ok(dest)
     }
 
+    /// The cached `.deb` behind `name` (metapackages resolved), downloading it if needed:
+    /// the file `unpack` extracts, so its fields describe what went into the image.
+    pub fn deb(&self, name: &str) -> Result<PathBuf> {
+        self.unpack(name)?;
+        let real = self.resolve(name)?;
+        self.find_deb(&real)?.with_context(|| format!("no cached .deb for {real}"))
+    }
+
+    /// `name` at exactly `version` for `arch` (`arm64`, `all`, or the host's), downloaded
+    /// once into the cache. Unlike `unpack`, which takes whatever apt offers, this is for
+    /// packages that must match another one to the Debian revision (headers and kernel).
+    pub fn download_exact(&self, name: &str, arch: &str, version: &str) -> Result<PathBuf> {
+        // apt's own file name: the epoch colon is written %3a.
+        let file = self.dir.join("debs").join(format!("{name}_{}_{arch}.deb", version.replace(':', "%3a")));
+        if file.exists() {
+            return Ok(file);
+        }
+        // Architecture-all packages take no qualifier; apt finds them from any architecture.
+        let spec = if arch == "all" { format!("{name}={version}") } else { format!("{name}:{arch}={version}") };
+        eprintln!("xtask: apt-get download {spec}");
+        run(Command::new("apt-get").args(["download", "-q", &spec]).current_dir(self.dir.join("debs"))).with_context(|| {
+            format!(
+                "apt-get download {spec}: apt must offer {name} at exactly {version}, the version of the kernel in the image \
+                 (apt-get update; if the archive dropped that version, the kernel package in {} is stale: delete it)",
+                self.dir.join("debs").display()
+            )
+        })?;
+        if !file.exists() {
+            bail!("apt-get download {spec} did not leave {}", file.display());
+        }
+        Ok(file)
+    }
+
     fn find_deb(&self, name: &str) -> Result<Option<PathBuf>> {
         let prefix = format!("{name}_");
         let mut hits: Vec<PathBuf> = std::fs::read_dir(self.dir.join("debs"))?
@@ -89,4 +124,20 @@ pub fn kernel_version(kroot: &Path) -> Result<String> {
         .collect();
     v.sort();
     v.pop().context("no kernel version under lib/modules")
+}
+
+/// One control field of a `.deb` (`dpkg-deb -f DEB FIELD`), trimmed.
+pub fn field(deb: &Path, name: &str) -> Result<String> {
+    let out = crate::run_output(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name))?;
+    let v = out.trim().to_owned();
+    if v.is_empty() {
+        bail!("{} has no {name} field", deb.display());
+    }
+    Ok(v)
+}
+
+/// The host's Debian architecture (`dpkg --print-architecture`): build tools such as
+/// `linux-kbuild-*` must run here, whatever the image's architecture.
+pub fn host_arch() -> Result<String> {
+    Ok(crate::run_output(Command::new("dpkg").arg("--print-architecture"))?.trim().to_owned())
 }

@@ -121,7 +121,10 @@ pub fn image(o: &Options) -> Result<assemble::Outputs> {
     let (kdir, kver) = target_modules(target)?;
     let busybox = target.join("bin/busybox");
     need(&busybox, "BR2_INIT_BUSYBOX")?;
-    assemble::build_initramfs(&o.repo, &b, &kdir, &kver, &busybox, &initramfs)?;
+    // Out-of-tree modules are the Debian build's (kmod.rs): in Buildroot they are kernel
+    // module packages, already in TARGET_DIR's modules.dep, so they resolve as the
+    // kernel's own here.
+    assemble::build_initramfs(&o.repo, &b, &kdir, &kver, &busybox, &initramfs, &[])?;
     copy_loader(target, &initramfs)?;
     let initrd = work.join("initrd.img");
     assemble::cpio_gz(&initramfs, &initrd)?;

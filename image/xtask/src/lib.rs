@@ -3,7 +3,9 @@
 //!
 //! Modules: `board` (manifests), `deb` (Debian packages), `assemble` (the SD image),
 //! `qemu` (boot the test board), `flash` (write a card safely), `buildroot` (check the
-//! BR2_EXTERNAL tree), `from_buildroot` (the same image from Buildroot's outputs). Only this crate runs the external image tools.
+//! BR2_EXTERNAL tree), `from_buildroot` (the same image from Buildroot's outputs),
+//! `kmod` (out-of-tree kernel modules for the Debian kernel). Only this crate runs the
+//! external image tools.
 
 pub mod assemble;
 pub mod board;
@@ -11,6 +13,7 @@ pub mod buildroot;
 pub mod deb;
 pub mod flash;
 pub mod from_buildroot;
+pub mod kmod;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};

@@ -30,8 +30,9 @@ enum Cmd {
         /// Debian package cache (downloads and unpacked trees).
         #[arg(long, env = "LUCID_IMAGE_CACHE", default_value = "out/cache")]
         cache: PathBuf,
-        /// The static aarch64 lucidd to install.
-        #[arg(long, default_value = "target/aarch64-unknown-linux-musl/release/lucidd")]
+        /// The static aarch64 lucidd to install (./scripts/image sets LUCID_LUCIDD from
+        /// CARGO_TARGET_DIR, where it just built it).
+        #[arg(long, env = "LUCID_LUCIDD", default_value = "target/aarch64-unknown-linux-musl/release/lucidd")]
         lucidd: PathBuf,
         #[arg(long, value_enum, default_value = "xz")]
         compress: assemble::Compress,
