@@ -74,12 +74,17 @@ impl Device {
 
     /// The device from the environment: a real one, or QEMU booted from `disk`.
     pub fn from_env(name: &str) -> Result<Device> {
+        Self::from_env_image(name, &image_path())
+    }
+
+    /// Like `from_env`, booting `image` (a variant's) in QEMU.
+    pub fn from_env_image(name: &str, image: &Path) -> Result<Device> {
         if let Some(addr) = remote_target() {
             let token = std::env::var("LUCID_HIL_TOKEN").context("a real target needs LUCID_HIL_TOKEN (its API token)")?;
             return Ok(Device { host: addr, ports: [8083, 8084, 8085, 8086, 8087], token, qemu: None });
         }
         let disk = work_dir().join(format!("{name}.qcow2"));
-        xtask::qemu::overlay(&image_path(), &disk)?;
+        xtask::qemu::overlay(image, &disk)?;
         Self::boot_qemu(name, &disk, "qcow2")
     }
 
@@ -126,6 +131,8 @@ pub fn free_ports() -> Result<[u16; 5]> {
 /// A running QEMU with its console captured (kept in memory and in out/hil/NAME.console).
 pub struct Qemu {
     child: Child,
+    /// The console's input: a shell on it exists only in test variants (`console_shell`).
+    stdin: Option<std::process::ChildStdin>,
     console: Arc<Mutex<String>>,
     pub started: Instant,
     pub log: PathBuf,
@@ -144,8 +151,9 @@ impl Qemu {
         }
         let log = work_dir().join(format!("{name}.console"));
         let mut file = std::fs::File::create(&log)?;
-        let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("qemu-system-aarch64")?;
+        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("qemu-system-aarch64")?;
         let out = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
         let console = Arc::new(Mutex::new(String::new()));
         let sink = console.clone();
         std::thread::spawn(move || {
@@ -157,7 +165,16 @@ impl Qemu {
                 line.clear();
             }
         });
-        Ok(Qemu { child, console, started: Instant::now(), log })
+        Ok(Qemu { child, stdin, console, started: Instant::now(), log })
+    }
+
+    /// Types one command line into the console (a test variant's shell).
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("console input already closed")?;
+        stdin.write_all(line.as_bytes())?;
+        stdin.write_all(b"\n")?;
+        stdin.flush()?;
+        Ok(())
     }
 
     pub fn console(&self) -> String {

@@ -556,6 +556,13 @@ fn build_rootfs(o: &Options, board: &Board, busybox: &Path, dir: &Path, toml: &s
     }
     std::fs::copy(&o.lucidd, dir.join("usr/bin/lucidd"))?;
     set_mode(&dir.join("usr/bin/lucidd"), 0o755)?;
+    if board.console_shell {
+        // Test variant: busybox init runs a shell on the console (respawned on exit).
+        let inittab = dir.join("etc/inittab");
+        let mut t = std::fs::read_to_string(&inittab)?;
+        t.push_str("# Test variant (console_shell = true): a root shell on the console for the hil harness.\n::respawn:-/bin/sh\n");
+        std::fs::write(&inittab, t)?;
+    }
     install_generated(board, dir, toml, release, vkey)
 }
 

@@ -85,6 +85,10 @@ pub struct Board {
     /// Set by a variant: appended to the version, e.g. "-broken".
     #[serde(default)]
     pub version_suffix: String,
+    /// Test variants only: a root shell on the console, so a test harness can run
+    /// on-device checks (`lucidd hw decode`). Production images have none.
+    #[serde(default)]
+    pub console_shell: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

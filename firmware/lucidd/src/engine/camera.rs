@@ -99,6 +99,21 @@ impl VideoEncoder for Passthrough {
     }
 }
 
+/// Stands in for a closed, unplugged camera while the recorder waits for it.
+struct Unplugged(lucid_media::VideoFormat);
+
+impl FrameSource for Unplugged {
+    fn format(&self) -> lucid_media::VideoFormat {
+        self.0
+    }
+    fn next_frame(&mut self) -> std::result::Result<Frame, SourceError> {
+        Err(SourceError::Disconnected("the camera is unplugged".into()))
+    }
+    fn describe(&self) -> String {
+        "camera unplugged".into()
+    }
+}
+
 /// Opens a source again after it went away (same settings, same negotiated format).
 type Reopen = Box<dyn FnMut() -> Result<Box<dyn FrameSource>> + Send>;
 
@@ -448,7 +463,7 @@ impl Sink<'_> {
 }
 
 /// Polls for the camera every second until it is back (`Some`) or the run is stopped.
-fn wait_for_camera(engine: &Engine, control: &Control, reopen: &mut Reopen, sid: &str) -> Option<Box<dyn FrameSource>> {
+fn wait_for_camera(control: &Control, reopen: &mut Reopen, sid: &str) -> Option<Box<dyn FrameSource>> {
     let mut last_try = Instant::now() - std::time::Duration::from_secs(10);
     loop {
         {
@@ -469,7 +484,6 @@ fn wait_for_camera(engine: &Engine, control: &Control, reopen: &mut Reopen, sid:
             }
             Err(e) => tracing::debug!(session = %sid, error = %e, "camera not back yet"),
         }
-        let _ = engine;
     }
 }
 
@@ -509,7 +523,10 @@ fn run(
                     chunker.gap().map_err(|e| EngineError::Internal(e.to_string()))?;
                     sink.drain(&mut chunker)?;
                     dropped_before += source.dropped_frames();
-                    let Some(new) = wait_for_camera(engine, control, reopen.as_mut().unwrap_or_else(|| unreachable!()), sid) else {
+                    // Close the dead device now: its driver (or a USB hub) can only
+                    // re-create the node once every file handle on it is gone.
+                    source = Box::new(Unplugged(source.format()));
+                    let Some(new) = reopen.as_mut().and_then(|r| wait_for_camera(control, r, sid)) else {
                         break;
                     };
                     source = new;

@@ -70,7 +70,8 @@ pub fn health_report(e: &Engine) -> (bool, Value) {
             "store": {"status": if store_ok { "healthy" } else { "unhealthy" }, "path": e.store().path().display().to_string()},
             "storage_space": {"status": if space_ok { "healthy" } else { "unhealthy" }, "available_space_bytes": free, "minimum_bytes": e.cfg.min_free_bytes},
             "camera": {
-                "status": if cam_err.is_some() && recording.is_none() { "degraded" } else { "healthy" },
+                // Degraded: the last run failed, or a recording waits for an unplugged camera.
+                "status": if (cam_err.is_some() && recording.is_none()) || (recording.is_some() && !e.camera_state.connected.load(std::sync::atomic::Ordering::Relaxed)) { "degraded" } else { "healthy" },
                 "source": format!("{:?}", e.cfg.source).to_lowercase(),
                 "recording_session": recording,
                 "frames_captured": e.camera_state.frames.load(std::sync::atomic::Ordering::Relaxed),

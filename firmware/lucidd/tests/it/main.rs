@@ -6,6 +6,7 @@ mod harness;
 
 mod crash;
 mod faults;
+mod camera;
 mod gateway;
 mod pipeline;
 mod processor;
