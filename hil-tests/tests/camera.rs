@@ -85,7 +85,7 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
         let recorded = stats["frame_count"].as_u64().unwrap();
         assert_eq!(frames.len() as u64, recorded, "export frames vs recorded frames");
         assert!(frames[0].1.is_intra());
-        assert_eq!((frames[0].1.width, frames[0].1.height), (320, 180));
+        assert_eq!((frames[0].1.width, frames[0].1.height), (640, 360), "the visible size, not the 640x368 vicodec pads to");
         println!(
             "hil camera: fwht session {sid}: {} chunks, {recorded} frames ({} intra), {} bytes; evidence verified on the host; opened {}",
             stats["chunks_count"],
@@ -96,8 +96,10 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
         // Decode on the device through vicodec's stateful decoder, compared with vivid.
         let q = dev.qemu.as_mut().unwrap();
         let cmd = format!(
-            "wget -q -O /tmp/s.fwht 'http://127.0.0.1:8087/api/v1/sessions/{sid}/export.mp4?access_token={QEMU_TOKEN}' && lucidd hw decode /tmp/s.fwht --reference auto; echo hw-decode-exit=$?"
+            "wget -q -O /tmp/s.fwht 'http://127.0.0.1:8087/api/v1/sessions/{sid}/export.mp4?access_token={QEMU_TOKEN}' && lucidd hw decode /tmp/s.fwht --reference auto; echo hw-decode-\"\"exit=$?"
         );
+        // The console echoes what is typed: the `""` keeps the marker out of the echo, so
+        // only the command's own output matches.
         q.send("").unwrap();
         q.send(&cmd).unwrap();
         q.wait_console("hw-decode-exit=", 1, Duration::from_secs(180)).unwrap();
@@ -169,17 +171,17 @@ fn unplug_mid_recording_keeps_the_session(dev: &mut Device) {
     std::thread::sleep(Duration::from_secs(4));
     let before = camera(dev)["state"]["disconnects"].as_u64().unwrap_or(0);
     let q = dev.qemu.as_mut().unwrap();
-    q.send("echo vivid.0 > /sys/bus/platform/drivers/vivid/unbind; echo unbind-rc=$?").unwrap();
-    q.wait_console("unbind-rc=", 1, Duration::from_secs(30)).unwrap();
-    assert!(q.console().contains("unbind-rc=0"), "unbind failed:\n{}", q.console_tail(10));
+    q.send("echo vivid.0 > /sys/bus/platform/drivers/vivid/unbind; echo gone-\"\"rc=$?").unwrap();
+    q.wait_console("gone-rc=", 1, Duration::from_secs(30)).unwrap();
+    assert!(q.console().contains("gone-rc=0"), "unbind failed:\n{}", q.console_tail(10));
     let noticed = wait_connected(dev, false, Duration::from_secs(20));
     let (_, h) = http("GET", &dev.gateway("/health"), None, None).unwrap();
     assert_eq!(json(&h).unwrap()["services"]["camera"]["status"], "degraded");
     std::thread::sleep(Duration::from_secs(3));
     let q = dev.qemu.as_mut().unwrap();
-    q.send("echo vivid.0 > /sys/bus/platform/drivers/vivid/bind; echo bind-rc=$?").unwrap();
-    q.wait_console("bind-rc=", 1, Duration::from_secs(30)).unwrap();
-    assert!(q.console().contains("bind-rc=0"), "bind failed:\n{}", q.console_tail(10));
+    q.send("echo vivid.0 > /sys/bus/platform/drivers/vivid/bind; echo back-\"\"rc=$?").unwrap();
+    q.wait_console("back-rc=", 1, Duration::from_secs(30)).unwrap();
+    assert!(q.console().contains("back-rc=0"), "bind failed:\n{}", q.console_tail(10));
     let back = wait_connected(dev, true, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(5));
     let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/stop")), t, None).unwrap();

@@ -40,9 +40,9 @@ pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
     if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64 * 255.0 / mse).log10() }
 }
 
-/// Y plane (tightly packed) of a decoded buffer laid out with `bytesperline`.
-fn luma(f: &v4l2::Format, data: &[u8]) -> Option<Vec<u8>> {
-    let (w, h) = (f.width as usize, f.height as usize);
+/// The visible `w`x`h` of the Y plane (tightly packed) of a decoded buffer laid out with
+/// `bytesperline` (the decoder's buffer may be aligned beyond the picture).
+fn luma(f: &v4l2::Format, data: &[u8], w: usize, h: usize) -> Option<Vec<u8>> {
     let bpl = (f.bytesperline as usize).max(w);
     let mut y = Vec::with_capacity(w * h);
     for r in 0..h {
@@ -81,8 +81,8 @@ pub fn decode(a: &DecodeArgs) -> anyhow::Result<()> {
     // The reference: a fresh picture from the camera in the same size and layout.
     let cfg = CameraConfig {
         device: cam.clone(),
-        width: fmt.width,
-        height: fmt.height,
+        width: w,
+        height: h,
         fps: 10,
         encoder_inputs: vec![fmt.fourcc],
         allow_passthrough: false,
@@ -94,10 +94,17 @@ pub fn decode(a: &DecodeArgs) -> anyhow::Result<()> {
         reference = camera.next_frame()?;
     }
     drop(camera);
-    let ref_y = reference.data[..(fmt.width * fmt.height) as usize].to_vec();
+    anyhow::ensure!(
+        (reference.format.width, reference.format.height) == (w, h),
+        "the camera gave {}x{}, the recording is {w}x{h}",
+        reference.format.width,
+        reference.format.height
+    );
+    let (w, h) = (w as usize, h as usize);
+    let ref_y = reference.data[..w * h].to_vec();
     let mut values = Vec::new();
     for (i, (f, data)) in pictures.iter().enumerate() {
-        let y = luma(f, data).ok_or_else(|| anyhow::anyhow!("picture {i}: short buffer"))?;
+        let y = luma(f, data, w, h).ok_or_else(|| anyhow::anyhow!("picture {i}: short buffer"))?;
         values.push(psnr(&y, &ref_y));
     }
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
@@ -105,7 +112,7 @@ pub fn decode(a: &DecodeArgs) -> anyhow::Result<()> {
     // Baseline: the same pictures against a flat mid-grey frame. A match must beat it by
     // far, or the comparison proves nothing.
     let grey = vec![128u8; ref_y.len()];
-    let y0 = luma(&pictures[0].0, &pictures[0].1).unwrap_or_default();
+    let y0 = luma(&pictures[0].0, &pictures[0].1, w, h).unwrap_or_default();
     let baseline = psnr(&y0, &grey);
     println!("psnr: luma vs camera reference min {min:.1} dB, mean {mean:.1} dB over {} pictures (flat grey baseline {baseline:.1} dB)", values.len());
     anyhow::ensure!(min >= a.min_psnr, "lowest PSNR {min:.1} dB is under {} dB: the decoded pictures do not match the camera", a.min_psnr);

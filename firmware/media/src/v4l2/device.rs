@@ -49,6 +49,9 @@ const IOC_R: u32 = 2;
 const VIDIOC_DQEVENT: u32 = ioc(IOC_R, 89, std::mem::size_of::<v4l2_event>());
 const VIDIOC_SUBSCRIBE_EVENT: u32 = ioc(IOC_W, 90, std::mem::size_of::<v4l2_event_subscription>());
 const VIDIOC_DECODER_CMD: u32 = ioc(IOC_R | IOC_W, 96, std::mem::size_of::<v4l2_decoder_cmd>());
+const VIDIOC_S_SELECTION: u32 = ioc(IOC_R | IOC_W, 95, std::mem::size_of::<v4l2_selection>());
+/// `V4L2_SEL_TGT_CROP`.
+const SEL_TGT_CROP: u32 = 0;
 
 struct Mapping {
     ptr: *mut u8,
@@ -409,6 +412,29 @@ impl Driver for RealDevice {
             output: err || p.revents & libc::POLLOUT != 0,
             event: p.revents & libc::POLLPRI != 0,
         })
+    }
+
+    fn set_crop(&mut self, q: Queue, width: u32, height: u32) -> Result<()> {
+        // SAFETY: all-zero is a valid v4l2_selection.
+        let mut sel: v4l2_selection = unsafe { std::mem::zeroed() };
+        // The selection API takes the single-planar buffer types for both APIs.
+        sel.type_ = match q {
+            Queue::Capture => 1,
+            Queue::Output => 2,
+        };
+        sel.target = SEL_TGT_CROP;
+        sel.r = v4l2_rect { left: 0, top: 0, width, height };
+        match self.ioctl("VIDIOC_S_SELECTION", VIDIOC_S_SELECTION, &mut sel) {
+            Err(V4l2Error::Io { source, .. }) if matches!(source.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTTY)) => {
+                Err(V4l2Error::Unsupported { device: self.name.clone(), msg: format!("crop to {width}x{height} not supported") })
+            }
+            Err(e) => Err(e),
+            Ok(()) if (sel.r.width, sel.r.height) != (width, height) => Err(V4l2Error::Unsupported {
+                device: self.name.clone(),
+                msg: format!("asked to crop to {width}x{height}, the driver set {}x{}", sel.r.width, sel.r.height),
+            }),
+            Ok(()) => Ok(()),
+        }
     }
 
     fn encoder_command(&mut self, cmd: u32) -> Result<()> {

@@ -42,6 +42,10 @@ pub struct Fake {
     /// Encoder: raise a source change after this many coded frames.
     pub source_change_after: Option<u32>,
     pub reallocations: u32,
+    /// Encoder: raw sizes are rounded up to this (like vicodec's and bcm2835-codec's
+    /// alignment); the visible size then comes from the crop.
+    pub align: u32,
+    pub crop: Option<(u32, u32)>,
 }
 
 fn idx(q: Queue) -> usize {
@@ -86,6 +90,8 @@ impl Fake {
             events: VecDeque::new(),
             source_change_after: None,
             reallocations: 0,
+            align: 1,
+            crop: None,
         }
     }
 
@@ -152,8 +158,9 @@ impl Driver for Fake {
         };
         // Like a driver: an unknown format becomes its first one.
         let fourcc = if list.contains(&want.fourcc) { want.fourcc } else { list[0] };
-        let (bpl, size) = self.layout(fourcc, want.width, want.height);
-        let f = Format { fourcc, width: want.width, height: want.height, bytesperline: bpl, sizeimage: size.max(want.sizeimage) };
+        let (w, h) = if q == Queue::Output { (want.width.next_multiple_of(self.align), want.height.next_multiple_of(self.align)) } else { (want.width, want.height) };
+        let (bpl, size) = self.layout(fourcc, w, h);
+        let f = Format { fourcc, width: w, height: h, bytesperline: bpl, sizeimage: size.max(want.sizeimage) };
         self.fmt[idx(q)] = Some(f);
         Ok(f)
     }
@@ -234,6 +241,10 @@ impl Driver for Fake {
             return Err(self.gone());
         }
         Ok(Ready { capture: !self.queued[0].is_empty(), output: !self.done_output.is_empty(), event: !self.events.is_empty() })
+    }
+    fn set_crop(&mut self, _: Queue, width: u32, height: u32) -> Result<()> {
+        self.crop = Some((width, height));
+        Ok(())
     }
     fn encoder_command(&mut self, cmd: u32) -> Result<()> {
         match cmd {
@@ -364,6 +375,29 @@ mod tests {
         assert_eq!(enc.dev.reallocations, 1, "capture buffers reallocated after the source change");
         assert!(enc.dev.controls.iter().any(|&(id, v)| id == crate::v4l2::cid::GOP_SIZE && v == 3));
         assert!(enc.dev.controls.iter().any(|&(id, v)| id == crate::v4l2::cid::BITRATE && v == 500_000));
+    }
+
+    #[test]
+    fn an_aligning_encoder_gets_the_picture_cropped_and_the_chroma_planes_where_it_wants_them() {
+        let mut fake = Fake::encoder(Codec::Fwht, &[FourCc::YU12]);
+        fake.align = 16;
+        fake.gop = 1;
+        let p = CodecParams { width: 320, height: 180, ..params(Codec::Fwht) };
+        let mut enc = V4l2Encoder::with_driver(fake, p).unwrap();
+        assert_eq!(enc.dev.crop, Some((320, 180)), "visible size set by crop");
+        let format = VideoFormat { width: 320, height: 180, fps_num: 10, fps_den: 1, pixel_format: PixelFormat::I420 };
+        let mut data = vec![1u8; 320 * 180];
+        data.extend(vec![2u8; 160 * 90]);
+        data.extend(vec![3u8; 160 * 90]);
+        let f = Frame { seq: 0, pts_us: 0, wall_us: 0, format, data };
+        enc.encode(&f).unwrap();
+        // The buffer is 320x192: U starts after 192 Y rows, V after 96 U rows.
+        let buf = enc.dev.buffer(Queue::Output, 0).to_vec();
+        let buf = if buf[0] == 1 { buf } else { enc.dev.buffer(Queue::Output, 3).to_vec() };
+        assert_eq!(buf[320 * 179], 1);
+        assert_eq!(buf[320 * 180], 0, "rows 180..192 are padding");
+        assert_eq!(buf[320 * 192], 2, "U plane at the coded height");
+        assert_eq!(buf[320 * 192 + 160 * 96], 3, "V plane after the coded chroma rows");
     }
 
     #[test]

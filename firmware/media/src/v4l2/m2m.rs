@@ -51,26 +51,29 @@ fn is_epipe(e: &V4l2Error) -> bool {
     matches!(e, V4l2Error::Io { source, .. } if source.raw_os_error() == Some(libc::EPIPE))
 }
 
-/// Copies a tightly packed frame into a driver buffer whose rows are `bpl` bytes apart.
-fn copy_in(dst: &mut [u8], src: &[u8], pf: PixelFormat, w: usize, h: usize, bpl: usize) -> Option<usize> {
+/// Copies a tightly packed `w`x`h` frame into a driver buffer laid out for `coded_h` rows
+/// of `bpl` bytes (the driver may align both beyond the picture). Returns bytes used.
+fn copy_in(dst: &mut [u8], src: &[u8], pf: PixelFormat, w: usize, h: usize, bpl: usize, coded_h: usize) -> Option<usize> {
     let row = if pf == PixelFormat::Yuyv { w * 2 } else { w };
     let bpl = bpl.max(row);
-    if bpl == row {
+    let coded_h = coded_h.max(h);
+    if bpl == row && coded_h == h {
         dst.get_mut(..src.len())?.copy_from_slice(src);
         return Some(src.len());
     }
-    let planes: &[(usize, usize, usize)] = match pf {
-        PixelFormat::Yuyv => &[(h, row, bpl)],
-        PixelFormat::Nv12 => &[(h, w, bpl), (h / 2, w, bpl)],
-        _ => &[(h, w, bpl), (h / 2, w / 2, bpl / 2), (h / 2, w / 2, bpl / 2)],
+    // (picture rows, bytes per row, stride, plane rows in the buffer)
+    let planes: &[(usize, usize, usize, usize)] = match pf {
+        PixelFormat::Yuyv => &[(h, row, bpl, coded_h)],
+        PixelFormat::Nv12 => &[(h, w, bpl, coded_h), (h / 2, w, bpl, coded_h / 2)],
+        _ => &[(h, w, bpl, coded_h), (h / 2, w / 2, bpl / 2, coded_h / 2), (h / 2, w / 2, bpl / 2, coded_h / 2)],
     };
     let (mut s_at, mut d_at) = (0, 0);
-    for &(rows, len, stride) in planes {
+    for &(rows, len, stride, plane_rows) in planes {
         for r in 0..rows {
             dst.get_mut(d_at + r * stride..d_at + r * stride + len)?.copy_from_slice(src.get(s_at..s_at + len)?);
             s_at += len;
         }
-        d_at += rows * stride;
+        d_at += plane_rows * stride;
     }
     Some(d_at)
 }
@@ -146,6 +149,13 @@ impl<D: Driver> V4l2Encoder<D> {
             .map_err(enc_err)?;
         if raw.fourcc != p.input || raw.width < p.width || raw.height < p.height {
             return Err(bad(format!("asked to encode {} {}x{}, the device set {} {}x{}", p.input, p.width, p.height, raw.fourcc, raw.width, raw.height)));
+        }
+        if (raw.width, raw.height) != (p.width, p.height) {
+            // The device aligned the buffer (vicodec: to 8/16; bcm2835-codec: 1080 -> 1088):
+            // the picture is the top-left crop, or the stream would carry the padding.
+            dev.set_crop(Queue::Output, p.width, p.height).map_err(|e| {
+                bad(format!("the device pads {}x{} to {}x{} and cannot crop back: {e}", p.width, p.height, raw.width, raw.height))
+            })?;
         }
         dev.set_frame_rate(Queue::Output, p.fps).map_err(enc_err)?;
         let gop = p.keyframe_interval_frames.max(1) as i32;
@@ -276,9 +286,9 @@ impl<D: Driver> V4l2Encoder<D> {
             waited += 100;
         }
         let idx = self.free_output.pop().unwrap_or_default();
-        let (w, h, bpl) = (self.raw.width as usize, self.raw.height as usize, self.raw.bytesperline as usize);
+        let (w, h, bpl, coded_h) = (f.width as usize, f.height as usize, self.raw.bytesperline as usize, self.raw.height as usize);
         let buf = self.dev.buffer(Queue::Output, idx);
-        let used = copy_in(buf, &frame.data, f.pixel_format, w, h, bpl).ok_or(EncodeError::BadFrameData {
+        let used = copy_in(buf, &frame.data, f.pixel_format, w, h, bpl, coded_h).ok_or(EncodeError::BadFrameData {
             seq: frame.seq,
             got: frame.data.len(),
             expected: f.pixel_format.frame_len(f.width, f.height).unwrap_or(0),

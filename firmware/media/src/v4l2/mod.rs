@@ -217,12 +217,15 @@ pub trait Driver: Send {
     fn buffer(&mut self, q: Queue, index: u32) -> &mut [u8];
     /// `VIDIOC_QBUF` with `bytesused` (output queue) and the timestamp to carry.
     fn queue_buffer(&mut self, q: Queue, index: u32, bytesused: u32, timestamp_us: u64) -> Result<()>;
-    /// Non-blocking `VIDIOC_DQBUF`: `None` when nothing is ready. `Err` with EPIPE
-    /// semantics is mapped to `Ok(None)` plus `last_seen()`.
+    /// Non-blocking `VIDIOC_DQBUF`: `None` when nothing is ready; EPIPE (the queue is past
+    /// its LAST buffer) comes back as the `Io` error, for the codec logic to see.
     fn dequeue_buffer(&mut self, q: Queue) -> Result<Option<Dequeued>>;
     fn stream(&mut self, q: Queue, on: bool) -> Result<()>;
     /// `poll()`; `Ready::default()` on timeout.
     fn wait(&mut self, timeout_ms: i32) -> Result<Ready>;
+    /// `VIDIOC_S_SELECTION` crop: the visible rectangle inside a larger coded buffer (an
+    /// encoder's raw side when the hardware aligns the size, e.g. 1080 -> 1088 rows).
+    fn set_crop(&mut self, q: Queue, width: u32, height: u32) -> Result<()>;
     /// `VIDIOC_ENCODER_CMD` (`V4L2_ENC_CMD_STOP` = 1, `START` = 0).
     fn encoder_command(&mut self, cmd: u32) -> Result<()>;
     /// `VIDIOC_DECODER_CMD` (`V4L2_DEC_CMD_STOP` = 1, `START` = 0).
