@@ -230,6 +230,30 @@ impl Default for UpdateConfig {
     }
 }
 
+/// `[gpio]`: the record LED and record button on a Raspberry Pi's header, by BCM number
+/// (the board manifest sets them). With neither pin set, or without Pi GPIO, the feature
+/// reports itself absent and nothing else changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpioConfig {
+    /// Output: on while recording, blinking after a camera error.
+    pub record_led: Option<u8>,
+    /// Input: a press toggles recording of the appliance camera.
+    pub record_button: Option<u8>,
+    /// The button pulls the pin to GND (internal pull-up); false: to 3V3 (pull-down).
+    pub button_active_low: bool,
+    /// The button must hold a level this long before a press or release counts.
+    pub debounce_ms: u32,
+    /// Half the blink period: the LED is on this long, then off this long.
+    pub blink_ms: u32,
+}
+
+impl Default for GpioConfig {
+    fn default() -> Self {
+        GpioConfig { record_led: None, record_button: None, button_active_low: true, debounce_ms: 30, blink_ms: 250 }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -254,6 +278,8 @@ pub struct Config {
     pub max_chunk_bytes: usize,
     /// Signed A/B OTA updates.
     pub update: UpdateConfig,
+    /// Record LED and button on a Raspberry Pi.
+    pub gpio: GpioConfig,
 }
 
 impl Default for Config {
@@ -273,6 +299,7 @@ impl Default for Config {
             max_body_bytes: 14 << 20,
             max_chunk_bytes: 10 << 20,
             update: UpdateConfig::default(),
+            gpio: GpioConfig::default(),
         }
     }
 }
@@ -337,6 +364,20 @@ impl Config {
             if !(1..=3600).contains(&u.self_check_timeout_secs) {
                 return bad("update.self_check_timeout_secs", "must be 1..=3600");
             }
+        }
+        let g = &self.gpio;
+        // BCM 0..=27 are the GPIOs on the 40-pin header of every supported Pi.
+        if g.record_led.is_some_and(|p| p > 27) || g.record_button.is_some_and(|p| p > 27) {
+            return bad("gpio.record_led/record_button", "must be a header BCM GPIO number, 0..=27");
+        }
+        if g.record_led.is_some() && g.record_led == g.record_button {
+            return bad("gpio.record_led/record_button", "the LED and the button need two different pins");
+        }
+        if !(1..=1000).contains(&g.debounce_ms) {
+            return bad("gpio.debounce_ms", "must be 1..=1000");
+        }
+        if !(20..=10_000).contains(&g.blink_ms) {
+            return bad("gpio.blink_ms", "must be 20..=10000");
         }
         Ok(())
     }

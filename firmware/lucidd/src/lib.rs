@@ -4,11 +4,12 @@
 //! Code map: `config` (settings), `keys` (device secrets on disk), `store` (the only redb
 //! user), `engine` (sessions, the chunk path, the camera recorder), `metrics` (counters),
 //! `http` (the five services), `update` (signed A/B OTA updates and the trial-boot
-//! self-check), `verify` (the offline evidence check). `main.rs` is a thin
-//! CLI over these.
+//! self-check), `verify` (the offline evidence check), `gpio` (record LED and button on a
+//! Pi). `main.rs` is a thin CLI over these.
 
 pub mod config;
 pub mod engine;
+pub mod gpio;
 pub mod http;
 #[cfg(target_os = "linux")]
 pub mod hwcheck;
@@ -35,6 +36,7 @@ pub use engine::Engine;
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     cfg.validate()?;
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await??;
+    let gpio = gpio::spawn(&engine.cfg.gpio, engine.clone());
     let ticker = {
         let e = engine.clone();
         tokio::spawn(async move {
@@ -78,6 +80,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let served = http::serve(engine.clone(), stop).await;
     ticker.abort();
     check.abort();
+    gpio.stop();
     let e: Arc<Engine> = engine.clone();
     tokio::task::spawn_blocking(move || e.shutdown()).await?;
     let failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
