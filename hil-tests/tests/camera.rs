@@ -96,7 +96,7 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
         // Decode on the device through vicodec's stateful decoder, compared with vivid.
         let q = dev.qemu.as_mut().unwrap();
         let cmd = format!(
-            "wget -q -O /tmp/s.fwht 'http://127.0.0.1:8087/api/v1/sessions/{sid}/export.mp4?access_token={QEMU_TOKEN}' && lucidd hw decode /tmp/s.fwht --reference auto; echo hw-decode-\"\"exit=$?"
+            "wget -q -O /tmp/s.fwht 'http://127.0.0.1:8087/api/v1/sessions/{sid}/export.mp4?access_token={QEMU_TOKEN}' && lucidd hw decode /tmp/s.fwht --reference auto --min-psnr 20; echo hw-decode-\"\"exit=$?"
         );
         // The console echoes what is typed: the `""` keeps the marker out of the echo, so
         // only the command's own output matches.

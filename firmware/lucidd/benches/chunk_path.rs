@@ -26,6 +26,7 @@ fn fragments(width: u32, height: u32, fps: u32, seconds: u32, bitrate: u32) -> V
         target_duration_us: 1_000_000,
         max_fragment_bytes: lucidd::engine::MAX_PART,
         first_sequence: 1,
+        ..Default::default()
     })
     .unwrap();
     let mut out = Vec::new();

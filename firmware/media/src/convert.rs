@@ -13,7 +13,7 @@ pub fn to_i420(frame: &Frame) -> Option<Frame> {
     let f = frame.format;
     let (w, h) = (f.width as usize, f.height as usize);
     let want = f.pixel_format.frame_len(f.width, f.height)?;
-    if frame.data.len() != want || f.height % 2 != 0 || f.width % 2 != 0 {
+    if frame.data.len() != want || !f.height.is_multiple_of(2) || !f.width.is_multiple_of(2) {
         return None;
     }
     let (cw, ch) = (w / 2, h / 2);
@@ -41,7 +41,7 @@ pub fn to_i420(frame: &Frame) -> Option<Frame> {
             for crow in 0..ch {
                 let (a, b) = (&src[2 * crow * w * 2..], &src[(2 * crow + 1) * w * 2..]);
                 for cx in 0..cw {
-                    let avg = |o: usize| ((u16::from(a[cx * 4 + o]) + u16::from(b[cx * 4 + o]) + 1) / 2) as u8;
+                    let avg = |o: usize| (u16::from(a[cx * 4 + o]) + u16::from(b[cx * 4 + o])).div_ceil(2) as u8;
                     u[crow * cw + cx] = avg(1);
                     v[crow * cw + cx] = avg(3);
                 }

@@ -253,6 +253,7 @@ fn small_size_limit_still_decodes() {
         target_duration_us: 5_000_000,
         max_fragment_bytes: 12_000,
         first_sequence: 1,
+        ..Default::default()
     };
     let (init, chunks) = record_synthetic(30, 160, 120, 15, cfg);
     assert!(chunks.iter().all(|c| c.bytes <= 12_000));

@@ -506,9 +506,12 @@ mod tests {
             assert!(vivid.split_whitespace().any(|w| w == o), "{vivid}");
         }
         assert_eq!(b.lucidd.config["source"].as_str(), Some("v4l2"));
-        // vivid's webcam input has discrete sizes; 320x180 is one, 320x240 is not.
+        // vivid's webcam input has discrete sizes (640x360 is one, 320x240 is not) and
+        // vicodec refuses pictures under 640x360.
         let v = &b.lucidd.config["video"];
-        assert_eq!((v["width"].as_integer(), v["height"].as_integer()), (Some(320), Some(180)));
+        assert_eq!((v["width"].as_integer(), v["height"].as_integer()), (Some(640), Some(360)));
+        assert!(b.console_shell, "the hil camera group decodes on the device through the console");
+        assert!(!base.console_shell, "production boards have no console shell");
         assert!(base.kernel.out_of_tree.is_empty() && base.kernel.module_options.is_empty());
     }
 

@@ -282,6 +282,8 @@ pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
     *lock(&engine.camera_state.source) = Some(pipeline.source.describe());
     *lock(&engine.camera_state.encoder) = Some(pipeline.encoder.name().to_owned());
     engine.camera_state.connected.store(true, Relaxed);
+    // A camera that opens again clears the last run's error (health, the record LED).
+    *lock(&engine.camera_state.last_error) = None;
     tracing::info!(session = %sid, source = %pipeline.source.describe(), encoder = pipeline.encoder.name(), codec = pipeline.codec.name(), "recording");
     let chunker = Chunker::new(ChunkerConfig {
         target_duration_us: engine.cfg.record.chunk_target_ms as u64 * 1000,

@@ -81,6 +81,7 @@ pub fn health_report(e: &Engine) -> (bool, Value) {
                 "last_error": cam_err,
             },
             "signer": {"status": "healthy", "epoch": e.epoch()},
+            "gpio": crate::gpio::status(),
         }
     });
     (healthy, body)

@@ -53,7 +53,10 @@ fn clock_us(id: libc::clockid_t) -> i64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer; both clocks exist on Linux.
     unsafe { libc::clock_gettime(id, &mut ts) };
-    ts.tv_sec as i64 * 1_000_000 + ts.tv_nsec as i64 / 1000
+    // c_long: i32 on 32-bit ARM (Pi Zero/1 userlands), i64 here.
+    #[allow(clippy::unnecessary_cast)]
+    let us = ts.tv_sec as i64 * 1_000_000 + ts.tv_nsec as i64 / 1000;
+    us
 }
 
 impl V4l2Camera<RealDevice> {
@@ -130,11 +133,11 @@ impl<D: Driver> V4l2Camera<D> {
     }
 
     fn source_err(&self, e: V4l2Error) -> SourceError {
-        let device = self.dev.info().path.display().to_string();
         if e.is_gone() {
-            SourceError::Disconnected(format!("{device}: {e}"))
+            // The error names the device already.
+            SourceError::Disconnected(e.to_string())
         } else {
-            SourceError::Io { device, source: std::io::Error::other(e.to_string()) }
+            SourceError::Io { device: self.dev.info().path.display().to_string(), source: std::io::Error::other(e.to_string()) }
         }
     }
 
@@ -143,7 +146,7 @@ impl<D: Driver> V4l2Camera<D> {
 /// Copies a captured buffer into a tightly packed frame (rows without padding).
 fn pack(f: &Format, buf: &[u8], used: usize) -> Option<Vec<u8>> {
     {
-        let Some(pf) = f.fourcc.pixel_format() else { return None };
+        let pf = f.fourcc.pixel_format()?;
         if pf == PixelFormat::H264 {
             return Some(buf[..used.min(buf.len())].to_vec());
         }

@@ -113,7 +113,7 @@ impl Fake {
         let _ = cap_bytes;
         if let Some((oi, used, ts)) = self.queued[1].pop_front() {
             self.queued[0].pop_front();
-            let intra = self.frame_no % self.gop == 0 || std::mem::take(&mut self.force_key);
+            let intra = self.frame_no.is_multiple_of(self.gop) || std::mem::take(&mut self.force_key);
             let raw = &self.bufs[1][oi as usize];
             let payload = raw[..8.min(used as usize)].to_vec();
             let data = match codec {
