@@ -47,8 +47,21 @@ fn enc_err(e: V4l2Error) -> EncodeError {
     EncodeError::Device { device, msg: e.to_string() }
 }
 
-fn is_epipe(e: &V4l2Error) -> bool {
-    matches!(e, V4l2Error::Io { source, .. } if source.raw_os_error() == Some(libc::EPIPE))
+/// One non-blocking look at a codec's capture queue.
+enum Dq {
+    Buffer(super::Dequeued),
+    Empty,
+    /// EPIPE: the queue already returned its LAST buffer (the drain is complete).
+    PastLast,
+}
+
+fn dequeue_result<D: Driver>(dev: &mut D) -> Result<Dq> {
+    match dev.dequeue_buffer(Queue::Capture) {
+        Ok(Some(b)) => Ok(Dq::Buffer(b)),
+        Ok(None) => Ok(Dq::Empty),
+        Err(V4l2Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EPIPE) => Ok(Dq::PastLast),
+        Err(e) => Err(e),
+    }
 }
 
 /// Copies a tightly packed `w`x`h` frame into a driver buffer laid out for `coded_h` rows
@@ -239,11 +252,10 @@ impl<D: Driver> V4l2Encoder<D> {
     fn collect(&mut self) -> Result<bool> {
         self.handle_events()?;
         loop {
-            let b = match self.dev.dequeue_buffer(Queue::Capture) {
-                Ok(Some(b)) => b,
-                Ok(None) => return Ok(false),
-                Err(e) if is_epipe(&e) => return Ok(true),
-                Err(e) => return Err(e),
+            let b = match dequeue_result(&mut self.dev)? {
+                Dq::Buffer(b) => b,
+                Dq::Empty => return Ok(false),
+                Dq::PastLast => return Ok(true),
             };
             let last = b.flags & BUF_FLAG_LAST != 0;
             if b.bytesused > 0 {
@@ -418,11 +430,10 @@ impl<D: Driver> V4l2Decoder<D> {
             return Ok(false);
         }
         loop {
-            let b = match self.dev.dequeue_buffer(Queue::Capture) {
-                Ok(Some(b)) => b,
-                Ok(None) => return Ok(false),
-                Err(e) if is_epipe(&e) => return Ok(true),
-                Err(e) => return Err(e),
+            let b = match dequeue_result(&mut self.dev)? {
+                Dq::Buffer(b) => b,
+                Dq::Empty => return Ok(false),
+                Dq::PastLast => return Ok(true),
             };
             let f = self.raw.unwrap_or(Format { fourcc: self.coded, width: 0, height: 0, bytesperline: 0, sizeimage: 0 });
             if b.bytesused > 0 {
