@@ -65,6 +65,12 @@ pub(crate) fn split_annexb(data: &[u8]) -> Vec<&[u8]> {
     nals
 }
 
+/// True when the bytes hold a coded picture (a slice NAL unit, types 1..=5), not only
+/// parameter sets, SEI or delimiters.
+pub(crate) fn has_picture(annexb: &[u8]) -> bool {
+    split_annexb(annexb).iter().any(|n| matches!(nal_type(n), Some(1..=5)))
+}
+
 /// True when the access unit holds an IDR slice (a random-access point).
 pub fn is_idr(annexb: &[u8]) -> bool {
     split_annexb(annexb)

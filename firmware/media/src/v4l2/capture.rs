@@ -207,7 +207,8 @@ impl<D: Driver> FrameSource for V4l2Camera<D> {
             self.last_seq = Some(b.sequence);
             let corrupt = b.flags & super::BUF_FLAG_ERROR != 0;
             let format = self.format;
-            let data = if corrupt { None } else { pack(&format, self.dev.buffer(Queue::Capture, b.index), b.bytesused as usize) };
+            let buf = self.dev.buffer(Queue::Capture, b.index);
+            let data = if corrupt { None } else { buf.get(b.offset as usize..).and_then(|buf| pack(&format, buf, b.bytesused as usize)) };
             self.dev.queue_buffer(Queue::Capture, b.index, 0, 0).map_err(|e| self.source_err(e))?;
             let Some(data) = data else {
                 // A corrupt or short buffer is a dropped frame, not the end of the recording.

@@ -370,9 +370,11 @@ impl Driver for RealDevice {
             Err(V4l2Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EAGAIN) => return Ok(None),
             Err(e) => return Err(e),
         }
-        let bytesused = if self.info.mplane { planes[0].bytesused.saturating_sub(planes[0].data_offset) } else { b.bytesused };
+        let (offset, bytesused) =
+            if self.info.mplane { (planes[0].data_offset, planes[0].bytesused.saturating_sub(planes[0].data_offset)) } else { (0, b.bytesused) };
         Ok(Some(Dequeued {
             index: b.index,
+            offset,
             bytesused,
             flags: b.flags,
             timestamp_us: (b.timestamp.tv_sec as u64).saturating_mul(1_000_000).saturating_add(b.timestamp.tv_usec as u64),

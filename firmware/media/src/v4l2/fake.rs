@@ -46,6 +46,9 @@ pub struct Fake {
     /// alignment); the visible size then comes from the crop.
     pub align: u32,
     pub crop: Option<(u32, u32)>,
+    /// H.264 encoder: hand SPS/PPS over in a buffer of their own before the first frame
+    /// (as bcm2835-codec does).
+    pub header_buffer: bool,
 }
 
 fn idx(q: Queue) -> usize {
@@ -92,6 +95,7 @@ impl Fake {
             reallocations: 0,
             align: 1,
             crop: None,
+            header_buffer: false,
         }
     }
 
@@ -109,8 +113,13 @@ impl Fake {
 
     /// Encoder: turns one queued raw buffer into a coded one, if a capture buffer is free.
     fn encode_step(&mut self, codec: Codec) -> Option<Dequeued> {
-        let (ci, cap_bytes, _) = *self.queued[0].front()?;
-        let _ = cap_bytes;
+        let (ci, _, _) = *self.queued[0].front()?;
+        if codec == Codec::H264 && std::mem::take(&mut self.header_buffer) && !self.queued[1].is_empty() {
+            self.queued[0].pop_front();
+            let sps_pps = [0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0xce];
+            self.bufs[0][ci as usize][..sps_pps.len()].copy_from_slice(&sps_pps);
+            return Some(Dequeued { offset: 0, index: ci, bytesused: sps_pps.len() as u32, flags: 0, timestamp_us: 0, sequence: 0 });
+        }
         if let Some((oi, used, ts)) = self.queued[1].pop_front() {
             self.queued[0].pop_front();
             let intra = self.frame_no.is_multiple_of(self.gop) || std::mem::take(&mut self.force_key);
@@ -121,18 +130,18 @@ impl Fake {
                 Codec::H264 => [&[0, 0, 0, 1, if intra { 0x65 } else { 0x41 }][..], &payload].concat(),
             };
             self.bufs[0][ci as usize][..data.len()].copy_from_slice(&data);
-            self.done_output.push_back(Dequeued { index: oi, bytesused: 0, flags: 0, timestamp_us: ts, sequence: self.frame_no });
+            self.done_output.push_back(Dequeued { offset: 0, index: oi, bytesused: 0, flags: 0, timestamp_us: ts, sequence: self.frame_no });
             self.frame_no += 1;
             if self.source_change_after == Some(self.frame_no) {
                 self.events.push_back(Event::SourceChange);
             }
-            return Some(Dequeued { index: ci, bytesused: data.len() as u32, flags: if intra { super::BUF_FLAG_KEYFRAME } else { 0 }, timestamp_us: ts, sequence: self.frame_no - 1 });
+            return Some(Dequeued { offset: 0, index: ci, bytesused: data.len() as u32, flags: if intra { super::BUF_FLAG_KEYFRAME } else { 0 }, timestamp_us: ts, sequence: self.frame_no - 1 });
         }
         if self.draining {
             self.queued[0].pop_front();
             self.draining = false;
             self.stopped_after_last = true;
-            return Some(Dequeued { index: ci, bytesused: 0, flags: BUF_FLAG_LAST, timestamp_us: 0, sequence: self.frame_no });
+            return Some(Dequeued { offset: 0, index: ci, bytesused: 0, flags: BUF_FLAG_LAST, timestamp_us: 0, sequence: self.frame_no });
         }
         None
     }
@@ -219,7 +228,7 @@ impl Driver for Fake {
                     let (r, c) = (k / bpl, k % bpl);
                     *b = if r >= f.height as usize { 0x80 } else if c >= row_len { 0xEE } else { (r % 200) as u8 };
                 }
-                Ok(Some(Dequeued { index: i, bytesused: f.sizeimage, flags: 0, timestamp_us: 5_000_000 + u64::from(seq) * 100_000, sequence: seq }))
+                Ok(Some(Dequeued { offset: 0, index: i, bytesused: f.sizeimage, flags: 0, timestamp_us: 5_000_000 + u64::from(seq) * 100_000, sequence: seq }))
             }
             (Mode::Encoder(codec), Queue::Capture) => {
                 if self.stopped_after_last {
@@ -398,6 +407,25 @@ mod tests {
         assert_eq!(buf[320 * 180], 0, "rows 180..192 are padding");
         assert_eq!(buf[320 * 192], 2, "U plane at the coded height");
         assert_eq!(buf[320 * 192 + 160 * 96], 3, "V plane after the coded chroma rows");
+    }
+
+    #[test]
+    fn parameter_sets_in_a_buffer_of_their_own_join_the_next_picture() {
+        let mut fake = Fake::encoder(Codec::H264, &[FourCc::YU12]);
+        fake.header_buffer = true;
+        fake.gop = 2;
+        let mut enc = V4l2Encoder::with_driver(fake, params(Codec::H264)).unwrap();
+        let mut aus = Vec::new();
+        for i in 0..3 {
+            aus.extend(enc.encode(&frame(i, PixelFormat::I420)).unwrap());
+        }
+        aus.extend(enc.flush().unwrap());
+        assert_eq!(aus.len(), 3, "one access unit per frame, none for the header buffer");
+        assert!(aus[0].keyframe);
+        assert_eq!(&aus[0].data[..5], &[0, 0, 0, 1, 0x67], "SPS first");
+        assert!(crate::h264::parameter_sets(&aus[0].data).is_some());
+        assert_eq!(aus[0].pts_us, 0, "the picture's own time, not the header buffer's");
+        assert!(!aus[1].keyframe && aus[2].keyframe);
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub struct V4l2Encoder<D: Driver = RealDevice> {
     /// Frame times by the timestamp the driver copies from output to capture buffers.
     times: HashMap<u64, (u64, i64)>,
     out: VecDeque<AccessUnit>,
+    /// Parameter sets that came without a picture, prepended to the next access unit.
+    header: Vec<u8>,
     force_key_supported: bool,
     frames_in: u64,
     name: &'static str,
@@ -208,6 +210,7 @@ impl<D: Driver> V4l2Encoder<D> {
             held_capture: Vec::new(),
             times: HashMap::new(),
             out: VecDeque::new(),
+            header: Vec::new(),
             force_key_supported: true,
             frames_in: 0,
             name: match p.codec {
@@ -259,10 +262,18 @@ impl<D: Driver> V4l2Encoder<D> {
             };
             let last = b.flags & BUF_FLAG_LAST != 0;
             if b.bytesused > 0 {
-                let data = self.dev.buffer(Queue::Capture, b.index)[..b.bytesused as usize].to_vec();
-                let (pts_us, wall_us) = self.times.remove(&b.timestamp_us).unwrap_or((b.timestamp_us, 0));
-                let keyframe = is_keyframe(self.p.codec, &data, b.flags);
-                self.out.push_back(AccessUnit { data, pts_us, wall_us, keyframe });
+                let (at, len) = (b.offset as usize, b.bytesused as usize);
+                let data = self.dev.buffer(Queue::Capture, b.index).get(at..at + len).map(<[u8]>::to_vec).unwrap_or_default();
+                if self.p.codec == Codec::H264 && !h264::has_picture(&data) {
+                    // Some encoders (the Pi's bcm2835-codec) hand SPS/PPS over in a buffer
+                    // of their own before the first IDR: they belong to the next picture.
+                    self.header.extend_from_slice(&data);
+                } else if !data.is_empty() {
+                    let data = if self.header.is_empty() { data } else { [std::mem::take(&mut self.header), data].concat() };
+                    let (pts_us, wall_us) = self.times.remove(&b.timestamp_us).unwrap_or((b.timestamp_us, 0));
+                    let keyframe = is_keyframe(self.p.codec, &data, b.flags);
+                    self.out.push_back(AccessUnit { data, pts_us, wall_us, keyframe });
+                }
             }
             if last {
                 // After LAST the queue stays stopped until ENC_CMD_START; keep the buffer.
@@ -437,7 +448,8 @@ impl<D: Driver> V4l2Decoder<D> {
             };
             let f = self.raw.unwrap_or(Format { fourcc: self.coded, width: 0, height: 0, bytesperline: 0, sizeimage: 0 });
             if b.bytesused > 0 {
-                let data = self.dev.buffer(Queue::Capture, b.index)[..b.bytesused as usize].to_vec();
+                let (at, len) = (b.offset as usize, b.bytesused as usize);
+                let data = self.dev.buffer(Queue::Capture, b.index).get(at..at + len).map(<[u8]>::to_vec).unwrap_or_default();
                 self.frames.push_back((f, data));
             }
             if b.flags & BUF_FLAG_LAST != 0 {

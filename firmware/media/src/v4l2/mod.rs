@@ -117,6 +117,9 @@ pub enum FrameSizes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dequeued {
     pub index: u32,
+    /// Where the data starts in the buffer (multi-planar `data_offset`; else 0).
+    pub offset: u32,
+    /// Bytes of data from `offset`.
     pub bytesused: u32,
     pub flags: u32,
     /// The buffer's timestamp in µs: on a camera, the capture time (CLOCK_MONOTONIC); on
