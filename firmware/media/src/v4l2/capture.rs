@@ -133,7 +133,10 @@ impl<D: Driver> V4l2Camera<D> {
     }
 
     fn source_err(&self, e: V4l2Error) -> SourceError {
-        if e.is_gone() {
+        // A camera that stops delivering (a loose CSI cable, a wedged USB device) is
+        // treated like an unplugged one: the recorder closes it, records the gap and
+        // reopens it, which is what recovers such devices.
+        if e.is_gone() || matches!(e, V4l2Error::Timeout { .. }) {
             // The error names the device already.
             SourceError::Disconnected(e.to_string())
         } else {

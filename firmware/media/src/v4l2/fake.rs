@@ -32,6 +32,8 @@ pub struct Fake {
     pub skip_seq_at: Vec<u32>,
     /// Camera: ENODEV after this many frames.
     pub gone_after: Option<u32>,
+    /// Camera: no more frames (and no error) after this many.
+    pub stall_after: Option<u32>,
     pub gop: u32,
     pub unsupported_controls: Vec<u32>,
     pub controls: Vec<(u32, i32)>,
@@ -84,6 +86,7 @@ impl Fake {
             frame_no: 0,
             skip_seq_at: Vec::new(),
             gone_after: None,
+            stall_after: None,
             gop: 10,
             unsupported_controls: Vec::new(),
             controls: Vec::new(),
@@ -214,6 +217,9 @@ impl Driver for Fake {
                 if self.gone_after.is_some_and(|g| self.frame_no >= g) {
                     return Err(self.gone());
                 }
+                if self.stall_after.is_some_and(|s| self.frame_no >= s) {
+                    return Ok(None);
+                }
                 let Some((i, _, _)) = self.queued[0].pop_front() else { return Ok(None) };
                 let n = self.frame_no;
                 self.frame_no += 1;
@@ -249,7 +255,8 @@ impl Driver for Fake {
         if self.gone_after.is_some_and(|g| self.frame_no >= g) {
             return Err(self.gone());
         }
-        Ok(Ready { capture: !self.queued[0].is_empty(), output: !self.done_output.is_empty(), event: !self.events.is_empty() })
+        let stalled = self.stall_after.is_some_and(|s| self.frame_no >= s);
+        Ok(Ready { capture: !stalled && !self.queued[0].is_empty(), output: !self.done_output.is_empty(), event: !self.events.is_empty() })
     }
     fn set_crop(&mut self, _: Queue, width: u32, height: u32) -> Result<()> {
         self.crop = Some((width, height));
@@ -314,6 +321,17 @@ mod tests {
         cam.next_frame().unwrap();
         let e = cam.next_frame().unwrap_err();
         assert!(matches!(e, crate::SourceError::Disconnected(_)), "{e}");
+    }
+
+    #[test]
+    fn a_camera_that_stops_delivering_is_reported_like_an_unplug() {
+        let mut fake = Fake::camera(&[FourCc::YU12]);
+        fake.stall_after = Some(1);
+        let mut cam = V4l2Camera::with_driver(fake, &cam_cfg()).unwrap();
+        cam.next_frame().unwrap();
+        let e = cam.next_frame().unwrap_err();
+        assert!(matches!(e, crate::SourceError::Disconnected(_)), "{e}");
+        assert!(e.to_string().contains("timed out"), "{e}");
     }
 
     #[test]
