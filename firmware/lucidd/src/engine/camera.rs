@@ -258,6 +258,55 @@ fn open_v4l2(_: &Engine) -> Result<Pipeline> {
     Err(EngineError::Unavailable("V4L2 exists on Linux only; run with --source test".into()))
 }
 
+/// What the start-up self-check learns from the media pipeline.
+#[derive(Debug)]
+pub enum Probe {
+    /// Source and encoder produced a keyframe, exactly as a recording would.
+    Encoded(String),
+    /// Nothing to test: no camera is attached (not a fault of this firmware).
+    NoCamera(String),
+}
+
+/// Opens the recording pipeline (configured source and the encoder a recording would
+/// choose), encodes until a keyframe comes out, and closes it again. Refused while the
+/// camera is recording.
+pub fn probe(engine: &Engine) -> std::result::Result<Probe, String> {
+    if lock(&engine.camera).is_some() {
+        return Err("the camera is recording".into());
+    }
+    #[cfg(target_os = "linux")]
+    if engine.cfg.source == SourceKind::V4l2 {
+        let s = engine.camera_settings().map_err(|e| e.to_string())?;
+        let found = lucid_media::v4l2::scan(std::path::Path::new("/dev"));
+        let attached = if s.device.is_empty() {
+            lucid_media::v4l2::find_camera(&found).is_some()
+        } else {
+            std::path::Path::new(&s.device).exists()
+        };
+        if !attached {
+            return Ok(Probe::NoCamera(format!("no camera attached ({})", describe_found(&found))));
+        }
+    }
+    let Pipeline { mut source, mut encoder, codec, .. } = open_pipeline(engine).map_err(|e| e.to_string())?;
+    let fmt = source.format();
+    for _ in 0..30 {
+        let frame = source.next_frame().map_err(|e| format!("source: {e}"))?;
+        let units = encoder.encode(&frame).map_err(|e| format!("encoder: {e}"))?;
+        if let Some(au) = units.iter().find(|au| au.keyframe && !au.data.is_empty()) {
+            return Ok(Probe::Encoded(format!(
+                "{}: {}x{} frame encoded by {} to a {} byte {} keyframe",
+                source.describe(),
+                fmt.width,
+                fmt.height,
+                encoder.name(),
+                au.data.len(),
+                codec.name()
+            )));
+        }
+    }
+    Err(format!("{} produced no keyframe in 30 frames", encoder.name()))
+}
+
 pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
     let mut cam = lock(&engine.camera);
     if let Some(run) = cam.as_ref() {

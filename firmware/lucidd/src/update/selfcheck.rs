@@ -1,8 +1,9 @@
 //! The start-up self-check of a trial boot: after an update the new slot runs once on
 //! trial, and only this check makes it the committed slot. Steps: the store opened and
 //! answers a read, each of the five services answers `GET /health` with 200 over
-//! loopback, and the media pipeline starts (the configured source yields a frame and the
-//! encoder turns it into an IDR access unit).
+//! loopback, and the media pipeline starts: the recording path itself (configured source,
+//! the encoder a recording would pick) yields a keyframe. With a V4L2 source and no
+//! camera attached that step passes as skipped: the old slot would see no camera either.
 //!
 //! Owns the steps and the commit decision. It must not reboot (the caller does, after a
 //! clean engine shutdown) and must not commit anything but the running slot, and only
@@ -13,12 +14,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lucid_media::{EncoderConfig, FrameSource, OpenH264Encoder, TestPattern, TestPatternConfig, VideoEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{CheckStep, SelfCheckReport, UpdateError, Updater};
-use crate::config::{Config, SourceKind};
+use crate::config::Config;
 use crate::engine::Engine;
+use crate::engine::camera::Probe;
 use crate::util::now_rfc3339;
 
 /// The loopback addresses of the five services as `cfg` binds them.
@@ -143,48 +144,16 @@ async fn health_status(addr: SocketAddr) -> std::io::Result<u16> {
 }
 
 async fn media_step(engine: &Arc<Engine>) -> CheckStep {
-    let cfg = engine.cfg.clone();
-    let (ok, detail) = match tokio::task::spawn_blocking(move || encode_one_frame(&cfg)).await {
-        Ok(r) => match r {
-            Ok(d) => (true, d),
-            Err(d) => (false, d),
-        },
+    let e = engine.clone();
+    let (ok, detail) = match tokio::task::spawn_blocking(move || crate::engine::camera::probe(&e)).await {
+        Ok(Ok(Probe::Encoded(d))) => (true, d),
+        // The old slot would not see a camera either: not a reason to roll back.
+        Ok(Ok(Probe::NoCamera(d))) => {
+            tracing::warn!(detail = %d, "self-check: media step skipped");
+            (true, format!("skipped: {d}"))
+        }
+        Ok(Err(d)) => (false, d),
         Err(e) => (false, format!("worker: {e}")),
     };
     CheckStep { name: "media".into(), ok, detail }
-}
-
-/// Opens the configured source and encodes frames until the encoder yields an IDR
-/// access unit, as the camera thread would.
-fn encode_one_frame(cfg: &Config) -> Result<String, String> {
-    let v = &cfg.video;
-    let mut source: Box<dyn FrameSource> = match cfg.source {
-        SourceKind::Test => Box::new(
-            TestPattern::new(TestPatternConfig { width: v.width, height: v.height, fps: v.fps, paced: false })
-                .map_err(|e| format!("test source: {e}"))?,
-        ),
-        SourceKind::V4l2 => {
-            // The V4L2 capture path is not in this build (the camera issue brings it):
-            // there is nothing to open yet, so the step passes with a warning.
-            tracing::warn!("self-check: the V4L2 source is not in this build; media step skipped");
-            return Ok("skipped: the V4L2 source is not in this build".into());
-        }
-    };
-    let fmt = source.format();
-    let mut encoder = OpenH264Encoder::new(EncoderConfig {
-        width: fmt.width,
-        height: fmt.height,
-        fps: v.fps,
-        bitrate_bps: v.bitrate_bps,
-        keyframe_interval_frames: (v.fps * v.keyframe_interval_ms / 1000).max(1),
-    })
-    .map_err(|e| format!("encoder: {e}"))?;
-    for _ in 0..10 {
-        let frame = source.next_frame().map_err(|e| format!("source: {e}"))?;
-        let units = encoder.encode(&frame).map_err(|e| format!("encoder: {e}"))?;
-        if let Some(au) = units.iter().find(|au| au.keyframe && !au.data.is_empty()) {
-            return Ok(format!("{}x{} frame encoded to a {} byte IDR access unit", fmt.width, fmt.height, au.data.len()));
-        }
-    }
-    Err("the encoder produced no keyframe in 10 frames".into())
 }
