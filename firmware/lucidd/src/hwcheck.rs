@@ -40,15 +40,11 @@ pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
     if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64 * 255.0 / mse).log10() }
 }
 
-/// The visible `w`x`h` of the Y plane (tightly packed) of a decoded buffer laid out with
-/// `bytesperline` (the decoder's buffer may be aligned beyond the picture).
+/// The visible `w`x`h` of the Y plane (tightly packed) of a decoded buffer; the decoder's
+/// buffer may be padded and aligned beyond the picture (`layout` says where it is).
 fn luma(f: &v4l2::Format, data: &[u8], w: usize, h: usize) -> Option<Vec<u8>> {
-    let bpl = (f.bytesperline as usize).max(w);
-    let mut y = Vec::with_capacity(w * h);
-    for r in 0..h {
-        y.extend_from_slice(data.get(r * bpl..r * bpl + w)?);
-    }
-    Some(y)
+    let l = v4l2::layout::layout(f.fourcc.pixel_format()?, w, h, f.bytesperline as usize, f.height as usize)?;
+    v4l2::layout::unpack(data, &l.planes[..1])
 }
 
 pub struct DecodeArgs {

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use super::layout;
 use super::negotiate::{self, CameraChoice};
 use super::{Driver, Format, FourCc, Queue, RealDevice, Result, V4l2Error};
 use crate::source::{Frame, FrameSource, PixelFormat, SourceError, VideoFormat};
@@ -148,38 +149,16 @@ impl<D: Driver> V4l2Camera<D> {
 
 /// Copies a captured buffer into a tightly packed frame (rows without padding).
 fn pack(f: &Format, buf: &[u8], used: usize) -> Option<Vec<u8>> {
-    {
-        let pf = f.fourcc.pixel_format()?;
-        if pf == PixelFormat::H264 {
-            return Some(buf[..used.min(buf.len())].to_vec());
-        }
-        let (w, h) = (f.width as usize, f.height as usize);
-        let tight = pf.frame_len(f.width, f.height)?;
-        let row = match pf {
-            PixelFormat::Yuyv => w * 2,
-            _ => w,
-        };
-        let bpl = (f.bytesperline as usize).max(row);
-        if bpl == row {
-            return (used >= tight && buf.len() >= tight).then(|| buf[..tight].to_vec());
-        }
-        // Padded rows: copy plane by plane. Chroma planes of YU12 have half the stride.
-        let mut out = Vec::with_capacity(tight);
-        let mut at = 0;
-        let planes: &[(usize, usize, usize)] = match pf {
-            PixelFormat::Yuyv => &[(h, row, bpl)],
-            PixelFormat::Nv12 => &[(h, w, bpl), (h / 2, w, bpl)],
-            _ => &[(h, w, bpl), (h / 2, w / 2, bpl / 2), (h / 2, w / 2, bpl / 2)],
-        };
-        for &(rows, len, stride) in planes {
-            for r in 0..rows {
-                let s = at + r * stride;
-                out.extend_from_slice(buf.get(s..s + len)?);
-            }
-            at += rows * stride;
-        }
-        Some(out)
+    let pf = f.fourcc.pixel_format()?;
+    if pf == PixelFormat::H264 {
+        return Some(buf[..used.min(buf.len())].to_vec());
     }
+    let (w, h) = (f.width as usize, f.height as usize);
+    let l = layout::layout(pf, w, h, f.bytesperline as usize, h)?;
+    if used < l.len {
+        return None;
+    }
+    layout::unpack(buf, &l.planes)
 }
 
 impl<D: Driver> FrameSource for V4l2Camera<D> {

@@ -11,10 +11,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
-use super::negotiate;
+use super::{layout, negotiate};
 use super::{BUF_FLAG_KEYFRAME, BUF_FLAG_LAST, Driver, Event, FourCc, Format, Queue, RealDevice, Result, V4l2Error, cid};
 use crate::encode::{AccessUnit, EncodeError, VideoEncoder};
-use crate::source::{Frame, PixelFormat};
+use crate::source::Frame;
 use crate::{Codec, fwht, h264};
 
 /// What the encoder is asked for.
@@ -47,6 +47,28 @@ fn enc_err(e: V4l2Error) -> EncodeError {
     EncodeError::Device { device, msg: e.to_string() }
 }
 
+/// Waiting for a codec in 100 ms polls, up to `WAIT_MS` in all, then a `Timeout` naming
+/// what was awaited.
+struct Patience {
+    waited: i32,
+    what: &'static str,
+}
+
+impl Patience {
+    fn new(what: &'static str) -> Self {
+        Patience { waited: 0, what }
+    }
+
+    fn wait<D: Driver>(&mut self, dev: &mut D) -> Result<()> {
+        if self.waited >= WAIT_MS {
+            return Err(V4l2Error::Timeout { device: dev.info().path.display().to_string(), ms: WAIT_MS, what: self.what });
+        }
+        dev.wait(100)?;
+        self.waited += 100;
+        Ok(())
+    }
+}
+
 /// One non-blocking look at a codec's capture queue.
 enum Dq {
     Buffer(super::Dequeued),
@@ -62,33 +84,6 @@ fn dequeue_result<D: Driver>(dev: &mut D) -> Result<Dq> {
         Err(V4l2Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EPIPE) => Ok(Dq::PastLast),
         Err(e) => Err(e),
     }
-}
-
-/// Copies a tightly packed `w`x`h` frame into a driver buffer laid out for `coded_h` rows
-/// of `bpl` bytes (the driver may align both beyond the picture). Returns bytes used.
-fn copy_in(dst: &mut [u8], src: &[u8], pf: PixelFormat, w: usize, h: usize, bpl: usize, coded_h: usize) -> Option<usize> {
-    let row = if pf == PixelFormat::Yuyv { w * 2 } else { w };
-    let bpl = bpl.max(row);
-    let coded_h = coded_h.max(h);
-    if bpl == row && coded_h == h {
-        dst.get_mut(..src.len())?.copy_from_slice(src);
-        return Some(src.len());
-    }
-    // (picture rows, bytes per row, stride, plane rows in the buffer)
-    let planes: &[(usize, usize, usize, usize)] = match pf {
-        PixelFormat::Yuyv => &[(h, row, bpl, coded_h)],
-        PixelFormat::Nv12 => &[(h, w, bpl, coded_h), (h / 2, w, bpl, coded_h / 2)],
-        _ => &[(h, w, bpl, coded_h), (h / 2, w / 2, bpl / 2, coded_h / 2), (h / 2, w / 2, bpl / 2, coded_h / 2)],
-    };
-    let (mut s_at, mut d_at) = (0, 0);
-    for &(rows, len, stride, plane_rows) in planes {
-        for r in 0..rows {
-            dst.get_mut(d_at + r * stride..d_at + r * stride + len)?.copy_from_slice(src.get(s_at..s_at + len)?);
-            s_at += len;
-        }
-        d_at += plane_rows * stride;
-    }
-    Some(d_at)
 }
 
 /// Keyframe per the bitstream itself; the buffer flag is only a hint some drivers omit.
@@ -294,24 +289,21 @@ impl<D: Driver> V4l2Encoder<D> {
         }
         // A free raw buffer: reclaim finished ones, waiting (and collecting output, which
         // is what frees them) while the codec is busy.
-        let mut waited = 0;
+        let mut patience = Patience::new("a free raw buffer");
         loop {
             self.reclaim_output().map_err(enc_err)?;
             if !self.free_output.is_empty() {
                 break;
             }
             self.collect().map_err(enc_err)?;
-            if waited >= WAIT_MS {
-                let device = self.dev.info().path.display().to_string();
-                return Err(enc_err(V4l2Error::Timeout { device, ms: WAIT_MS, what: "a free raw buffer" }));
-            }
-            self.dev.wait(100).map_err(enc_err)?;
-            waited += 100;
+            patience.wait(&mut self.dev).map_err(enc_err)?;
         }
         let idx = self.free_output.pop().unwrap_or_default();
         let (w, h, bpl, coded_h) = (f.width as usize, f.height as usize, self.raw.bytesperline as usize, self.raw.height as usize);
         let buf = self.dev.buffer(Queue::Output, idx);
-        let used = copy_in(buf, &frame.data, f.pixel_format, w, h, bpl, coded_h).ok_or(EncodeError::BadFrameData {
+        let used = layout::layout(f.pixel_format, w, h, bpl, coded_h)
+            .and_then(|l| layout::pack_into(buf, &frame.data, &l.planes).map(|()| l.len))
+            .ok_or(EncodeError::BadFrameData {
             seq: frame.seq,
             got: frame.data.len(),
             expected: f.pixel_format.frame_len(f.width, f.height).unwrap_or(0),
@@ -345,14 +337,9 @@ impl<D: Driver> VideoEncoder for V4l2Encoder<D> {
 
     fn flush(&mut self) -> std::result::Result<Vec<AccessUnit>, EncodeError> {
         self.dev.encoder_command(ENC_CMD_STOP).map_err(enc_err)?;
-        let mut waited = 0;
+        let mut patience = Patience::new("the LAST buffer of a drain");
         while !self.collect().map_err(enc_err)? {
-            if waited >= WAIT_MS {
-                let device = self.dev.info().path.display().to_string();
-                return Err(enc_err(V4l2Error::Timeout { device, ms: WAIT_MS, what: "the LAST buffer of a drain" }));
-            }
-            self.dev.wait(100).map_err(enc_err)?;
-            waited += 100;
+            patience.wait(&mut self.dev).map_err(enc_err)?;
         }
         // Drained: restart so the same encoder serves the next run (pause/resume).
         self.dev.encoder_command(ENC_CMD_START).map_err(enc_err)?;
@@ -462,15 +449,11 @@ impl<D: Driver> V4l2Decoder<D> {
     /// Queues one coded frame; returns frames decoded so far (format and bytes as the
     /// driver laid them out).
     pub fn decode(&mut self, coded: &[u8]) -> Result<Vec<(Format, Vec<u8>)>> {
-        let mut waited = 0;
+        let mut patience = Patience::new("a free coded buffer");
         while self.free_output.is_empty() {
             self.collect()?;
             if self.free_output.is_empty() {
-                if waited >= WAIT_MS {
-                    return Err(V4l2Error::Timeout { device: self.dev.info().path.display().to_string(), ms: WAIT_MS, what: "a free coded buffer" });
-                }
-                self.dev.wait(100)?;
-                waited += 100;
+                patience.wait(&mut self.dev)?;
             }
         }
         let idx = self.free_output.pop().unwrap_or_default();
@@ -488,13 +471,9 @@ impl<D: Driver> V4l2Decoder<D> {
     /// Drains the decoder (`V4L2_DEC_CMD_STOP`) and returns the remaining frames.
     pub fn finish(&mut self) -> Result<Vec<(Format, Vec<u8>)>> {
         self.dev.decoder_command(1)?;
-        let mut waited = 0;
+        let mut patience = Patience::new("the decoder's LAST buffer");
         while !self.collect()? {
-            if waited >= WAIT_MS {
-                return Err(V4l2Error::Timeout { device: self.dev.info().path.display().to_string(), ms: WAIT_MS, what: "the decoder's LAST buffer" });
-            }
-            self.dev.wait(100)?;
-            waited += 100;
+            patience.wait(&mut self.dev)?;
         }
         Ok(self.frames.drain(..).collect())
     }

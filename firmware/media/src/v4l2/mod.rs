@@ -1,7 +1,8 @@
 //! V4L2: cameras (capture devices) and stateful memory-to-memory encoders/decoders.
 //!
 //! Owns the device side of the media pipeline: finding devices by capability, format
-//! negotiation (`negotiate`, pure), mmap streaming of both single- and multi-planar queues
+//! negotiation (`negotiate`, pure), where a picture's planes lie in a driver buffer
+//! (`layout`, pure), mmap streaming of both single- and multi-planar queues
 //! (`device`, the only code that issues ioctls), the camera as a `FrameSource`
 //! (`capture`) and the stateful codec state machine as a `VideoEncoder` (`m2m`). All of it
 //! is written against the `Driver` trait, so the state handling is unit-tested against a
@@ -15,6 +16,7 @@ pub mod capture;
 pub mod device;
 #[cfg(test)]
 mod fake;
+pub mod layout;
 pub mod m2m;
 pub mod negotiate;
 
