@@ -1,5 +1,6 @@
-//! Video encoding: the `VideoEncoder` trait, `AccessUnit`, and the OpenH264 software
-//! encoder behind it.
+//! Video encoding: the `VideoEncoder` trait, `AccessUnit`, the OpenH264 software encoder
+//! behind it, the `ToI420` converter in front of it, and `CameraH264` for cameras that
+//! encode themselves. (The V4L2 hardware encoder is `v4l2::V4l2Encoder`.)
 //!
 //! Owns turning raw frames into Annex-B H.264 access units with keyframes on schedule or on
 //! request. It must not mux, chunk or pace; and it must not pass unchecked buffers to the C
@@ -279,6 +280,63 @@ impl VideoEncoder for OpenH264Encoder {
     }
 }
 
+/// An encoder behind a layout converter: cameras give NV12 or YUYV, OpenH264 takes I420
+/// only (`to_i420`). I420 frames pass untouched.
+#[derive(Debug)]
+pub struct ToI420<E>(pub E);
+
+impl<E: VideoEncoder> VideoEncoder for ToI420<E> {
+    fn encode(&mut self, frame: &Frame) -> Result<Vec<AccessUnit>, EncodeError> {
+        if frame.format.pixel_format == PixelFormat::I420 {
+            return self.0.encode(frame);
+        }
+        let conv = crate::convert::to_i420(frame).ok_or(EncodeError::UnsupportedPixelFormat {
+            seq: frame.seq,
+            format: frame.format.pixel_format,
+        })?;
+        self.0.encode(&conv)
+    }
+    fn request_keyframe(&mut self) {
+        self.0.request_keyframe()
+    }
+    fn flush(&mut self) -> Result<Vec<AccessUnit>, EncodeError> {
+        self.0.flush()
+    }
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+}
+
+/// A camera that encodes H.264 itself (many UVC cameras): its access units are recorded
+/// as they come, the keyframe flag read from the bitstream.
+#[derive(Debug, Default)]
+pub struct CameraH264;
+
+impl VideoEncoder for CameraH264 {
+    fn encode(&mut self, frame: &Frame) -> Result<Vec<AccessUnit>, EncodeError> {
+        if frame.format.pixel_format != PixelFormat::H264 {
+            return Err(EncodeError::UnsupportedPixelFormat {
+                seq: frame.seq,
+                format: frame.format.pixel_format,
+            });
+        }
+        Ok(vec![AccessUnit {
+            keyframe: h264::is_idr(&frame.data),
+            data: frame.data.clone(),
+            pts_us: frame.pts_us,
+            wall_us: frame.wall_us,
+        }])
+    }
+    // UVC has no standard "force IDR" request; the camera's own GOP decides the cuts.
+    fn request_keyframe(&mut self) {}
+    fn flush(&mut self) -> Result<Vec<AccessUnit>, EncodeError> {
+        Ok(Vec::new())
+    }
+    fn name(&self) -> &'static str {
+        "camera-h264"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +411,24 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn nv12_reaches_openh264_through_the_converter_and_camera_h264_passes_as_is() {
+        let mut enc = ToI420(OpenH264Encoder::new(EncoderConfig::new(64, 48, 10)).unwrap());
+        let format = crate::source::VideoFormat { width: 64, height: 48, fps_num: 10, fps_den: 1, pixel_format: PixelFormat::Nv12 };
+        let frame = Frame { seq: 0, pts_us: 0, wall_us: 0, format, data: vec![90; 64 * 48 * 3 / 2] };
+        let aus = [enc.encode(&frame).unwrap(), enc.flush().unwrap()].concat();
+        assert!(aus.first().is_some_and(|a| a.keyframe), "an IDR from an NV12 frame");
+        let bad = Frame { format: crate::source::VideoFormat { pixel_format: PixelFormat::H264, ..format }, ..frame.clone() };
+        assert!(matches!(enc.encode(&bad), Err(EncodeError::UnsupportedPixelFormat { .. })));
+
+        let idr = aus[0].data.clone();
+        let mut cam = CameraH264;
+        let f = Frame { format: crate::source::VideoFormat { pixel_format: PixelFormat::H264, ..format }, data: idr.clone(), pts_us: 7, ..frame.clone() };
+        let out = cam.encode(&f).unwrap();
+        assert_eq!((out.len(), out[0].keyframe, out[0].pts_us), (1, true, 7));
+        assert_eq!(out[0].data, idr, "recorded as is");
+        assert!(matches!(cam.encode(&frame), Err(EncodeError::UnsupportedPixelFormat { .. })), "raw frames are not H.264");
     }
 }

@@ -59,7 +59,7 @@ impl Codec {
 }
 
 pub use chunker::{ChunkError, Chunker, ChunkerConfig, MediaChunk};
-pub use encode::{AccessUnit, EncodeError, EncoderConfig, OpenH264Encoder, VideoEncoder};
+pub use encode::{AccessUnit, CameraH264, EncodeError, EncoderConfig, OpenH264Encoder, ToI420, VideoEncoder};
 pub use fmp4::{DEFAULT_TIMESCALE, Fmp4Error, Fmp4Muxer};
 pub use convert::to_i420;
 pub use h264::{H264Error, is_idr};

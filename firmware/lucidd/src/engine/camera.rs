@@ -12,8 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use lucid_media::{
-    AccessUnit, Chunker, ChunkerConfig, Codec, EncodeError, EncoderConfig, Frame, FrameSource, MediaChunk, OpenH264Encoder,
-    PixelFormat, SourceError, VideoEncoder,
+    Chunker, ChunkerConfig, Codec, EncoderConfig, Frame, FrameSource, MediaChunk, OpenH264Encoder, SourceError, VideoEncoder,
 };
 
 use super::{ChunkInfo, Engine, EngineError, Kind, Result, SessionRow, Status, lock};
@@ -48,55 +47,6 @@ pub struct CameraState {
     /// What the last run opened: source description and encoder name.
     pub source: Mutex<Option<String>>,
     pub encoder: Mutex<Option<String>>,
-}
-
-/// The software encoder behind a converter: cameras give NV12 or YUYV, OpenH264 takes
-/// I420 only.
-struct Software(OpenH264Encoder);
-
-impl VideoEncoder for Software {
-    fn encode(&mut self, frame: &Frame) -> std::result::Result<Vec<AccessUnit>, EncodeError> {
-        if frame.format.pixel_format == PixelFormat::I420 {
-            return self.0.encode(frame);
-        }
-        let conv = lucid_media::to_i420(frame)
-            .ok_or(EncodeError::UnsupportedPixelFormat { seq: frame.seq, format: frame.format.pixel_format })?;
-        self.0.encode(&conv)
-    }
-    fn request_keyframe(&mut self) {
-        self.0.request_keyframe()
-    }
-    fn flush(&mut self) -> std::result::Result<Vec<AccessUnit>, EncodeError> {
-        self.0.flush()
-    }
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-}
-
-/// A camera that encodes H.264 itself: its access units are recorded as they come.
-struct Passthrough;
-
-impl VideoEncoder for Passthrough {
-    fn encode(&mut self, frame: &Frame) -> std::result::Result<Vec<AccessUnit>, EncodeError> {
-        if frame.format.pixel_format != PixelFormat::H264 {
-            return Err(EncodeError::UnsupportedPixelFormat { seq: frame.seq, format: frame.format.pixel_format });
-        }
-        Ok(vec![AccessUnit {
-            keyframe: lucid_media::is_idr(&frame.data),
-            data: frame.data.clone(),
-            pts_us: frame.pts_us,
-            wall_us: frame.wall_us,
-        }])
-    }
-    // UVC has no standard "force IDR" request; the camera's own GOP decides the cuts.
-    fn request_keyframe(&mut self) {}
-    fn flush(&mut self) -> std::result::Result<Vec<AccessUnit>, EncodeError> {
-        Ok(Vec::new())
-    }
-    fn name(&self) -> &'static str {
-        "camera-h264"
-    }
 }
 
 /// Stands in for a closed, unplugged camera while the recorder waits for it.
@@ -148,7 +98,7 @@ fn software(engine: &Engine, width: u32, height: u32) -> Result<Box<dyn VideoEnc
         keyframe_interval_frames: (v.fps * v.keyframe_interval_ms / 1000).max(1),
     })
     .map_err(|e| EngineError::Unavailable(format!("encoder: {e}")))?;
-    Ok(Box::new(Software(enc)))
+    Ok(Box::new(lucid_media::ToI420(enc)))
 }
 
 fn open_pipeline(engine: &Engine) -> Result<Pipeline> {
@@ -209,7 +159,7 @@ fn open_v4l2(engine: &Engine) -> Result<Pipeline> {
     let cam = V4l2Camera::open(&cam_cfg).map_err(|e| unavailable(format!("camera: {e}")))?;
     let choice = cam.choice();
     let encoder: Box<dyn VideoEncoder> = if choice.passthrough {
-        Box::new(Passthrough)
+        Box::new(lucid_media::CameraH264)
     } else if let Some(h) = &hw {
         let p = CodecParams {
             codec,
