@@ -83,13 +83,18 @@ impl Default for CameraConfig {
 }
 
 impl CameraConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the settings for a daemon whose frames come from `source`: the file's
+    /// `[camera]` at start, and every `PUT /api/v1/camera`.
+    pub fn validate(&self, source: SourceKind) -> Result<(), ConfigError> {
         let bad = |key, msg: &str| Err(ConfigError::Invalid { key, msg: msg.into() });
         if !(2..=32).contains(&self.buffers) {
             return bad("camera.buffers", "must be 2..=32");
         }
         if self.codec == CodecChoice::Fwht && self.encoder == EncoderChoice::Software {
             return bad("camera.codec", "fwht has no software encoder; use encoder = \"hardware\" (vicodec)");
+        }
+        if self.codec == CodecChoice::Fwht && source != SourceKind::V4l2 {
+            return bad("camera.codec", "fwht needs the V4L2 camera path (source = \"v4l2\")");
         }
         for (key, v) in [("camera.device", &self.device), ("camera.encoder_device", &self.encoder_device)] {
             if !v.is_empty() && !v.starts_with("/dev/") {
@@ -125,6 +130,13 @@ pub struct VideoConfig {
     pub bitrate_bps: u32,
     /// Time between IDR frames; chunks are cut only there.
     pub keyframe_interval_ms: u32,
+}
+
+impl VideoConfig {
+    /// The GOP length in frames (an IDR every `keyframe_interval_ms`), at least 1.
+    pub fn keyframe_interval_frames(&self) -> u32 {
+        (self.fps * self.keyframe_interval_ms / 1000).max(1)
+    }
 }
 
 impl Default for VideoConfig {
@@ -325,7 +337,7 @@ impl Config {
         if !(100..=60_000).contains(&v.keyframe_interval_ms) {
             return bad("video.keyframe_interval_ms", "must be 100..=60000");
         }
-        self.camera.validate()?;
+        self.camera.validate(self.source)?;
         let r = &self.record;
         if !(100..=60_000).contains(&r.chunk_target_ms) {
             return bad("record.chunk_target_ms", "must be 100..=60000");

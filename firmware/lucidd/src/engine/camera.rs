@@ -95,7 +95,7 @@ fn software(engine: &Engine, width: u32, height: u32) -> Result<Box<dyn VideoEnc
         height,
         fps: v.fps,
         bitrate_bps: v.bitrate_bps,
-        keyframe_interval_frames: (v.fps * v.keyframe_interval_ms / 1000).max(1),
+        keyframe_interval_frames: v.keyframe_interval_frames(),
     })
     .map_err(|e| EngineError::Unavailable(format!("encoder: {e}")))?;
     Ok(Box::new(lucid_media::ToI420(enc)))
@@ -115,19 +115,32 @@ fn open_pipeline(engine: &Engine) -> Result<Pipeline> {
             let encoder = software(engine, v.width, v.height)?;
             Ok(Pipeline { source: Box::new(src), encoder, codec: Codec::H264, reopen: None })
         }
-        SourceKind::V4l2 => open_v4l2(engine),
+        #[cfg(target_os = "linux")]
+        SourceKind::V4l2 => open_v4l2(engine, &engine.camera_settings()?, &lucid_media::v4l2::scan(std::path::Path::new("/dev"))),
+        #[cfg(not(target_os = "linux"))]
+        SourceKind::V4l2 => Err(EngineError::Unavailable("V4L2 exists on Linux only; run with --source test".into())),
     }
 }
 
+/// The camera node to open: the configured one if it exists, else the first camera found
+/// by capability. `None`: no camera attached.
 #[cfg(target_os = "linux")]
-fn open_v4l2(engine: &Engine) -> Result<Pipeline> {
+fn locate_camera(s: &crate::config::CameraConfig, found: &[lucid_media::v4l2::Found]) -> Option<std::path::PathBuf> {
+    if s.device.is_empty() {
+        lucid_media::v4l2::find_camera(found).map(|f| f.path.clone())
+    } else {
+        std::path::Path::new(&s.device).exists().then(|| s.device.clone().into())
+    }
+}
+
+/// Opens camera and encoder per the settings `s`, from the devices of one `scan`.
+#[cfg(target_os = "linux")]
+fn open_v4l2(engine: &Engine, s: &crate::config::CameraConfig, found: &[lucid_media::v4l2::Found]) -> Result<Pipeline> {
     use crate::config::EncoderChoice;
     use lucid_media::v4l2::{self, CodecParams, FourCc, V4l2Camera, V4l2Encoder, negotiate};
-    let s = engine.camera_settings()?;
     let v = engine.cfg.video.clone();
     let codec = s.codec.media();
     let unavailable = |m: String| EngineError::Unavailable(m);
-    let found = v4l2::scan(std::path::Path::new("/dev"));
     let hw = if s.encoder_device.is_empty() {
         v4l2::find_encoder(&found, FourCc::of_codec(codec)).cloned()
     } else {
@@ -137,15 +150,18 @@ fn open_v4l2(engine: &Engine) -> Result<Pipeline> {
         (EncoderChoice::Software, _) => None,
         (_, Some(h)) => Some(h),
         (EncoderChoice::Hardware, None) => {
-            return Err(unavailable(format!("no V4L2 encoder of {} found ({})", codec.name(), describe_found(&found))));
+            return Err(unavailable(format!("no V4L2 encoder of {} found ({})", codec.name(), describe_found(found))));
         }
         (EncoderChoice::Auto, None) if codec == Codec::Fwht => {
-            return Err(unavailable(format!("no V4L2 encoder of fwht (is vicodec loaded?) ({})", describe_found(&found))));
+            return Err(unavailable(format!("no V4L2 encoder of fwht (is vicodec loaded?) ({})", describe_found(found))));
         }
         (EncoderChoice::Auto, None) => None,
     };
+    let camera = locate_camera(s, found).ok_or_else(|| {
+        unavailable(format!("camera: no V4L2 capture device with a raw or H.264 format ({})", describe_found(found)))
+    })?;
     let cam_cfg = v4l2::CameraConfig {
-        device: (!s.device.is_empty()).then(|| s.device.clone().into()),
+        device: Some(camera),
         width: v.width,
         height: v.height,
         fps: v.fps,
@@ -168,7 +184,7 @@ fn open_v4l2(engine: &Engine) -> Result<Pipeline> {
             input: choice.fourcc,
             fps: v.fps,
             bitrate_bps: v.bitrate_bps,
-            keyframe_interval_frames: (v.fps * v.keyframe_interval_ms / 1000).max(1),
+            keyframe_interval_frames: v.keyframe_interval_frames(),
         };
         Box::new(V4l2Encoder::open(Some(&h.path), p).map_err(|e| unavailable(format!("encoder: {e}")))?)
     } else {
@@ -178,6 +194,9 @@ fn open_v4l2(engine: &Engine) -> Result<Pipeline> {
     // same format, or the session's init segment would no longer apply.
     let want = cam.format();
     let mut reopen_cfg = cam_cfg.clone();
+    // The configured node, or found again by capability (a replugged camera may get
+    // another number).
+    reopen_cfg.device = (!s.device.is_empty()).then(|| s.device.clone().into());
     reopen_cfg.allow_passthrough = choice.passthrough;
     reopen_cfg.encoder_inputs = vec![choice.fourcc];
     let reopen: Reopen = Box::new(move || {
@@ -203,11 +222,6 @@ fn describe_found(found: &[lucid_media::v4l2::Found]) -> String {
         .join("; ")
 }
 
-#[cfg(not(target_os = "linux"))]
-fn open_v4l2(_: &Engine) -> Result<Pipeline> {
-    Err(EngineError::Unavailable("V4L2 exists on Linux only; run with --source test".into()))
-}
-
 /// What the start-up self-check learns from the media pipeline.
 #[derive(Debug)]
 pub enum Probe {
@@ -224,20 +238,19 @@ pub fn probe(engine: &Engine) -> std::result::Result<Probe, String> {
     if lock(&engine.camera).is_some() {
         return Err("the camera is recording".into());
     }
-    #[cfg(target_os = "linux")]
-    if engine.cfg.source == SourceKind::V4l2 {
-        let s = engine.camera_settings().map_err(|e| e.to_string())?;
-        let found = lucid_media::v4l2::scan(std::path::Path::new("/dev"));
-        let attached = if s.device.is_empty() {
-            lucid_media::v4l2::find_camera(&found).is_some()
-        } else {
-            std::path::Path::new(&s.device).exists()
-        };
-        if !attached {
-            return Ok(Probe::NoCamera(format!("no camera attached ({})", describe_found(&found))));
+    let pipeline = match engine.cfg.source {
+        #[cfg(target_os = "linux")]
+        SourceKind::V4l2 => {
+            let s = engine.camera_settings().map_err(|e| e.to_string())?;
+            let found = lucid_media::v4l2::scan(std::path::Path::new("/dev"));
+            if locate_camera(&s, &found).is_none() {
+                return Ok(Probe::NoCamera(format!("no camera attached ({})", describe_found(&found))));
+            }
+            open_v4l2(engine, &s, &found)
         }
-    }
-    let Pipeline { mut source, mut encoder, codec, .. } = open_pipeline(engine).map_err(|e| e.to_string())?;
+        _ => open_pipeline(engine),
+    };
+    let Pipeline { mut source, mut encoder, codec, .. } = pipeline.map_err(|e| e.to_string())?;
     let fmt = source.format();
     for _ in 0..30 {
         let frame = source.next_frame().map_err(|e| format!("source: {e}"))?;

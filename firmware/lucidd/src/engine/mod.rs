@@ -201,10 +201,7 @@ impl Engine {
 
     /// Validates and stores new camera settings; they apply from the next recording start.
     pub fn set_camera_settings(&self, s: &crate::config::CameraConfig) -> Result<()> {
-        s.validate().map_err(|e| EngineError::BadInput(e.to_string()))?;
-        if s.codec == crate::config::CodecChoice::Fwht && self.cfg.source != crate::config::SourceKind::V4l2 {
-            return Err(EngineError::BadInput("codec fwht needs the V4L2 camera path (source = \"v4l2\")".into()));
-        }
+        s.validate(self.cfg.source).map_err(|e| EngineError::BadInput(e.to_string()))?;
         self.store.put_setting(CAMERA_SETTINGS, s)?;
         Ok(())
     }

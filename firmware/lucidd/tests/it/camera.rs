@@ -89,3 +89,17 @@ fn a_v4l2_session_without_a_camera_fails_clearly_and_stays_startable() {
     assert_eq!(r.status, 503);
     assert!(r.text().contains("no V4L2 encoder of h264"), "{}", r.text());
 }
+
+#[test]
+fn the_config_file_is_held_to_the_same_camera_rules_as_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.camera.codec = lucidd::config::CodecChoice::Fwht;
+    cfg.camera.encoder = lucidd::config::EncoderChoice::Hardware;
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("fwht needs the V4L2 camera path"), "{e}");
+    cfg.source = SourceKind::V4l2;
+    cfg.validate().unwrap();
+    cfg.camera.buffers = 1;
+    assert!(cfg.validate().unwrap_err().to_string().contains("camera.buffers"));
+}
