@@ -374,20 +374,32 @@ pub fn partial_upload(host: &str, port: u16, path: &str, token: &str, file: &Pat
     Ok(s)
 }
 
-/// Creates a session, records 8 s of the synthetic camera, stops it, and returns its id and
-/// final statistics (at least two chunks, or the test fails).
-pub fn record_session(dev: &Device, name: &str) -> (String, serde_json::Value) {
+/// Creates a session and starts recording the device's camera; returns its id.
+pub fn start_session(dev: &Device, name: &str) -> String {
     let t = Some(dev.token.as_str());
     let (code, body) = http("POST", &dev.gateway("/api/v1/sessions"), t, Some(&format!(r#"{{"name":"{name}"}}"#))).unwrap();
     assert!(code == 200 || code == 201, "create: {code} {}", String::from_utf8_lossy(&body));
     let sid = json(&body).unwrap()["session_id"].as_str().unwrap().to_owned();
     let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/start")), t, None).unwrap();
     assert_eq!(code, 200, "start: {}", String::from_utf8_lossy(&body));
-    std::thread::sleep(Duration::from_secs(8));
-    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/stop")), t, None).unwrap();
+    sid
+}
+
+/// Stops a recording; returns its final statistics (at least two chunks, or the test fails).
+pub fn stop_session(dev: &Device, sid: &str) -> serde_json::Value {
+    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/stop")), Some(&dev.token), None).unwrap();
     assert_eq!(code, 200, "stop: {}", String::from_utf8_lossy(&body));
     let stats = json(&body).unwrap()["final_statistics"].clone();
     assert!(stats["chunks_count"].as_u64().unwrap_or(0) >= 2, "too few chunks: {stats}");
+    stats
+}
+
+/// Creates a session, records 8 s of the device's camera, stops it, and returns its id and
+/// final statistics.
+pub fn record_session(dev: &Device, name: &str) -> (String, serde_json::Value) {
+    let sid = start_session(dev, name);
+    std::thread::sleep(Duration::from_secs(8));
+    let stats = stop_session(dev, &sid);
     (sid, stats)
 }
 

@@ -126,13 +126,7 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
     verify_evidence(&dev, &sid, "camera-h264");
     let (path, _, meta) = export(&dev, &sid, "camera-h264");
     assert!(meta.contains("video/mp4"), "{meta}");
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames,width,height,codec_name", "-of", "csv=p=0"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let probe = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(out.status.success(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    let probe = ffprobe(&path, "codec_name,width,height,nb_read_frames");
     let recorded = stats["frame_count"].as_u64().unwrap();
     assert!(probe.starts_with("h264,"), "{probe}");
     assert!(probe.ends_with(&format!(",{recorded}")), "ffprobe says {probe}, the session recorded {recorded} frames");
@@ -141,6 +135,17 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
     if qemu {
         unplug_mid_recording_keeps_the_session(&mut dev);
     }
+}
+
+/// ffprobe's CSV line of the first video stream's `fields`, decoding every frame.
+fn ffprobe(path: &std::path::Path, fields: &str) -> String {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", &format!("stream={fields}"), "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn camera_connected(dev: &Device) -> Option<bool> {
@@ -161,13 +166,7 @@ fn wait_connected(dev: &Device, want: bool, timeout: Duration) -> Duration {
 /// node goes away, open handles get ENODEV), then bound again: the session keeps what it
 /// had, marks the gap, resumes, and still verifies and decodes.
 fn unplug_mid_recording_keeps_the_session(dev: &mut Device) {
-    let t = Some(dev.token.clone());
-    let t = t.as_deref();
-    let (code, body) = http("POST", &dev.gateway("/api/v1/sessions"), t, Some(r#"{"name":"hil camera unplug"}"#)).unwrap();
-    assert!(code == 200 || code == 201, "{}", String::from_utf8_lossy(&body));
-    let sid = json(&body).unwrap()["session_id"].as_str().unwrap().to_owned();
-    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/start")), t, None).unwrap();
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let sid = start_session(dev, "hil camera unplug");
     std::thread::sleep(Duration::from_secs(4));
     let before = camera(dev)["state"]["disconnects"].as_u64().unwrap_or(0);
     let q = dev.qemu.as_mut().unwrap();
@@ -184,9 +183,7 @@ fn unplug_mid_recording_keeps_the_session(dev: &mut Device) {
     assert!(q.console().contains("back-rc=0"), "bind failed:\n{}", q.console_tail(10));
     let back = wait_connected(dev, true, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(5));
-    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/stop")), t, None).unwrap();
-    assert_eq!(code, 200, "stop: {}", String::from_utf8_lossy(&body));
-    let stats = json(&body).unwrap()["final_statistics"].clone();
+    let stats = stop_session(dev, &sid);
     assert_eq!(camera(dev)["state"]["disconnects"].as_u64().unwrap_or(0), before + 1);
     let (code, pl) = http("GET", &dev.gateway(&format!("/api/v1/sessions/{sid}/media/playlist.m3u8?access_token={}", dev.token)), None, None).unwrap();
     let pl = String::from_utf8_lossy(&pl).to_string();
@@ -194,12 +191,7 @@ fn unplug_mid_recording_keeps_the_session(dev: &mut Device) {
     assert!(pl.contains("#EXT-X-DISCONTINUITY"), "no gap marked in the playlist:\n{pl}");
     verify_evidence(dev, &sid, "camera-unplug");
     let (path, _, _) = export(dev, &sid, "camera-unplug");
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let n = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let n = ffprobe(&path, "nb_read_frames");
     assert_eq!(n, stats["frame_count"].to_string(), "ffprobe frames vs recorded");
     println!(
         "hil camera: unplug: gap noticed {:.1} s after unbind, recording again {:.1} s after bind; session {sid}: {} chunks, {} frames, discontinuity in the playlist, evidence verified, export decodes",
