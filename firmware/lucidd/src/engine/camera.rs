@@ -142,7 +142,7 @@ fn open_v4l2(engine: &Engine, s: &crate::config::CameraConfig, found: &[lucid_me
     let codec = s.codec.media();
     let unavailable = |m: String| EngineError::Unavailable(m);
     let hw = if s.encoder_device.is_empty() {
-        v4l2::find_encoder(&found, FourCc::of_codec(codec)).cloned()
+        v4l2::find_encoder(found, FourCc::of_codec(codec)).cloned()
     } else {
         found.iter().find(|f| f.path.as_os_str() == s.encoder_device.as_str()).cloned()
     };
