@@ -289,15 +289,75 @@ fn cors(origins: &str) -> CorsLayer {
     }
 }
 
-/// Wraps a service router with what all five share: auth, body limit, CORS, and a JSON
-/// 404 for unknown paths.
+/// Wraps a service router with what all five share: auth, body limit, CORS, a JSON 404
+/// for unknown paths, and reading away what a handler left of a request body.
 pub fn finish(router: Router<AppState>, engine: &AppState) -> Router {
     router
         .fallback(|| async { ApiError::NotFound("Not Found".into()) })
         .layer(axum::middleware::from_fn_with_state(engine.clone(), require_token))
         .layer(axum::extract::DefaultBodyLimit::max(engine.cfg.max_body_bytes))
         .layer(cors(&engine.cfg.cors_origins))
+        .layer(axum::middleware::from_fn(drain_unread_body))
         .with_state(engine.clone())
+}
+
+/// Most a refused request body is read away after its answer, and how long to wait for
+/// more of it: bounded, so a client cannot keep a connection busy forever.
+const DRAIN_MAX_BYTES: u64 = 64 << 20;
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A request body that, dropped before its end (a 401, 413 or 422 answered early), is read
+/// to the end in the background. Closing a socket with unread data makes the kernel reset
+/// the connection, and a client still sending (curl, browsers: they do not wait for
+/// `100 Continue`) then gets "connection reset" instead of the answer.
+struct DrainOnDrop(Option<axum::body::Body>);
+
+impl axum::body::HttpBody for DrainOnDrop {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match self.0.as_mut() {
+            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(axum::body::HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.as_ref().map(axum::body::HttpBody::size_hint).unwrap_or_default()
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        let Some(mut body) = self.0.take() else { return };
+        if axum::body::HttpBody::is_end_stream(&body) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            let mut read = 0u64;
+            while read < DRAIN_MAX_BYTES {
+                let next = std::future::poll_fn(|cx| axum::body::HttpBody::poll_frame(std::pin::Pin::new(&mut body), cx));
+                match tokio::time::timeout(DRAIN_IDLE, next).await {
+                    Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
+                    _ => break,
+                }
+            }
+        });
+    }
+}
+
+async fn drain_unread_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    next.run(Request::from_parts(parts, axum::body::Body::new(DrainOnDrop(Some(body))))).await
 }
 
 /// Every service router, with its configured port.

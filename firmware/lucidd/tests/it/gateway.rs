@@ -328,3 +328,32 @@ fn prometheus_metrics_carry_real_values() {
     assert!(s["recording_stats"]["frame_count"].as_u64().unwrap() > 0);
     assert!(s["quality_stats"]["average_bitrate_bps"].as_f64().unwrap() > 0.0);
 }
+
+/// A client that sends a whole oversized body (as curl and browsers do, without waiting
+/// for `100 Continue`) must read the 413, not a reset connection: the daemon answers at
+/// once and reads the rest of the body away instead of closing a socket with unread data
+/// (which makes the kernel reset it under the client's feet).
+#[test]
+fn an_oversized_body_sent_in_full_gets_its_413() {
+    use std::io::{Read, Write};
+    let d = Daemon::start();
+    let addr = d.addrs["gateway"];
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+        let len = 20 << 20;
+        write!(
+            s,
+            "POST /api/v1/sessions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
+            crate::harness::TOKEN
+        )
+        .unwrap();
+        let chunk = vec![b'a'; 64 << 10];
+        for _ in 0..len / chunk.len() {
+            s.write_all(&chunk).expect("the daemon keeps reading until the body ends");
+        }
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).expect("a response, not a reset");
+        assert_eq!(&head, b"HTTP/1.1 413");
+    }
+}
