@@ -559,15 +559,9 @@ async fn chunk(State(e): State<AppState>, Path((id, cid)): Path<(String, String)
     Ok(axum::Json(chunk_response(&id, &view)))
 }
 
-/// The chunk's plaintext (a CMAF fragment for camera sessions). Decrypted content needs
-/// the bearer token like a mutating route: the LAN must not watch the camera.
-async fn download(
-    State(e): State<AppState>,
-    Path((id, cid)): Path<(String, String)>,
-    headers: HeaderMap,
-    LQuery(q): LQuery<super::appliance::TokenQuery>,
-) -> ApiResult<Response> {
-    super::appliance::require_read_token(&e, &headers, &q)?;
+/// The chunk's plaintext (a CMAF fragment for camera sessions). Decrypted content: like
+/// every read, it needs a credential (`auth`), so the LAN cannot watch the camera.
+async fn download(State(e): State<AppState>, Path((id, cid)): Path<(String, String)>) -> ApiResult<Response> {
     let sid = id.clone();
     let (bytes, idx, media) = blocking(move || {
         let idx = e.resolve_chunk(&sid, &cid)?;

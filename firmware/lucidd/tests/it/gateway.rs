@@ -146,7 +146,7 @@ fn record_pause_resume_stop_export_and_verify() {
     assert_eq!((codec.as_str(), w, h), ("h264", 320, 240));
     assert_eq!(n, frames, "ffprobe decoded {n} frames, the session recorded {frames}");
 
-    // Decrypted media needs the token; evidence (sealed) does not.
+    // Decrypted media needs a credential; evidence (sealed) does not.
     assert_eq!(d.anon().get(&d.url("gateway", &format!("/api/v1/sessions/{sid}/export.mp4"))).status, 401);
     let ev = d.anon().get(&d.url("gateway", &format!("/api/v1/sessions/{sid}/evidence")));
     assert_eq!(ev.status, 200, "{}", ev.text());
@@ -285,9 +285,9 @@ fn sessions_api_validates_and_never_returns_secrets() {
     let d = Daemon::start();
     let c = d.client();
     let url = d.url("gateway", "/api/v1/sessions");
-    // Auth: mutating routes need the token; reads, health and metrics do not.
+    // Auth: every route but the reviewed allow-list needs a credential (auth.rs tests it all).
     assert_eq!(d.anon().post_json(&url, &json!({"name": "x"})).status, 401);
-    assert_eq!(d.anon().get(&url).status, 200);
+    assert_eq!(d.anon().get(&url).status, 401);
     assert_eq!(d.anon().get(&d.url("gateway", "/health")).status, 200);
     // Validation: FastAPI-style 422 with a list.
     for bad in [

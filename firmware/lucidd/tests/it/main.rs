@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod access;
 mod camera;
 mod crash;
 mod faults;
@@ -11,6 +12,7 @@ mod gateway;
 mod pipeline;
 mod processor;
 mod recorder;
+mod slow_clients;
 mod storage;
 mod tidy;
 mod update;
