@@ -126,11 +126,18 @@ impl std::ops::BitOr for Flags {
     }
 }
 
-/// Checks a session id: 1..=64 bytes of `[A-Za-z0-9._-]`. The narrow alphabet keeps
-/// ids safe in checkpoint origins, URLs and file names without escaping.
+/// Checks a session id: 1..=64 bytes of `[A-Za-z0-9._-]`, and not `.` or `..`. The narrow
+/// alphabet keeps ids safe in checkpoint origins, URLs and file names without escaping;
+/// the two dot names would still mean "this" and "the parent" directory in a path (an
+/// evidence archive unpacked, a URL normalised by a client).
 pub fn validate_session_id(sid: &str) -> Result<(), FormatError> {
     if sid.is_empty() {
         return Err(FormatError::BadSessionId { reason: "empty" });
+    }
+    if sid == "." || sid == ".." {
+        return Err(FormatError::BadSessionId {
+            reason: "`.` and `..` name directories",
+        });
     }
     if sid.len() > MAX_SESSION_ID_LEN {
         return Err(FormatError::BadSessionId {
@@ -611,7 +618,9 @@ mod tests {
         assert!(validate_session_id("a").is_ok());
         assert!(validate_session_id(&"x".repeat(64)).is_ok());
         assert!(validate_session_id(&"x".repeat(65)).is_err());
-        for bad in ["", "a b", "a/b", "é", "a+b", "a\n"] {
+        assert!(validate_session_id("...").is_ok());
+        assert!(validate_session_id(".hidden").is_ok());
+        for bad in ["", ".", "..", "a b", "a/b", "é", "a+b", "a\n"] {
             assert!(validate_session_id(bad).is_err(), "{bad:?}");
         }
     }
