@@ -8,6 +8,7 @@ mod crash;
 mod faults;
 mod camera;
 mod compat;
+mod conformance;
 mod gateway;
 mod inputs;
 mod pipeline;
