@@ -90,9 +90,9 @@ pub fn health_report(e: &Engine) -> (bool, Value) {
 }
 
 async fn health(State(e): State<AppState>) -> Response {
-    let (ok, body) = tokio::task::spawn_blocking(move || health_report(&e)).await.unwrap_or_else(|_| {
-        (false, json!({"status": "unhealthy", "timestamp": now_rfc3339(), "services": {}}))
-    });
+    let (ok, body) = tokio::task::spawn_blocking(move || health_report(&e))
+        .await
+        .unwrap_or_else(|_| (false, json!({"status": "unhealthy", "timestamp": now_rfc3339(), "services": {}})));
     let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body)).into_response()
 }
@@ -115,7 +115,9 @@ async fn prometheus(State(e): State<AppState>) -> ApiResult<Response> {
     let (_, file_bytes) = e.store().totals().unwrap_or((0, 0));
     out.push_str("# HELP storage_size_bytes Size of the store file.\n# TYPE storage_size_bytes gauge\n");
     out.push_str(&format!("storage_size_bytes {file_bytes}\n"));
-    out.push_str("# HELP storage_available_bytes Free space on the data partition.\n# TYPE storage_available_bytes gauge\n");
+    out.push_str(
+        "# HELP storage_available_bytes Free space on the data partition.\n# TYPE storage_available_bytes gauge\n",
+    );
     out.push_str(&format!("storage_available_bytes {}\n", super::free_space(&e.cfg.data_dir)));
     out.push_str("# HELP processing_duration_seconds Time to compress, seal, log and commit one chunk.\n# TYPE processing_duration_seconds histogram\n");
     let (buckets, count, sum) = m.histogram();
@@ -126,9 +128,14 @@ async fn prometheus(State(e): State<AppState>) -> ApiResult<Response> {
     out.push_str(&format!("processing_duration_seconds_sum {sum}\nprocessing_duration_seconds_count {count}\n"));
     out.push_str("# HELP lucid_stage_processed_total Items processed by each pipeline stage.\n# TYPE lucid_stage_processed_total counter\n");
     for (i, (name, _)) in STAGES.iter().enumerate() {
-        out.push_str(&format!("lucid_stage_processed_total{{stage=\"{name}\"}} {}\n", m.stage(i).total_chunks_processed));
+        out.push_str(&format!(
+            "lucid_stage_processed_total{{stage=\"{name}\"}} {}\n",
+            m.stage(i).total_chunks_processed
+        ));
     }
-    out.push_str("# HELP lucid_stage_errors_total Errors of each pipeline stage.\n# TYPE lucid_stage_errors_total counter\n");
+    out.push_str(
+        "# HELP lucid_stage_errors_total Errors of each pipeline stage.\n# TYPE lucid_stage_errors_total counter\n",
+    );
     for (i, (name, _)) in STAGES.iter().enumerate() {
         out.push_str(&format!("lucid_stage_errors_total{{stage=\"{name}\"}} {}\n", m.stage(i).error_count));
     }
@@ -417,7 +424,8 @@ async fn list(State(e): State<AppState>, LQuery(q): LQuery<ListQuery>) -> ApiRes
     };
     let all: Vec<&SessionRow> = rows.iter().filter(|r| matches(r)).collect();
     let total = all.len() as i64;
-    let page: Vec<Value> = all.iter().skip(offset as usize).take(limit as usize).map(|r| session_response(&e, r)).collect();
+    let page: Vec<Value> =
+        all.iter().skip(offset as usize).take(limit as usize).map(|r| session_response(&e, r)).collect();
     Ok(axum::Json(json!({
         "sessions": page,
         // Saturating: any offset up to i64::MAX is a valid (empty) page, not an overflow.
@@ -442,11 +450,16 @@ struct UpdateSession {
     recording_config: Option<RecordingConfig>,
 }
 
-async fn update(State(e): State<AppState>, Path(id): Path<String>, LJson(req): LJson<UpdateSession>) -> ApiResult<Json> {
+async fn update(
+    State(e): State<AppState>,
+    Path(id): Path<String>,
+    LJson(req): LJson<UpdateSession>,
+) -> ApiResult<Json> {
     let mut problems = Vec::new();
     if let Some(n) = &req.name {
         if !(1..=255).contains(&n.chars().count()) {
-            problems.push(json!({"loc": ["body", "name"], "msg": "must be 1 to 255 characters", "type": "value_error"}));
+            problems
+                .push(json!({"loc": ["body", "name"], "msg": "must be 1 to 255 characters", "type": "value_error"}));
         }
     }
     let md = req.metadata.map(|m| metadata_value(Some(m), &mut problems));
@@ -601,7 +614,8 @@ async fn chunks(State(e): State<AppState>, Path(id): Path<String>, LQuery(q): LQ
         })
         .collect();
     let total = filtered.len() as i64;
-    let page: Vec<Value> = filtered.iter().skip(offset as usize).take(limit as usize).map(|c| chunk_response(&id, c)).collect();
+    let page: Vec<Value> =
+        filtered.iter().skip(offset as usize).take(limit as usize).map(|c| chunk_response(&id, c)).collect();
     Ok(axum::Json(json!({
         "chunks": page,
         "pagination": {"total": total, "limit": limit, "offset": offset,
@@ -706,10 +720,12 @@ async fn pipeline(State(e): State<AppState>, Path(id): Path<String>) -> ApiResul
     let status = pipeline_status(row.status);
     let (rss, cpu) = process_usage(&e);
     let dur = row.media_us as f64 / 1e6;
-    let total_ms: f64 = (0..STAGES.len()).map(|i| {
-        let s = e.metrics.stage(i);
-        s.average_processing_time_ms * (s.total_chunks_processed + s.error_count) as f64
-    }).sum();
+    let total_ms: f64 = (0..STAGES.len())
+        .map(|i| {
+            let s = e.metrics.stage(i);
+            s.average_processing_time_ms * (s.total_chunks_processed + s.error_count) as f64
+        })
+        .sum();
     Ok(axum::Json(json!({
         "session_id": row.id,
         "pipeline_status": status,
@@ -790,7 +806,13 @@ fn time_range(row: &SessionRow, views: &[ChunkView]) -> Option<Value> {
         .last()
         .map(|v| micros_to_rfc3339(v.record.wall_clock_us + (v.record.media_end_us - v.record.media_start_us) as i64))
         .or(row.stopped_at.clone())
-        .unwrap_or_else(|| if matches!(row.status, Status::Starting | Status::Recording | Status::Paused) { now_rfc3339() } else { start.clone() });
+        .unwrap_or_else(|| {
+            if matches!(row.status, Status::Starting | Status::Recording | Status::Paused) {
+                now_rfc3339()
+            } else {
+                start.clone()
+            }
+        });
     Some(json!({"start": start, "end": end}))
 }
 

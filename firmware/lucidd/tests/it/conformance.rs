@@ -36,16 +36,12 @@ const EXAMPLE_SESSION: &str = "sess-0123abcd";
 
 /// Where `scripts/setup` installs the venv (the same rule as there).
 fn st_path() -> PathBuf {
-    let venv = std::env::var_os("LUCID_PY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
-                });
-            cache.join("lucid/venv")
-        });
+    let venv = std::env::var_os("LUCID_PY_VENV").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
+        cache.join("lucid/venv")
+    });
     venv.join("bin/st")
 }
 
@@ -58,26 +54,14 @@ fn device_config(dev: &Path) -> PathBuf {
         std::fs::write(dev.join("slots").join(slot), vec![0u8; 64 << 10]).unwrap();
     }
     std::fs::write(dev.join("ctl/lucid.env"), "lucid_active=a\nlucid_try=\n").unwrap();
-    std::fs::write(
-        dev.join("cmdline"),
-        "console=ttyAMA0 lucid.slot=a rootwait\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dev.join("release"),
-        "board=qemu-aarch64-virt\nversion=0.1.0\nbuild=5\n",
-    )
-    .unwrap();
+    std::fs::write(dev.join("cmdline"), "console=ttyAMA0 lucid.slot=a rootwait\n").unwrap();
+    std::fs::write(dev.join("release"), "board=qemu-aarch64-virt\nversion=0.1.0\nbuild=5\n").unwrap();
     let keygen = Command::new(env!("CARGO_BIN_EXE_lucidd"))
         .args(["bundle", "keygen", "--name", "conformance", "--out"])
         .arg(dev.join("keys"))
         .output()
         .unwrap();
-    assert!(
-        keygen.status.success(),
-        "keygen: {}",
-        String::from_utf8_lossy(&keygen.stderr)
-    );
+    assert!(keygen.status.success(), "keygen: {}", String::from_utf8_lossy(&keygen.stderr));
     // Nothing here can sign a bundle: only the verifier key stays.
     std::fs::remove_file(dev.join("keys/conformance.pk8")).unwrap();
     let p = |rel: &str| dev.join(rel).display().to_string();
@@ -155,34 +139,18 @@ fn spawn(dir: &Path) -> (Lucidd, String) {
     let base = format!("http://127.0.0.1:{}", p[4]);
     let http = reqwest::blocking::Client::new();
     let t = Instant::now();
-    while !http
-        .get(format!("{base}/health"))
-        .send()
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "lucidd did not become healthy: {}",
-            log_tail(dir)
-        );
+    while !http.get(format!("{base}/health")).send().is_ok_and(|r| r.status().is_success()) {
+        assert!(t.elapsed() < Duration::from_secs(30), "lucidd did not become healthy: {}", log_tail(dir));
         std::thread::sleep(Duration::from_millis(100));
     }
     let update = http.get(format!("{base}/api/v1/update")).send().unwrap();
-    assert_eq!(
-        update.status(),
-        200,
-        "the fake device is not an update target: {}",
-        update.text().unwrap_or_default()
-    );
+    assert_eq!(update.status(), 200, "the fake device is not an update target: {}", update.text().unwrap_or_default());
     (daemon, base)
 }
 
 /// The session the document's examples name, recording, with a few chunks committed.
 fn seed_example_session(base: &str) {
-    let c = Client {
-        http: reqwest::blocking::Client::new(),
-        token: Some(TOKEN.into()),
-    };
+    let c = Client { http: reqwest::blocking::Client::new(), token: Some(TOKEN.into()) };
     let body = json!({"name": "conformance", "session_id": EXAMPLE_SESSION,
                       "metadata": {"project": "it", "tags": ["conformance"]}});
     let r = c.post_json(&format!("{base}/api/v1/sessions"), &body);
@@ -191,16 +159,11 @@ fn seed_example_session(base: &str) {
     assert_eq!(r.status, 200, "{}", r.text());
     let t = Instant::now();
     loop {
-        let s = c
-            .get(&format!("{base}/api/v1/sessions/{EXAMPLE_SESSION}"))
-            .json();
+        let s = c.get(&format!("{base}/api/v1/sessions/{EXAMPLE_SESSION}")).json();
         if s["statistics"]["chunks_count"].as_u64().unwrap_or(0) >= 3 {
             break;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no chunks after 60 s: {s}"
-        );
+        assert!(t.elapsed() < Duration::from_secs(60), "no chunks after 60 s: {s}");
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -230,7 +193,10 @@ fn the_gateway_conforms_to_its_openapi_document() {
         .arg(format!("{base}/api/v1/openapi.json"))
         .args(["--url", &base])
         .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
-        .args(["--checks", "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance",
+        ])
         .args(["--max-examples", MAX_EXAMPLES, "--seed", &seed])
         .args(["--generation-database", "none", "--no-color"])
         // Its own working directory: schemathesis leaves caches where it runs.
@@ -268,18 +234,12 @@ fn the_gateway_conforms_to_its_openapi_document() {
         panic!("schemathesis ran longer than {ST_TIMEOUT:?}:\n{report}");
     };
     // Shown with --nocapture (and by a failing run): what was tried, phase by phase.
-    eprintln!(
-        "{report}\nschemathesis (seed {seed}) took {:.0?}",
-        t.elapsed()
-    );
+    eprintln!("{report}\nschemathesis (seed {seed}) took {:.0?}", t.elapsed());
     assert!(
         status.success(),
         "schemathesis found failures (seed {seed}; replay with LUCID_ST_SEED={seed}):\n{report}\n--- lucidd log (tail) ---\n{}",
         log_tail(dir.path())
     );
     // A run that tested nothing must not pass: every operation of the document was tried.
-    assert!(
-        report.contains("passed") && !report.contains(" 0 generated"),
-        "{report}"
-    );
+    assert!(report.contains("passed") && !report.contains(" 0 generated"), "{report}");
 }

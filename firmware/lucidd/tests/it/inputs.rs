@@ -15,8 +15,7 @@ use lucidd::config::SourceKind;
 fn raw(d: &Daemon, service: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let addr = d.addrs[service];
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
@@ -51,18 +50,10 @@ fn camera_device_is_a_canonical_video_node_in_file_and_api() {
         for key in ["device", "encoder_device"] {
             let r = c.put_json(&url, &json!({ key: dev }));
             assert_eq!(r.status, 400, "{key}={dev}: {}", r.text());
-            assert!(
-                r.text().contains("/dev/videoN"),
-                "{key}={dev}: {}",
-                r.text()
-            );
+            assert!(r.text().contains("/dev/videoN"), "{key}={dev}: {}", r.text());
         }
     }
-    assert_eq!(
-        c.get(&url).json()["settings"]["device"],
-        "",
-        "nothing was stored"
-    );
+    assert_eq!(c.get(&url).json()["settings"]["device"], "", "nothing was stored");
     let r = c.put_json(&url, &json!({"device": "/dev/video2"}));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["settings"]["device"], "/dev/video2");
@@ -84,11 +75,7 @@ fn camera_device_is_a_canonical_video_node_in_file_and_api() {
     };
     let bad = check("/dev/../dev/sda");
     assert!(!bad.status.success());
-    assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("camera.device"),
-        "{}",
-        String::from_utf8_lossy(&bad.stderr)
-    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("camera.device"), "{}", String::from_utf8_lossy(&bad.stderr));
     assert!(check("/dev/video0").status.success());
 }
 
@@ -97,52 +84,28 @@ fn session_ids_are_never_dot_or_dot_dot() {
     let d = Daemon::start();
     let c = d.client();
     for sid in [".", "..", "a/b", "", "é"] {
-        let r = c.post_json(
-            &d.url("gateway", "/api/v1/sessions"),
-            &json!({"name": "x", "session_id": sid}),
-        );
+        let r = c.post_json(&d.url("gateway", "/api/v1/sessions"), &json!({"name": "x", "session_id": sid}));
         assert_eq!(r.status, 422, "{sid:?}: {}", r.text());
-        assert_eq!(
-            r.json()["detail"][0]["loc"],
-            json!(["body", "session_id"]),
-            "{}",
-            r.text()
-        );
+        assert_eq!(r.json()["detail"][0]["loc"], json!(["body", "session_id"]), "{}", r.text());
     }
     for sid in ["...", ".hidden", "ok-1.2_x"] {
-        let r = c.post_json(
-            &d.url("gateway", "/api/v1/sessions"),
-            &json!({"name": "x", "session_id": sid}),
-        );
+        let r = c.post_json(&d.url("gateway", "/api/v1/sessions"), &json!({"name": "x", "session_id": sid}));
         assert_eq!(r.status, 201, "{sid:?}: {}", r.text());
     }
     // Every service that creates a session from a client's id refuses the two names.
     for sid in ["%2E", "%2E%2E", ".", ".."] {
-        let (status, out) = raw(
-            &d,
-            "pipeline",
-            "POST",
-            &format!("/pipelines?session_id={sid}"),
-            "",
-        );
+        let (status, out) = raw(&d, "pipeline", "POST", &format!("/pipelines?session_id={sid}"), "");
         assert_eq!(status, 400, "pipeline {sid}: {out}");
     }
     let chunk = json!({"chunk_data": "AA==", "chunk_metadata": {"chunk_id": "c", "chunk_index": 0,
         "hash_sha256": crate::storage::sha256_hex(&[0]), "timestamp": "2026-01-01T00:00:00Z"}})
     .to_string();
-    for path in [
-        "/sessions/%2E/chunks",
-        "/sessions/%2E%2E/chunks",
-        "/sessions/%2e%2e/chunks",
-    ] {
+    for path in ["/sessions/%2E/chunks", "/sessions/%2E%2E/chunks", "/sessions/%2e%2e/chunks"] {
         let (status, out) = raw(&d, "storage", "POST", path, &chunk);
         assert_eq!(status, 400, "storage {path}: {out}");
     }
     for sid in [".", ".."] {
-        let r = c.post_json(
-            &d.url("recorder", "/recordings/start"),
-            &json!({"session_id": sid, "owner_address": "o"}),
-        );
+        let r = c.post_json(&d.url("recorder", "/recordings/start"), &json!({"session_id": sid, "owner_address": "o"}));
         assert_eq!(r.status, 400, "recorder {sid}: {}", r.text());
         let r = c.post_json(
             &d.url("processor", "/api/v1/chunks/process"),
@@ -158,11 +121,7 @@ fn session_ids_are_never_dot_or_dot_dot() {
 fn list_offsets_at_the_edge_of_their_type_never_panic() {
     let d = Daemon::start();
     let c = d.client();
-    assert_eq!(
-        c.post(&d.url("pipeline", "/pipelines?session_id=sess-edge"))
-            .status,
-        200
-    );
+    assert_eq!(c.post(&d.url("pipeline", "/pipelines?session_id=sess-edge")).status, 200);
     let lists = [
         d.url("gateway", "/api/v1/sessions"),
         d.url("gateway", "/api/v1/sessions/sess-edge/chunks"),
@@ -173,11 +132,7 @@ fn list_offsets_at_the_edge_of_their_type_never_panic() {
         let r = c.get(&format!("{url}?offset=9223372036854775807&limit=100"));
         assert_eq!(r.status, 200, "{url}: {}", r.text());
         let b = r.json();
-        let page = b
-            .get("sessions")
-            .or(b.get("chunks"))
-            .and_then(Value::as_array)
-            .unwrap();
+        let page = b.get("sessions").or(b.get("chunks")).and_then(Value::as_array).unwrap();
         assert!(page.is_empty(), "{b}");
         if let Some(next) = b["pagination"].get("has_next") {
             assert_eq!(next, false, "{b}");
@@ -204,50 +159,30 @@ fn nested_rdp_passwords_are_dropped_on_arrival() {
     let d = Daemon::start();
     let c = d.client();
     let url = d.url("gateway", "/api/v1/sessions");
-    let r = c.post_json(&url, &json!({"name": "rdp", "rdp_config": {
-        "host": "10.0.0.5", "port": 3389, "username": "u", "password": "secret-1",
-        "gateway": {"host": "gw", "username": "g", "password": "secret-2"},
-        "fallbacks": [{"host": "b", "Password": "secret-3"}, [{"password": "secret-4", "note": "kept"}]],
-        "credentials": {"nested": {"deeper": {"password": "secret-5", "domain": "d"}}},
-    }}));
+    let r = c.post_json(
+        &url,
+        &json!({"name": "rdp", "rdp_config": {
+            "host": "10.0.0.5", "port": 3389, "username": "u", "password": "secret-1",
+            "gateway": {"host": "gw", "username": "g", "password": "secret-2"},
+            "fallbacks": [{"host": "b", "Password": "secret-3"}, [{"password": "secret-4", "note": "kept"}]],
+            "credentials": {"nested": {"deeper": {"password": "secret-5", "domain": "d"}}},
+        }}),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     let sid = r.json()["session_id"].as_str().unwrap().to_owned();
     let rdp = r.json()["rdp_config"].clone();
-    assert_eq!(
-        rdp["gateway"],
-        json!({"host": "gw", "username": "g"}),
-        "{rdp}"
-    );
-    assert_eq!(
-        rdp["fallbacks"],
-        json!([{"host": "b"}, [{"note": "kept"}]]),
-        "{rdp}"
-    );
-    assert_eq!(
-        rdp["credentials"]["nested"]["deeper"],
-        json!({"domain": "d"}),
-        "{rdp}"
-    );
+    assert_eq!(rdp["gateway"], json!({"host": "gw", "username": "g"}), "{rdp}");
+    assert_eq!(rdp["fallbacks"], json!([{"host": "b"}, [{"note": "kept"}]]), "{rdp}");
+    assert_eq!(rdp["credentials"]["nested"]["deeper"], json!({"domain": "d"}), "{rdp}");
     let stored = serde_json::to_string(&d.engine.get(&sid).unwrap()).unwrap();
-    let answers = [
-        r.text(),
-        c.get(&format!("{url}/{sid}")).text(),
-        c.get(&url).text(),
-        stored,
-    ];
+    let answers = [r.text(), c.get(&format!("{url}/{sid}")).text(), c.get(&url).text(), stored];
     for text in &answers {
         for n in 1..=5 {
-            assert!(
-                !text.contains(&format!("secret-{n}")),
-                "secret-{n} in {text}"
-            );
+            assert!(!text.contains(&format!("secret-{n}")), "secret-{n} in {text}");
         }
         assert!(!text.to_ascii_lowercase().contains("password"), "{text}");
     }
     // rdp_config is an object (the original RDPConfig) or absent.
-    let r = c.post_json(
-        &url,
-        &json!({"name": "rdp", "rdp_config": "user:secret@host"}),
-    );
+    let r = c.post_json(&url, &json!({"name": "rdp", "rdp_config": "user:secret@host"}));
     assert_eq!(r.status, 422, "{}", r.text());
 }

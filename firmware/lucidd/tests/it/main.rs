@@ -4,11 +4,11 @@
 
 mod harness;
 
-mod crash;
-mod faults;
 mod camera;
 mod compat;
 mod conformance;
+mod crash;
+mod faults;
 mod gateway;
 mod inputs;
 mod pipeline;
