@@ -49,7 +49,8 @@ pub enum FormatError {
     /// silently ignore a meaning they don't understand.
     #[error("undefined flag bits {0:#06x}")]
     UnknownFlags(u16),
-    /// The session id is empty, too long, or has a character outside `[A-Za-z0-9._-]`.
+    /// The session id is empty, too long, `.` or `..`, or has a character outside
+    /// `[A-Za-z0-9._-]`.
     #[error("invalid session id: {reason}")]
     BadSessionId { reason: &'static str },
     /// Two length fields disagree, or a length disagrees with the bytes present.
@@ -118,11 +119,16 @@ impl std::ops::BitOr for Flags {
     }
 }
 
-/// Checks a session id: 1..=64 bytes of `[A-Za-z0-9._-]`. The narrow alphabet keeps
-/// ids safe in checkpoint origins, URLs and file names without escaping.
+/// Checks a session id: 1..=64 bytes of `[A-Za-z0-9._-]`, and not `.` or `..`. The narrow
+/// alphabet keeps ids safe in checkpoint origins, URLs and file names without escaping;
+/// the two dot names would still mean "this" and "the parent" directory in a path (an
+/// evidence archive unpacked, a URL normalised by a client).
 pub fn validate_session_id(sid: &str) -> Result<(), FormatError> {
     if sid.is_empty() {
         return Err(FormatError::BadSessionId { reason: "empty" });
+    }
+    if sid == "." || sid == ".." {
+        return Err(FormatError::BadSessionId { reason: "`.` and `..` name directories" });
     }
     if sid.len() > MAX_SESSION_ID_LEN {
         return Err(FormatError::BadSessionId { reason: "longer than 64 bytes" });
@@ -547,7 +553,9 @@ mod tests {
         assert!(validate_session_id("a").is_ok());
         assert!(validate_session_id(&"x".repeat(64)).is_ok());
         assert!(validate_session_id(&"x".repeat(65)).is_err());
-        for bad in ["", "a b", "a/b", "é", "a+b", "a\n"] {
+        assert!(validate_session_id("...").is_ok());
+        assert!(validate_session_id(".hidden").is_ok());
+        for bad in ["", ".", "..", "a b", "a/b", "é", "a+b", "a\n"] {
             assert!(validate_session_id(bad).is_err(), "{bad:?}");
         }
     }
@@ -612,7 +620,7 @@ mod tests {
         #[test]
         fn record_round_trips(
             epoch: u32, index: u64, start: u64, len in 0u64..1 << 40, wall: i64, frames: u32,
-            plain: u32, sealed in 0u32..MAX_SEALED_CHUNK as u32, sid in "[A-Za-z0-9._-]{1,64}"
+            plain: u32, sealed in 0u32..MAX_SEALED_CHUNK as u32, sid in "[A-Za-z0-9._-]{1,64}".prop_filter("`.` and `..` are not ids", |s| s != "." && s != "..")
         ) {
             let r = ChunkRecord {
                 cipher: Cipher::Aes256Gcm, flags: Flags::MEDIA | Flags::ZSTD, epoch, index,

@@ -103,12 +103,21 @@ impl CameraConfig {
             return bad("camera.codec", "fwht needs the V4L2 camera path (source = \"v4l2\")");
         }
         for (key, v) in [("camera.device", &self.device), ("camera.encoder_device", &self.encoder_device)] {
-            if !v.is_empty() && !v.starts_with("/dev/") {
-                return bad(key, "must be empty (find by capability) or a /dev/ path");
+            if !v.is_empty() && !is_video_node(v) {
+                return bad(key, "must be empty (find by capability) or a /dev/videoN path");
             }
         }
         Ok(())
     }
+}
+
+/// `/dev/video<N>` exactly: the name the kernel gives every V4L2 node. The path is opened
+/// with ioctls by a root daemon, so nothing else is taken — no `..`, no symlink farms
+/// (`/dev/v4l/by-id/...`), no other device files, no leading zeros.
+fn is_video_node(path: &str) -> bool {
+    path.strip_prefix("/dev/video").is_some_and(|n| {
+        !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0'))
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -456,5 +465,43 @@ impl Config {
 
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("lucid.redb")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camera_nodes_are_canonical_video_paths() {
+        for ok in ["/dev/video0", "/dev/video11", "/dev/video255"] {
+            assert!(is_video_node(ok), "{ok}");
+        }
+        for bad in [
+            "/dev/video",
+            "/dev/video00",
+            "/dev/video01",
+            "/dev/video1234",
+            "/dev/video0/",
+            "/dev/video0x",
+            "/dev/video-1",
+            "/dev/../dev/video0",
+            "/dev/./video0",
+            "/dev//video0",
+            "/dev/v4l/by-id/usb-cam-video-index0",
+            "/dev/sda",
+            "/dev/media0",
+            "video0",
+            "/tmp/video0",
+        ] {
+            assert!(!is_video_node(bad), "{bad}");
+            let cam = CameraConfig { device: bad.into(), ..CameraConfig::default() };
+            assert!(cam.validate(SourceKind::V4l2).is_err(), "{bad}");
+            let enc = CameraConfig { encoder_device: bad.into(), ..CameraConfig::default() };
+            assert!(enc.validate(SourceKind::V4l2).is_err(), "{bad}");
+        }
+        assert!(CameraConfig::default().validate(SourceKind::V4l2).is_ok());
+        let cam = CameraConfig { device: "/dev/video2".into(), ..CameraConfig::default() };
+        assert!(cam.validate(SourceKind::V4l2).is_ok());
     }
 }

@@ -2,9 +2,11 @@
 //! and statistics — plus `/health` and the Prometheus `/metrics`.
 //!
 //! Owns the mapping between `SessionRow` and the contract's SessionResponse/ChunkResponse
-//! shapes, and request validation of CreateSessionRequest. It must not echo a secret (the
-//! legacy RDP password is dropped on arrival) and must not compute anything the engine
-//! already measures: every number here comes from the engine's rows and counters.
+//! shapes (in the types the original gateway's models publish, whatever older rows hold),
+//! and request validation of CreateSessionRequest. It must not echo a secret (every
+//! `password` inside the legacy `rdp_config` is dropped on arrival) and must not compute
+//! anything the engine already measures: every number here comes from the engine's rows
+//! and counters.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -161,7 +163,8 @@ struct RecordingConfig {
 #[serde(default)]
 struct StorageConfig {
     retention_days: Option<i64>,
-    max_size_gb: Option<f64>,
+    /// Whole gigabytes, as the original model had it (its clients parse an integer).
+    max_size_gb: Option<i64>,
     encryption_enabled: Option<bool>,
     compression_enabled: Option<bool>,
     backup_enabled: Option<bool>,
@@ -185,7 +188,9 @@ struct CreateSession {
     session_id: Option<String>,
 }
 
-fn recording_config_value(rc: Option<RecordingConfig>, problems: &mut Vec<Value>) -> Value {
+/// The recording settings to store; `encoder_bps` is what the camera records at, reported
+/// as the bitrate when the client asks for none (a response never carries a null one).
+fn recording_config_value(rc: Option<RecordingConfig>, encoder_bps: u32, problems: &mut Vec<Value>) -> Value {
     let rc = rc.unwrap_or_default();
     let fr = rc.frame_rate.unwrap_or(30);
     if !(1..=120).contains(&fr) {
@@ -208,7 +213,7 @@ fn recording_config_value(rc: Option<RecordingConfig>, problems: &mut Vec<Value>
         "resolution": res,
         "quality": rc.quality.unwrap_or_else(|| "high".into()),
         "compression": rc.compression.unwrap_or_else(|| "zstd".into()),
-        "bitrate": rc.bitrate,
+        "bitrate": rc.bitrate.unwrap_or(i64::from(encoder_bps)),
         "audio_enabled": rc.audio_enabled.unwrap_or(false),
         "cursor_enabled": rc.cursor_enabled.unwrap_or(false),
     })
@@ -220,11 +225,9 @@ fn storage_config_value(sc: Option<StorageConfig>, problems: &mut Vec<Value>) ->
     if !(1..=365).contains(&rd) {
         problems.push(json!({"loc": ["body", "storage_config", "retention_days"], "msg": "must be between 1 and 365", "type": "value_error"}));
     }
-    let gb = sc.max_size_gb.unwrap_or(10.0);
-    if !(gb > 0.0) {
-        problems.push(
-            json!({"loc": ["body", "storage_config", "max_size_gb"], "msg": "must be positive", "type": "value_error"}),
-        );
+    let gb = sc.max_size_gb.unwrap_or(10);
+    if !(1..=1000).contains(&gb) {
+        problems.push(json!({"loc": ["body", "storage_config", "max_size_gb"], "msg": "must be between 1 and 1000", "type": "value_error"}));
     }
     json!({
         "retention_days": rd,
@@ -240,33 +243,97 @@ fn storage_config_value(sc: Option<StorageConfig>, problems: &mut Vec<Value>) ->
     })
 }
 
+/// What the session metadata model types: `tags` a list of strings, the named fields
+/// strings (or null where the model has no default). Other keys are the client's and
+/// are kept as they are. Shared with the recorder, whose sessions this service lists.
+pub(super) fn metadata_problems(m: &serde_json::Map<String, Value>, loc: &str) -> Vec<Value> {
+    let mut problems = Vec::new();
+    let mut bad = |key: &str, msg: &str| {
+        problems.push(json!({"loc": ["body", loc, key], "msg": msg, "type": "value_error"}));
+    };
+    if m.get("tags").is_some_and(|t| !t.as_array().is_some_and(|a| a.iter().all(Value::is_string))) {
+        bad("tags", "must be a list of strings");
+    }
+    for key in ["project", "environment", "description", "owner"] {
+        if m.get(key).is_some_and(|v| !v.is_string() && !v.is_null()) {
+            bad(key, "must be a string");
+        }
+    }
+    if m.get("priority").is_some_and(|v| !v.is_string()) {
+        bad("priority", "must be a string");
+    }
+    problems
+}
+
 fn metadata_value(m: Option<Value>, problems: &mut Vec<Value>) -> Value {
     let mut m = m.unwrap_or_else(|| json!({}));
     match m.as_object_mut() {
         Some(o) => {
             o.entry("tags").or_insert(json!([]));
             o.entry("priority").or_insert(json!("normal"));
-            if !o["tags"].is_array() {
-                problems
-                    .push(json!({"loc": ["body", "metadata", "tags"], "msg": "must be a list", "type": "value_error"}));
-            }
+            problems.extend(metadata_problems(o, "metadata"));
         }
         None => problems.push(json!({"loc": ["body", "metadata"], "msg": "must be an object", "type": "value_error"})),
     }
     m
 }
 
-/// Keeps the legacy RDP settings an old client sends, minus the password.
-fn rdp_value(v: Option<Value>) -> Option<Value> {
-    v.map(|mut v| {
-        if let Some(o) = v.as_object_mut() {
-            o.remove("password");
+/// Removes every `password` key, at any depth: an old client may nest credentials
+/// (a gateway hop, a list of fallback hosts), and none of them may be stored or echoed.
+fn drop_passwords(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.retain(|k, _| !k.eq_ignore_ascii_case("password"));
+            o.values_mut().for_each(drop_passwords);
         }
-        v
-    })
+        Value::Array(a) => a.iter_mut().for_each(drop_passwords),
+        _ => {}
+    }
 }
 
-pub fn session_response(r: &SessionRow) -> Value {
+/// Keeps the legacy RDP settings an old client sends, minus any password.
+fn rdp_value(v: Option<Value>, problems: &mut Vec<Value>) -> Option<Value> {
+    let mut v = v.filter(|v| !v.is_null())?;
+    if !v.is_object() {
+        problems.push(json!({"loc": ["body", "rdp_config"], "msg": "must be an object", "type": "value_error"}));
+    }
+    drop_passwords(&mut v);
+    Some(v)
+}
+
+/// A stored recording config in the contract's shape: older rows (and sessions another
+/// service created) may lack keys or hold a null bitrate; clients expect every key and an
+/// integer bitrate.
+fn recording_config_out(stored: &Value, encoder_bps: u32) -> Value {
+    let mut out = recording_config_value(None, encoder_bps, &mut Vec::new());
+    if let (Some(o), Some(s)) = (out.as_object_mut(), stored.as_object()) {
+        for (k, v) in s {
+            if !v.is_null() {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+/// A stored storage config in the contract's shape: `max_size_gb` in whole gigabytes
+/// (older rows stored a float; rounded up so the limit is never below the one asked for).
+fn storage_config_out(stored: &Value) -> Value {
+    let mut out = storage_config_value(None, &mut Vec::new());
+    if let (Some(o), Some(s)) = (out.as_object_mut(), stored.as_object()) {
+        for (k, v) in s {
+            if !v.is_null() {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(gb) = o.get("max_size_gb").and_then(Value::as_f64) {
+            o.insert("max_size_gb".into(), json!(gb.ceil().clamp(1.0, 1000.0) as i64));
+        }
+    }
+    out
+}
+
+pub fn session_response(e: &Engine, r: &SessionRow) -> Value {
     let dur = r.media_us as f64 / 1e6;
     json!({
         "session_id": r.id,
@@ -277,8 +344,8 @@ pub fn session_response(r: &SessionRow) -> Value {
         "created_at": r.created_at,
         "started_at": r.started_at,
         "stopped_at": r.stopped_at,
-        "recording_config": r.recording_config,
-        "storage_config": r.storage_config,
+        "recording_config": recording_config_out(&r.recording_config, e.cfg.video.bitrate_bps),
+        "storage_config": storage_config_out(&r.storage_config),
         "metadata": r.metadata,
         "rdp_config": r.rdp_config,
         "recovered": r.recovered,
@@ -302,15 +369,19 @@ async fn create(State(e): State<AppState>, LJson(req): LJson<CreateSession>) -> 
     if !(1..=255).contains(&n) {
         problems.push(json!({"loc": ["body", "name"], "msg": "must be 1 to 255 characters", "type": "value_error"}));
     }
-    let rc = recording_config_value(req.recording_config, &mut problems);
+    if let Some(Err(err)) = req.session_id.as_deref().map(lucid_core::chunk::validate_session_id) {
+        problems.push(json!({"loc": ["body", "session_id"], "msg": err.to_string(), "type": "value_error"}));
+    }
+    let rc = recording_config_value(req.recording_config, e.cfg.video.bitrate_bps, &mut problems);
     let sc = storage_config_value(req.storage_config, &mut problems);
     let md = metadata_value(req.metadata, &mut problems);
+    let rdp = rdp_value(req.rdp_config, &mut problems);
     if !problems.is_empty() {
         return Err(ApiError::Validation(problems));
     }
-    let (desc, rdp, sid) = (req.description, rdp_value(req.rdp_config), req.session_id);
+    let (desc, sid, e2) = (req.description, req.session_id, e.clone());
     let row = blocking(move || {
-        e.create_session(sid, name, Kind::Camera, |r| {
+        e2.create_session(sid, name, Kind::Camera, |r| {
             r.description = desc;
             r.recording_config = rc;
             r.storage_config = sc;
@@ -319,7 +390,7 @@ async fn create(State(e): State<AppState>, LJson(req): LJson<CreateSession>) -> 
         })
     })
     .await?;
-    Ok((StatusCode::CREATED, axum::Json(session_response(&row))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(session_response(&e, &row))).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,7 +415,8 @@ async fn list(State(e): State<AppState>, LQuery(q): LQuery<ListQuery>) -> ApiRes
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| ApiError::validation(&["query", "status"], "unknown status"))?),
     };
-    let rows = blocking(move || e.list()).await?;
+    let e2 = e.clone();
+    let rows = blocking(move || e2.list()).await?;
     let matches = |r: &SessionRow| {
         status.is_none_or(|s| r.status == s)
             && q.project.as_deref().is_none_or(|p| r.metadata.get("project").and_then(Value::as_str) == Some(p))
@@ -352,17 +424,20 @@ async fn list(State(e): State<AppState>, LQuery(q): LQuery<ListQuery>) -> ApiRes
     };
     let all: Vec<&SessionRow> = rows.iter().filter(|r| matches(r)).collect();
     let total = all.len() as i64;
-    let page: Vec<Value> = all.iter().skip(offset as usize).take(limit as usize).map(|r| session_response(r)).collect();
+    let page: Vec<Value> =
+        all.iter().skip(offset as usize).take(limit as usize).map(|r| session_response(&e, r)).collect();
     Ok(axum::Json(json!({
         "sessions": page,
+        // Saturating: any offset up to i64::MAX is a valid (empty) page, not an overflow.
         "pagination": {"total": total, "limit": limit, "offset": offset,
-                       "has_next": offset + limit < total, "has_previous": offset > 0},
+                       "has_next": offset.saturating_add(limit) < total, "has_previous": offset > 0},
     })))
 }
 
 async fn read(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
-    let row = blocking(move || e.get(&id)).await?;
-    Ok(axum::Json(session_response(&row)))
+    let e2 = e.clone();
+    let row = blocking(move || e2.get(&id)).await?;
+    Ok(axum::Json(session_response(&e, &row)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -389,13 +464,13 @@ async fn update(
     }
     let md = req.metadata.map(|m| metadata_value(Some(m), &mut problems));
     let sc = req.storage_config.map(|s| storage_config_value(Some(s), &mut problems));
-    let rc = req.recording_config.map(|r| recording_config_value(Some(r), &mut problems));
+    let rc = req.recording_config.map(|r| recording_config_value(Some(r), e.cfg.video.bitrate_bps, &mut problems));
     if !problems.is_empty() {
         return Err(ApiError::Validation(problems));
     }
-    let (name, desc) = (req.name, req.description);
+    let (name, desc, e2) = (req.name, req.description, e.clone());
     let row = blocking(move || {
-        e.update(&id, |r| {
+        e2.update(&id, |r| {
             if let Some(rc) = rc {
                 if r.status != Status::Created {
                     return Err(crate::engine::EngineError::BadState(
@@ -420,7 +495,7 @@ async fn update(
         })
     })
     .await?;
-    Ok(axum::Json(session_response(&row)))
+    Ok(axum::Json(session_response(&e, &row)))
 }
 
 async fn remove(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
@@ -442,9 +517,9 @@ async fn start(State(e): State<AppState>, Path(id): Path<String>, headers: Heade
 }
 
 async fn stop(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
-    let sid = id.clone();
-    let row = blocking(move || e.stop_recording(&sid)).await?;
-    let s = session_response(&row);
+    let (sid, e2) = (id.clone(), e.clone());
+    let row = blocking(move || e2.stop_recording(&sid)).await?;
+    let s = session_response(&e, &row);
     Ok(axum::Json(json!({
         "session_id": id,
         "status": row.status.as_str(),
@@ -471,6 +546,8 @@ pub fn chunk_response(sid: &str, c: &ChunkView) -> Value {
     json!({
         "chunk_id": c.client_id.clone().unwrap_or_else(|| r.index.to_string()),
         "session_id": sid,
+        // The original ChunkResponse's name for the chunk's place in the session.
+        "sequence_number": r.index,
         "index": r.index,
         "status": if c.present { "stored" } else { "redacted" },
         "timestamp": micros_to_rfc3339(r.wall_clock_us),
@@ -542,7 +619,7 @@ async fn chunks(State(e): State<AppState>, Path(id): Path<String>, LQuery(q): LQ
     Ok(axum::Json(json!({
         "chunks": page,
         "pagination": {"total": total, "limit": limit, "offset": offset,
-                       "has_next": offset + limit < total, "has_previous": offset > 0},
+                       "has_next": offset.saturating_add(limit) < total, "has_previous": offset > 0},
     })))
 }
 
@@ -619,17 +696,22 @@ pub fn stages_value(e: &Engine, active: bool, error: bool) -> Vec<Value> {
         .collect()
 }
 
+/// The original PipelineResponse's four states. A session that has not started yet has a
+/// pipeline that waits: `paused`, with every stage inactive.
+fn pipeline_status(s: Status) -> &'static str {
+    match s {
+        Status::Starting | Status::Recording | Status::Processing => "active",
+        Status::Created | Status::Paused => "paused",
+        Status::Stopped | Status::Completed | Status::Deleted => "completed",
+        Status::Failed => "failed",
+    }
+}
+
 async fn pipeline(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
     let e2 = e.clone();
     let row = blocking(move || e2.get(&id)).await?;
     let active = row.status == Status::Recording;
-    let status = match row.status {
-        Status::Recording => "active",
-        Status::Paused => "paused",
-        Status::Stopped | Status::Completed => "stopped",
-        Status::Failed => "error",
-        _ => "created",
-    };
+    let status = pipeline_status(row.status);
     let (rss, cpu) = process_usage(&e);
     let dur = row.media_us as f64 / 1e6;
     let total_ms: f64 = (0..STAGES.len())
@@ -669,14 +751,9 @@ async fn statistics(State(e): State<AppState>, Path(id): Path<String>) -> ApiRes
     let (row, views) = blocking(move || Ok((e.get(&sid)?, e.records(&sid)?))).await?;
     let dur = row.media_us as f64 / 1e6;
     let sizes: Vec<u32> = views.iter().map(|v| v.record.sealed_len).collect();
-    let first = views.first().map(|v| micros_to_rfc3339(v.record.wall_clock_us));
-    let last = views
-        .last()
-        .map(|v| micros_to_rfc3339(v.record.wall_clock_us + (v.record.media_end_us - v.record.media_start_us) as i64));
     let gaps = views.iter().filter(|v| v.record.flags.contains(lucid_core::chunk::Flags::GAP_BEFORE)).count();
-    Ok(axum::Json(json!({
+    let mut body = json!({
         "session_id": id,
-        "time_range": {"start": first.or(row.started_at.clone()), "end": last.or(row.stopped_at.clone())},
         "recording_stats": {
             "duration_seconds": dur,
             "frame_count": row.frame_count,
@@ -707,7 +784,30 @@ async fn statistics(State(e): State<AppState>, Path(id): Path<String>) -> ApiRes
             "active_seconds": row.active_secs,
             "merkle_root": row.root,
         },
-    })))
+    });
+    if let Some(range) = time_range(&row, &views) {
+        body["time_range"] = range;
+    }
+    Ok(axum::Json(body))
+}
+
+/// From the first chunk's capture to the last one's end, or from start to stop (or now,
+/// while live) when no chunk is stored. None for a session that never ran: the original
+/// model's start and end are timestamps, so the range is left out rather than nulled.
+fn time_range(row: &SessionRow, views: &[ChunkView]) -> Option<Value> {
+    let start = views.first().map(|v| micros_to_rfc3339(v.record.wall_clock_us)).or(row.started_at.clone())?;
+    let end = views
+        .last()
+        .map(|v| micros_to_rfc3339(v.record.wall_clock_us + (v.record.media_end_us - v.record.media_start_us) as i64))
+        .or(row.stopped_at.clone())
+        .unwrap_or_else(|| {
+            if matches!(row.status, Status::Starting | Status::Recording | Status::Paused) {
+                now_rfc3339()
+            } else {
+                start.clone()
+            }
+        });
+    Some(json!({"start": start, "end": end}))
 }
 
 async fn global_statistics(State(e): State<AppState>) -> ApiResult<Json> {
@@ -731,4 +831,35 @@ async fn global_statistics(State(e): State<AppState>) -> ApiResult<Json> {
         "uptime_seconds": e.metrics.started.elapsed().as_secs_f64(),
         "timestamp": now_rfc3339(),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_maps_to_an_original_pipeline_state() {
+        for s in Status::ALL {
+            assert!(["active", "paused", "completed", "failed"].contains(&pipeline_status(s)), "{s:?}");
+        }
+        assert_eq!(pipeline_status(Status::Stopped), "completed");
+        assert_eq!(pipeline_status(Status::Failed), "failed");
+        assert_eq!(pipeline_status(Status::Recording), "active");
+    }
+
+    #[test]
+    fn passwords_are_dropped_at_any_depth() {
+        let mut problems = Vec::new();
+        let v = rdp_value(
+            Some(json!({"host": "h", "password": "p1", "gateway": {"user": "g", "PASSWORD": "p2"},
+                        "hops": [{"host": "h2", "password": "p3"}, [{"password": "p4", "port": 1}]]})),
+            &mut problems,
+        )
+        .unwrap();
+        assert!(problems.is_empty());
+        assert_eq!(v, json!({"host": "h", "gateway": {"user": "g"}, "hops": [{"host": "h2"}, [{"port": 1}]]}));
+        assert_eq!(rdp_value(Some(Value::Null), &mut problems), None);
+        rdp_value(Some(json!("host:3389")), &mut problems);
+        assert_eq!(problems.len(), 1);
+    }
 }

@@ -1,10 +1,11 @@
 //! The HTTP surface: five Lucid services on five ports, one router each, all over one
 //! shared `Engine`.
 //!
-//! Owns what every service shares: the error type and its FastAPI-style bodies, the JSON
+//! Owns what every service shares: the error type and its one renderer (FastAPI's `detail`
+//! next to the original gateway's `error` object, naming the service that answers), the JSON
 //! extractor that answers 422 instead of panicking, access control (default deny, in
-//! `auth`), CORS, body limits, and binding the listeners (`serve`: timeouts and
-//! connection limits). Each service module has the same shape:
+//! `auth`), CORS, body limits, and binding the listeners (`serve`: timeouts and connection
+//! limits). Each service module has the same shape:
 //! `router(state) -> Router`, tested through the router and through a real socket. No
 //! handler touches the store directly, and none blocks the runtime: engine calls that
 //! commit or read chunks go through `blocking`.
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -127,13 +128,68 @@ impl From<tokio::task::JoinError> for ApiError {
 }
 
 /// The server-error body of the contract; the request id ties it to the log line.
-pub fn server_error_body(code: u16, request_id: &str) -> Value {
+pub fn server_error_body(code: u16, service: &str, request_id: &str) -> Value {
     json!({"error": {
         "code": format!("LUCID_ERR_{code}"),
         "message": "Internal server error",
+        "service": service,
         "request_id": request_id,
         "timestamp": now_rfc3339(),
     }})
+}
+
+/// Which service answers a request and the request's id, for error bodies. Set by
+/// `label_errors` around a whole service (so auth, the 404 fallback and extractor
+/// rejections carry it too) and read by `ApiError::into_response`, which stays the one
+/// place error bodies are written.
+#[derive(Debug, Clone)]
+struct ErrorContext {
+    service: &'static str,
+    request_id: String,
+}
+
+tokio::task_local! {
+    static ERROR_CONTEXT: ErrorContext;
+}
+
+/// The client's `X-Request-ID` when it is a short printable token, else a fresh id: it
+/// is echoed in the body, so it must not carry arbitrary bytes.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| crate::util::short_id("req"), str::to_owned)
+}
+
+/// Middleware naming the service in every error body it answers (`error.service`).
+pub async fn label_errors(service: &'static str, req: Request, next: Next) -> Response {
+    let ctx = ErrorContext { service, request_id: request_id(req.headers()) };
+    ERROR_CONTEXT.scope(ctx, next.run(req)).await
+}
+
+fn error_context() -> ErrorContext {
+    // Outside a service (a router under test on its own) the daemon answers for itself.
+    ERROR_CONTEXT
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| ErrorContext { service: "lucidd", request_id: crate::util::short_id("req") })
+}
+
+/// The body of every client error: FastAPI's `detail` (a message, or the 422 problem
+/// list) for the clients of the FastAPI services, next to the `error` object of the
+/// original gateway's ErrorResponse for clients that read that.
+pub fn client_error_body(status: StatusCode, message: &str, detail: Value, service: &str, request_id: &str) -> Value {
+    json!({
+        "detail": detail,
+        "error": {
+            "code": format!("LUCID_ERR_{}", status.as_u16()),
+            "message": message,
+            "service": service,
+            "request_id": request_id,
+            "timestamp": now_rfc3339(),
+            "version": VERSION,
+        },
+    })
 }
 
 /// What went wrong, attached to every error response as an extension, so a service
@@ -168,19 +224,24 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let failure = self.failure();
+        let ErrorContext { service, request_id: rid } = error_context();
         let mut resp = match self {
             ApiError::Internal(m) => {
-                let rid = crate::util::short_id("req");
-                tracing::error!(request_id = %rid, error = %m, "internal error");
-                (status, axum::Json(server_error_body(5000, &rid))).into_response()
+                tracing::error!(request_id = %rid, service, error = %m, "internal error");
+                (status, axum::Json(server_error_body(5000, service, &rid))).into_response()
             }
-            ApiError::Validation(list) => (status, axum::Json(json!({"detail": list}))).into_response(),
-            ApiError::Unauthorized | ApiError::UnauthorizedBecause(_) => {
-                let mut r = (status, axum::Json(json!({"detail": self.message()}))).into_response();
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            ApiError::Validation(list) => {
+                let body = client_error_body(status, &failure.message, Value::Array(list), service, &rid);
+                (status, axum::Json(body)).into_response()
+            }
+            other => {
+                let body = client_error_body(status, &failure.message, json!(failure.message), service, &rid);
+                let mut r = (status, axum::Json(body)).into_response();
+                if matches!(other, ApiError::Unauthorized | ApiError::UnauthorizedBecause(_)) {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
                 r
             }
-            other => (status, axum::Json(json!({"detail": other.message()}))).into_response(),
         };
         resp.extensions_mut().insert(failure);
         resp
@@ -360,22 +421,29 @@ async fn drain_unread_body(req: Request, next: Next) -> Response {
 /// Every service router, with its configured port.
 pub fn routers(engine: &AppState) -> Vec<(&'static str, u16, Router)> {
     let p = &engine.cfg.ports;
+    // Outermost, so auth and the 404 fallback also name their service.
+    let label = |service: &'static str, r: Router| {
+        r.layer(axum::middleware::from_fn(move |req, next| label_errors(service, req, next)))
+    };
     vec![
-        ("pipeline", p.pipeline, finish(pipeline::router(), engine)),
-        ("recorder", p.recorder, finish(recorder::router(), engine)),
+        ("pipeline", p.pipeline, label("lucid-pipeline-manager", finish(pipeline::router(), engine))),
+        ("recorder", p.recorder, label("lucid-session-recorder", finish(recorder::router(), engine))),
         // Outermost, so auth and the 404 fallback also answer in the processor's shape.
         (
             "processor",
             p.processor,
             finish(processor::router(), engine).layer(axum::middleware::from_fn(processor::shape_errors)),
         ),
-        ("storage", p.storage, finish(storage::router(), engine)),
+        ("storage", p.storage, label("lucid-session-storage", finish(storage::router(), engine))),
         (
             "gateway",
             p.gateway,
-            finish(
-                gateway::router().merge(appliance::router()).merge(update::router()).merge(tokens::router()),
-                engine,
+            label(
+                "lucid-session-api",
+                finish(
+                    gateway::router().merge(appliance::router()).merge(update::router()).merge(tokens::router()),
+                    engine,
+                ),
             ),
         ),
     ]

@@ -223,6 +223,13 @@ async fn start(State(engine): State<AppState>, LJson(body): LJson<StartBody>) ->
     if owner.is_empty() || owner.len() > 256 {
         return Err(ApiError::validation(&["body", "owner_address"], "owner_address must be 1..=256 characters"));
     }
+    if let Some(m) = &body.metadata {
+        // The gateway lists these sessions in its SessionResponse: the same typing holds.
+        let problems = super::gateway::metadata_problems(m, "metadata");
+        if !problems.is_empty() {
+            return Err(ApiError::Validation(problems));
+        }
+    }
     let sid = body.session_id.unwrap_or_else(|| short_id("sess"));
     validate_sid(&sid)?;
     let e = engine.clone();

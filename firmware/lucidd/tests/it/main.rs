@@ -6,9 +6,12 @@ mod harness;
 
 mod access;
 mod camera;
+mod compat;
+mod conformance;
 mod crash;
 mod faults;
 mod gateway;
+mod inputs;
 mod pipeline;
 mod processor;
 mod recorder;
