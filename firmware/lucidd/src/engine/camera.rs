@@ -270,6 +270,7 @@ pub fn probe(engine: &Engine) -> std::result::Result<Probe, String> {
     Err(format!("{} produced no keyframe in 30 frames", encoder.name()))
 }
 
+/// Starts the camera on `sid`. The caller holds the session's transition lock.
 pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
     let mut cam = lock(&engine.camera);
     if let Some(run) = cam.as_ref() {
@@ -283,11 +284,11 @@ pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
         return Err(EngineError::BadState(format!("session {sid} holds uploaded data, not camera video")));
     }
     if !matches!(row.status, Status::Created | Status::Stopped) {
-        return Err(EngineError::BadState(format!(
-            "cannot start session {sid} from status {}",
-            row.status.as_str()
-        )));
+        return Err(EngineError::Transition { session: sid.to_owned(), state: row.status.as_str(), action: "start" });
     }
+    // The log stays open for the whole run, so every row write of the camera thread goes
+    // through the log's lock (the thread never takes the transition lock).
+    engine.open_log(sid)?;
     let pipeline = open_pipeline(engine)?;
     let fmt = pipeline.source.format();
     let v = &engine.cfg.video;
@@ -306,7 +307,7 @@ pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
     })
     .map_err(|e| EngineError::BadInput(format!("chunker: {e}")))?;
     let now = now_rfc3339();
-    let row = engine.update(sid, |r| {
+    let row = engine.update_row(sid, |r| {
         r.status = Status::Recording;
         r.started_at = Some(now.clone());
         r.stopped_at = None;
@@ -347,14 +348,15 @@ fn set_state(engine: &Engine, sid: &str, want_from: RunState, to: RunState) -> R
     Ok(())
 }
 
+/// Pauses the run; the caller holds the session's transition lock.
 pub(super) fn pause(engine: &Engine, sid: &str) -> Result<SessionRow> {
     let row = engine.get(sid)?;
     if row.status != Status::Recording {
-        return Err(EngineError::BadState(format!("cannot pause session {sid} from status {}", row.status.as_str())));
+        return Err(EngineError::Transition { session: sid.to_owned(), state: row.status.as_str(), action: "pause" });
     }
     set_state(engine, sid, RunState::Recording, RunState::Paused)?;
     let now = now_rfc3339();
-    engine.update(sid, |r| {
+    engine.update_row(sid, |r| {
         r.status = Status::Paused;
         r.paused_at = Some(now.clone());
         if let Some(p) = r.pipeline.as_mut() {
@@ -364,14 +366,15 @@ pub(super) fn pause(engine: &Engine, sid: &str) -> Result<SessionRow> {
     })
 }
 
+/// Resumes the run; the caller holds the session's transition lock.
 pub(super) fn resume(engine: &Engine, sid: &str) -> Result<SessionRow> {
     let row = engine.get(sid)?;
     if row.status != Status::Paused {
-        return Err(EngineError::BadState(format!("cannot resume session {sid} from status {}", row.status.as_str())));
+        return Err(EngineError::Transition { session: sid.to_owned(), state: row.status.as_str(), action: "resume" });
     }
     set_state(engine, sid, RunState::Paused, RunState::Recording)?;
     let now = now_rfc3339();
-    engine.update(sid, |r| {
+    engine.update_row(sid, |r| {
         r.status = Status::Recording;
         r.resumed_at = Some(now.clone());
         if let Some(p) = r.pipeline.as_mut() {
@@ -381,10 +384,13 @@ pub(super) fn resume(engine: &Engine, sid: &str) -> Result<SessionRow> {
     })
 }
 
+/// Stops the run and seals the session (final checkpoint, one signed manifest). The
+/// caller holds the session's transition lock, so of two concurrent stops the second
+/// finds the session stopped and is refused instead of signing a second manifest.
 pub(super) fn stop(engine: &Engine, sid: &str) -> Result<SessionRow> {
     let row = engine.get(sid)?;
-    if !matches!(row.status, Status::Recording | Status::Paused | Status::Starting) {
-        return Err(EngineError::BadState(format!("cannot stop session {sid} from status {}", row.status.as_str())));
+    if !super::is_live(row.status) {
+        return Err(EngineError::Transition { session: sid.to_owned(), state: row.status.as_str(), action: "stop" });
     }
     let run = {
         let mut cam = lock(&engine.camera);
@@ -456,7 +462,7 @@ impl Sink<'_> {
                     Some(_) => {}
                 }
                 let codec = chunker.codec_string();
-                self.engine.update(self.sid, |r| {
+                self.engine.update_row(self.sid, |r| {
                     r.codec = codec;
                     Ok(())
                 })?;

@@ -533,11 +533,7 @@ async fn chunks(State(e): State<AppState>, Path(id): Path<String>, LQuery(q): LQ
 async fn chunk(State(e): State<AppState>, Path((id, cid)): Path<(String, String)>) -> ApiResult<Json> {
     let sid = id.clone();
     let view = blocking(move || {
-        let idx = e.resolve_chunk(&sid, &cid)?;
-        e.records(&sid)?
-            .into_iter()
-            .find(|v| v.record.index == idx)
-            .ok_or(crate::engine::EngineError::NotFound { what: "chunk", id: cid })
+        e.chunk(&sid, &cid)
     })
     .await?;
     Ok(axum::Json(chunk_response(&id, &view)))

@@ -294,7 +294,7 @@ async fn create(State(engine): State<AppState>, LQuery(q): LQuery<CreateQuery>) 
             Err(EngineError::NotFound { .. }) => {
                 let p = pipeline.clone();
                 match e.create_session(Some(s.clone()), s.clone(), Kind::Camera, move |r| r.pipeline = Some(p)) {
-                    Err(EngineError::Conflict(_)) => Err(exists(&s)),
+                    Err(EngineError::Exists { .. }) => Err(exists(&s)),
                     other => other,
                 }
             }
@@ -350,7 +350,12 @@ async fn start(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiRe
             // The engine records start_complete (state active) in the same row update
             // that marks the session recording.
             Ok(row) => Ok((row, p)),
-            Err(err @ (EngineError::Conflict(_) | EngineError::BadState(_) | EngineError::NotFound { .. })) => Err(err),
+            Err(
+                err @ (EngineError::Conflict(_)
+                | EngineError::BadState(_)
+                | EngineError::Transition { .. }
+                | EngineError::NotFound { .. }),
+            ) => Err(err),
             Err(err) => {
                 let _ = set_state(&e, &s, PState::Error, Some(err.to_string()));
                 Err(err)
