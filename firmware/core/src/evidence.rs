@@ -94,30 +94,21 @@ impl Section {
     }
 
     fn numbered(self) -> bool {
-        matches!(
-            self,
-            Section::Checkpoints | Section::Records | Section::Chunks
-        )
+        matches!(self, Section::Checkpoints | Section::Records | Section::Chunks)
     }
 }
 
 /// The path of entry `n` of a section (n is ignored for single-file sections). Numbers
 /// are 20 zero-padded digits so lexical order is numeric order in any tool.
 fn entry_path(section: Section, n: u64) -> String {
-    if section.numbered() {
-        format!("{}{n:020}{}", section.path(), section.suffix())
-    } else {
-        section.path().into()
-    }
+    if section.numbered() { format!("{}{n:020}{}", section.path(), section.suffix()) } else { section.path().into() }
 }
 
 /// The section and number of a path, or `None` if the path is not part of the layout.
 fn parse_path(path: &str) -> Option<(Section, u64)> {
     for section in &Section::ALL[..8] {
         if section.numbered() {
-            let digits = path
-                .strip_prefix(section.path())
-                .and_then(|r| r.strip_suffix(section.suffix()));
+            let digits = path.strip_prefix(section.path()).and_then(|r| r.strip_suffix(section.suffix()));
             if let Some(d) = digits {
                 if d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()) {
                     return d.parse().ok().map(|n| (*section, n));
@@ -158,31 +149,18 @@ pub struct EvidenceWriter<W: Write> {
 
 impl<W: Write> std::fmt::Debug for EvidenceWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EvidenceWriter")
-            .field("last", &self.last)
-            .finish_non_exhaustive()
+        f.debug_struct("EvidenceWriter").field("last", &self.last).finish_non_exhaustive()
     }
 }
 
 impl<W: Write> EvidenceWriter<W> {
     /// Starts a bundle and writes VERSION, device.vkey, manifest.json and its signature.
-    pub fn new(
-        out: W,
-        device_vkey: &str,
-        manifest: &SignedManifest,
-    ) -> Result<Self, EvidenceError> {
-        let mut w = EvidenceWriter {
-            tar: tar::Builder::new(out),
-            last: None,
-        };
+    pub fn new(out: W, device_vkey: &str, manifest: &SignedManifest) -> Result<Self, EvidenceError> {
+        let mut w = EvidenceWriter { tar: tar::Builder::new(out), last: None };
         w.append(Section::Version, 0, EVIDENCE_VERSION.as_bytes())?;
         w.append(Section::Vkey, 0, format!("{device_vkey}\n").as_bytes())?;
         w.append(Section::Manifest, 0, &manifest.bytes)?;
-        w.append(
-            Section::ManifestSig,
-            0,
-            manifest.signature_file().as_bytes(),
-        )?;
+        w.append(Section::ManifestSig, 0, manifest.signature_file().as_bytes())?;
         Ok(w)
     }
 
@@ -193,10 +171,8 @@ impl<W: Write> EvidenceWriter<W> {
 
     /// Adds a signed checkpoint note; checkpoints must come in ascending size.
     pub fn checkpoint(&mut self, note: &str) -> Result<(), EvidenceError> {
-        let size = note::unverified_size(note).map_err(|e| EvidenceError::BadEntry {
-            what: "checkpoint note",
-            reason: e.to_string(),
-        })?;
+        let size = note::unverified_size(note)
+            .map_err(|e| EvidenceError::BadEntry { what: "checkpoint note", reason: e.to_string() })?;
         self.append(Section::Checkpoints, size, note.as_bytes())
     }
 
@@ -208,10 +184,8 @@ impl<W: Write> EvidenceWriter<W> {
     /// Adds a sealed chunk, filed under the index in its header; chunks must come in
     /// ascending index, after all records.
     pub fn chunk(&mut self, sealed: &[u8]) -> Result<(), EvidenceError> {
-        let header = chunk::sealed_header(sealed).map_err(|e| EvidenceError::BadEntry {
-            what: "sealed chunk",
-            reason: e.to_string(),
-        })?;
+        let header = chunk::sealed_header(sealed)
+            .map_err(|e| EvidenceError::BadEntry { what: "sealed chunk", reason: e.to_string() })?;
         self.append(Section::Chunks, header.index, sealed)
     }
 
@@ -315,11 +289,7 @@ pub enum VerifyError {
     CheckpointSizeMismatch { path_size: u64, note_size: u64 },
     /// A checkpoint of another log.
     #[error("checkpoint {size} has origin {origin:?}, expected {expected:?}")]
-    WrongOrigin {
-        size: u64,
-        origin: String,
-        expected: String,
-    },
+    WrongOrigin { size: u64, origin: String, expected: String },
     /// A record does not decode.
     #[error("record {index}: {source}")]
     MalformedRecord {
@@ -418,8 +388,7 @@ pub fn verify_evidence<R: Read>(r: R) -> Result<EvidenceReport, VerifyError> {
     for entry in archive.entries().map_err(archive_err)? {
         let mut entry = entry.map_err(archive_err)?;
         let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let (section, n) =
-            parse_path(&path).ok_or_else(|| VerifyError::UnknownEntry { path: path.clone() })?;
+        let (section, n) = parse_path(&path).ok_or_else(|| VerifyError::UnknownEntry { path: path.clone() })?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             return Err(VerifyError::NotRegularFile { path });
         }
@@ -435,10 +404,7 @@ pub fn verify_evidence<R: Read>(r: R) -> Result<EvidenceReport, VerifyError> {
             return Err(VerifyError::EntryTooLarge { path, size, max });
         }
         let mut data = Vec::with_capacity(size as usize);
-        (&mut entry)
-            .take(max + 1)
-            .read_to_end(&mut data)
-            .map_err(archive_err)?;
+        (&mut entry).take(max + 1).read_to_end(&mut data).map_err(archive_err)?;
         v.advance(section)?;
         v.entry(section, n, &path, data)?;
     }
@@ -475,24 +441,17 @@ struct Verification {
 }
 
 fn malformed(section: Section, reason: impl ToString) -> VerifyError {
-    VerifyError::MalformedEntry {
-        path: section.path().into(),
-        reason: reason.to_string(),
-    }
+    VerifyError::MalformedEntry { path: section.path().into(), reason: reason.to_string() }
 }
 
 fn missing(section: Section) -> VerifyError {
-    VerifyError::MissingEntry {
-        path: section.path().into(),
-    }
+    VerifyError::MissingEntry { path: section.path().into() }
 }
 
 impl Verification {
     fn head(&self) -> &Head {
         // advance() verifies the head before any later section is processed.
-        self.head
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("head verified before use"))
+        self.head.as_ref().unwrap_or_else(|| unreachable!("head verified before use"))
     }
 
     /// Runs the exit checks of every section before `to`, in order. Each check needs
@@ -519,19 +478,11 @@ impl Verification {
         Ok(())
     }
 
-    fn entry(
-        &mut self,
-        section: Section,
-        n: u64,
-        path: &str,
-        data: Vec<u8>,
-    ) -> Result<(), VerifyError> {
+    fn entry(&mut self, section: Section, n: u64, path: &str, data: Vec<u8>) -> Result<(), VerifyError> {
         match section {
             Section::Version => {
                 if data != EVIDENCE_VERSION.as_bytes() {
-                    return Err(VerifyError::UnsupportedVersion {
-                        found: String::from_utf8_lossy(&data).into(),
-                    });
+                    return Err(VerifyError::UnsupportedVersion { found: String::from_utf8_lossy(&data).into() });
                 }
                 self.version = true;
             }
@@ -540,14 +491,12 @@ impl Verification {
                     .ok()
                     .and_then(|t| t.strip_suffix('\n'))
                     .ok_or_else(|| malformed(section, "not UTF-8 text ending in a newline"))?;
-                let verifier = Verifier::from_vkey(text)
-                    .map_err(|source| VerifyError::BadDeviceKey { source })?;
+                let verifier = Verifier::from_vkey(text).map_err(|source| VerifyError::BadDeviceKey { source })?;
                 self.vkey = Some((text.to_owned(), verifier));
             }
             Section::Manifest => self.manifest_bytes = Some(data),
             Section::ManifestSig => {
-                self.signature =
-                    Some(manifest::parse_signature_file(&data).map_err(|e| malformed(section, e))?);
+                self.signature = Some(manifest::parse_signature_file(&data).map_err(|e| malformed(section, e))?);
             }
             Section::Init => {
                 if self.head().init_blake3 != Some(*blake3::hash(&data).as_bytes()) {
@@ -565,32 +514,20 @@ impl Verification {
 
     fn verify_head(&mut self) -> Result<(), VerifyError> {
         let (vkey_text, verifier) = self.vkey.clone().ok_or_else(|| missing(Section::Vkey))?;
-        let bytes = self
-            .manifest_bytes
-            .as_deref()
-            .ok_or_else(|| missing(Section::Manifest))?;
-        let sig = self
-            .signature
-            .ok_or_else(|| missing(Section::ManifestSig))?;
+        let bytes = self.manifest_bytes.as_deref().ok_or_else(|| missing(Section::Manifest))?;
+        let sig = self.signature.ok_or_else(|| missing(Section::ManifestSig))?;
         let manifest = manifest::verify_manifest(bytes, &sig, &verifier).map_err(|e| match e {
             ManifestError::BadSignature => VerifyError::BadManifestSignature,
             other => malformed(Section::Manifest, other),
         })?;
         if manifest.device_vkey != vkey_text {
-            return Err(VerifyError::DeviceKeyMismatch {
-                manifest: manifest.device_vkey,
-                bundle: vkey_text,
-            });
+            return Err(VerifyError::DeviceKeyMismatch { manifest: manifest.device_vkey, bundle: vkey_text });
         }
         let key_id = verifier.device_id();
         if manifest.device_id != key_id {
-            return Err(VerifyError::DeviceIdMismatch {
-                manifest: manifest.device_id,
-                key: key_id,
-            });
+            return Err(VerifyError::DeviceIdMismatch { manifest: manifest.device_id, key: key_id });
         }
-        chunk::validate_session_id(&manifest.session_id)
-            .map_err(|e| malformed(Section::Manifest, e))?;
+        chunk::validate_session_id(&manifest.session_id).map_err(|e| malformed(Section::Manifest, e))?;
         let inconsistent = |reason| Err(VerifyError::ManifestInconsistent { reason });
         if manifest.tree_size != manifest.chunk_count {
             return inconsistent("tree_size is not chunk_count");
@@ -609,66 +546,39 @@ impl Verification {
             },
         };
         let origin = note::session_origin(&manifest.device_id, &manifest.session_id);
-        self.head = Some(Head {
-            verifier,
-            manifest,
-            origin,
-            init_blake3,
-            root,
-        });
+        self.head = Some(Head { verifier, manifest, origin, init_blake3, root });
         Ok(())
     }
 
     fn checkpoint(&mut self, path_size: u64, path: &str, data: Vec<u8>) -> Result<(), VerifyError> {
-        let text = String::from_utf8(data).map_err(|_| VerifyError::MalformedEntry {
-            path: path.into(),
-            reason: "not UTF-8".into(),
-        })?;
+        let text = String::from_utf8(data)
+            .map_err(|_| VerifyError::MalformedEntry { path: path.into(), reason: "not UTF-8".into() })?;
         let head = self.head();
-        let cp = head.verifier.verify_checkpoint(&text).map_err(|source| {
-            VerifyError::BadCheckpointSignature {
-                size: path_size,
-                source,
-            }
-        })?;
+        let cp = head
+            .verifier
+            .verify_checkpoint(&text)
+            .map_err(|source| VerifyError::BadCheckpointSignature { size: path_size, source })?;
         if cp.size != path_size {
-            return Err(VerifyError::CheckpointSizeMismatch {
-                path_size,
-                note_size: cp.size,
-            });
+            return Err(VerifyError::CheckpointSizeMismatch { path_size, note_size: cp.size });
         }
         if cp.origin != head.origin {
-            return Err(VerifyError::WrongOrigin {
-                size: cp.size,
-                origin: cp.origin,
-                expected: head.origin.clone(),
-            });
+            return Err(VerifyError::WrongOrigin { size: cp.size, origin: cp.origin, expected: head.origin.clone() });
         }
         self.checkpoints.push((cp, text));
         Ok(())
     }
 
     fn record(&mut self, index: u64, data: &[u8]) -> Result<(), VerifyError> {
-        let record = ChunkRecord::decode(data)
-            .map_err(|source| VerifyError::MalformedRecord { index, source })?;
+        let record = ChunkRecord::decode(data).map_err(|source| VerifyError::MalformedRecord { index, source })?;
         if record.index != index {
-            return Err(VerifyError::MisplacedRecord {
-                path_index: index,
-                record_index: record.index,
-            });
+            return Err(VerifyError::MisplacedRecord { path_index: index, record_index: record.index });
         }
         let manifest = &self.head().manifest;
         if record.session_id != manifest.session_id {
-            return Err(VerifyError::ForeignRecord {
-                index,
-                session_id: record.session_id,
-            });
+            return Err(VerifyError::ForeignRecord { index, session_id: record.session_id });
         }
         if index >= manifest.chunk_count {
-            return Err(VerifyError::ExtraRecord {
-                index,
-                chunk_count: manifest.chunk_count,
-            });
+            return Err(VerifyError::ExtraRecord { index, chunk_count: manifest.chunk_count });
         }
         self.records.push(record);
         Ok(())
@@ -678,35 +588,18 @@ impl Verification {
     fn verify_log(&mut self) -> Result<(), VerifyError> {
         // Records arrive in strictly ascending order, so the first position whose index
         // differs is the first gap.
-        if let Some(pos) = self
-            .records
-            .iter()
-            .enumerate()
-            .position(|(i, r)| r.index != i as u64)
-        {
+        if let Some(pos) = self.records.iter().enumerate().position(|(i, r)| r.index != i as u64) {
             return Err(VerifyError::MissingRecord { index: pos as u64 });
         }
         let head = self.head();
         let found = self.records.len() as u64;
         if found < head.manifest.chunk_count {
-            return Err(VerifyError::Truncated {
-                expected: head.manifest.chunk_count,
-                found,
-            });
+            return Err(VerifyError::Truncated { expected: head.manifest.chunk_count, found });
         }
-        let tree = MerkleTree::from_leaves(
-            &self
-                .records
-                .iter()
-                .map(ChunkRecord::leaf_hash)
-                .collect::<Vec<_>>(),
-        );
+        let tree = MerkleTree::from_leaves(&self.records.iter().map(ChunkRecord::leaf_hash).collect::<Vec<_>>());
         for (cp, _) in &self.checkpoints {
             if cp.size > found {
-                return Err(VerifyError::CheckpointBeyondLog {
-                    size: cp.size,
-                    records: found,
-                });
+                return Err(VerifyError::CheckpointBeyondLog { size: cp.size, records: found });
             }
             if tree.root(cp.size).ok() != Some(cp.root) {
                 return Err(VerifyError::RootMismatch { size: cp.size });
@@ -714,20 +607,14 @@ impl Verification {
         }
         for pair in self.checkpoints.windows(2) {
             let (a, b) = (&pair[0].0, &pair[1].0);
-            let ok = tree.consistency_proof(a.size, b.size).is_ok_and(|proof| {
-                merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &proof).is_ok()
-            });
+            let ok = tree
+                .consistency_proof(a.size, b.size)
+                .is_ok_and(|proof| merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &proof).is_ok());
             if !ok {
-                return Err(VerifyError::Inconsistent {
-                    from: a.size,
-                    to: b.size,
-                });
+                return Err(VerifyError::Inconsistent { from: a.size, to: b.size });
             }
         }
-        let (last_cp, last_text) = self
-            .checkpoints
-            .last()
-            .ok_or_else(|| missing(Section::Checkpoints))?;
+        let (last_cp, last_text) = self.checkpoints.last().ok_or_else(|| missing(Section::Checkpoints))?;
         if *last_text != head.manifest.final_checkpoint || last_cp.size != head.manifest.tree_size {
             return Err(VerifyError::FinalCheckpointMismatch);
         }
@@ -740,30 +627,18 @@ impl Verification {
     }
 
     fn chunk(&mut self, index: u64, sealed: &[u8]) -> Result<(), VerifyError> {
-        let header = chunk::sealed_header(sealed)
-            .map_err(|source| VerifyError::MalformedChunk { index, source })?;
+        let header = chunk::sealed_header(sealed).map_err(|source| VerifyError::MalformedChunk { index, source })?;
         if header.session_id != self.head().manifest.session_id {
-            return Err(VerifyError::ForeignChunk {
-                index,
-                session_id: header.session_id,
-            });
+            return Err(VerifyError::ForeignChunk { index, session_id: header.session_id });
         }
         if header.index != index {
-            return Err(VerifyError::MisplacedChunk {
-                path_index: index,
-                header_index: header.index,
-            });
+            return Err(VerifyError::MisplacedChunk { path_index: index, header_index: header.index });
         }
-        let record = self
-            .records
-            .get(index as usize)
-            .ok_or(VerifyError::ChunkWithoutRecord { index })?;
-        record
-            .matches_sealed(sealed)
-            .map_err(|source| match source {
-                FormatError::DigestMismatch => VerifyError::ChunkDigestMismatch { index },
-                source => VerifyError::ChunkRecordMismatch { index, source },
-            })?;
+        let record = self.records.get(index as usize).ok_or(VerifyError::ChunkWithoutRecord { index })?;
+        record.matches_sealed(sealed).map_err(|source| match source {
+            FormatError::DigestMismatch => VerifyError::ChunkDigestMismatch { index },
+            source => VerifyError::ChunkRecordMismatch { index, source },
+        })?;
         self.chunk_seen[index as usize] = true;
         Ok(())
     }
@@ -772,23 +647,15 @@ impl Verification {
     /// the final checkpoint.
     fn verify_chunks_complete(&mut self) -> Result<(), VerifyError> {
         if let Some(index) = self.chunk_seen.iter().position(|seen| !seen) {
-            return Err(VerifyError::MissingChunk {
-                index: index as u64,
-            });
+            return Err(VerifyError::MissingChunk { index: index as u64 });
         }
-        let tree = self
-            .tree
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("log verified before chunks"));
-        let (final_cp, _) = self
-            .checkpoints
-            .last()
-            .ok_or_else(|| missing(Section::Checkpoints))?;
+        let tree = self.tree.as_ref().unwrap_or_else(|| unreachable!("log verified before chunks"));
+        let (final_cp, _) = self.checkpoints.last().ok_or_else(|| missing(Section::Checkpoints))?;
         for (i, leaf) in tree.leaves().iter().enumerate() {
             let i = i as u64;
-            let ok = tree.inclusion_proof(i, final_cp.size).is_ok_and(|proof| {
-                merkle::verify_inclusion(leaf, i, final_cp.size, &proof, &final_cp.root).is_ok()
-            });
+            let ok = tree
+                .inclusion_proof(i, final_cp.size)
+                .is_ok_and(|proof| merkle::verify_inclusion(leaf, i, final_cp.size, &proof, &final_cp.root).is_ok());
             if !ok {
                 return Err(VerifyError::InclusionFailed { index: i });
             }
@@ -797,9 +664,7 @@ impl Verification {
     }
 
     fn report(self) -> Result<EvidenceReport, VerifyError> {
-        let head = self
-            .head
-            .unwrap_or_else(|| unreachable!("head verified at the end"));
+        let head = self.head.unwrap_or_else(|| unreachable!("head verified at the end"));
         Ok(EvidenceReport {
             session_id: head.manifest.session_id.clone(),
             device_id: head.manifest.device_id.clone(),
@@ -825,9 +690,7 @@ mod tests {
     }
 
     fn find(e: &[(String, Vec<u8>)], path: &str) -> usize {
-        e.iter()
-            .position(|(p, _)| p == path)
-            .unwrap_or_else(|| panic!("no {path}"))
+        e.iter().position(|(p, _)| p == path).unwrap_or_else(|| panic!("no {path}"))
     }
 
     #[test]
@@ -856,10 +719,7 @@ mod tests {
             ]
         );
         assert_eq!(paths[8], "lucid-evidence/records/00000000000000000000.rec");
-        assert_eq!(
-            paths[28],
-            "lucid-evidence/chunks/00000000000000000000.sealed"
-        );
+        assert_eq!(paths[28], "lucid-evidence/chunks/00000000000000000000.sealed");
         assert_eq!(paths.len(), 48);
         // A round trip through the test's own tar writer changes nothing.
         assert_eq!(tar_of(&entries(&bundle)), bundle);
@@ -877,10 +737,7 @@ mod tests {
         let i = find(&e, &entry_path(Section::Chunks, 7));
         let last = e[i].1.len() - 20;
         e[i].1[last] ^= 0x04;
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::ChunkDigestMismatch { index: 7 })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::ChunkDigestMismatch { index: 7 })));
     }
 
     #[test]
@@ -888,16 +745,10 @@ mod tests {
         let mut e = entries(&fixture().bundle());
         let i = find(&e, &entry_path(Section::Records, 15));
         e[i].1[60] ^= 0x01; // inside the plaintext BLAKE3: still decodes
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::RootMismatch { size: 20 })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::RootMismatch { size: 20 })));
         let i = find(&e, &entry_path(Section::Records, 3));
         e[i].1[60] ^= 0x01;
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::RootMismatch { size: 5 })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::RootMismatch { size: 5 })));
     }
 
     #[test]
@@ -908,10 +759,7 @@ mod tests {
         let root_line = e[i].1.iter().position(|&b| b == b'=').unwrap() - 5;
         e[i].1[root_line] ^= 0x01;
         let err = verify_entries(&e).unwrap_err();
-        assert!(
-            matches!(err, VerifyError::BadCheckpointSignature { size: 12, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, VerifyError::BadCheckpointSignature { size: 12, .. }), "{err}");
     }
 
     #[test]
@@ -920,10 +768,7 @@ mod tests {
         let i = find(&e, Section::Manifest.path());
         let mid = e[i].1.len() / 2;
         e[i].1[mid] ^= 0x01;
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::BadManifestSignature)
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::BadManifestSignature)));
     }
 
     #[test]
@@ -941,51 +786,28 @@ mod tests {
         e.remove(find(&e, &entry_path(Section::Records, 19)));
         e.remove(find(&e, &entry_path(Section::Chunks, 19)));
         let err = verify_entries(&e).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                VerifyError::Truncated {
-                    expected: 20,
-                    found: 19
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, VerifyError::Truncated { expected: 20, found: 19 }), "{err}");
         // A record taken from the middle is a gap, named by index.
         let mut e = entries(&fixture().bundle());
         e.remove(find(&e, &entry_path(Section::Records, 4)));
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::MissingRecord { index: 4 })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::MissingRecord { index: 4 })));
     }
 
     #[test]
     fn swapped_chunks() {
         let base = entries(&fixture().bundle());
-        let (a, b) = (
-            find(&base, &entry_path(Section::Chunks, 3)),
-            find(&base, &entry_path(Section::Chunks, 4)),
-        );
+        let (a, b) = (find(&base, &entry_path(Section::Chunks, 3)), find(&base, &entry_path(Section::Chunks, 4)));
         // Reordered in the archive.
         let mut e = base.clone();
         e.swap(a, b);
         let err = verify_entries(&e).unwrap_err();
-        assert!(
-            matches!(&err, VerifyError::OutOfOrder { path } if path.ends_with("00000000000000000003.sealed"))
-        );
+        assert!(matches!(&err, VerifyError::OutOfOrder { path } if path.ends_with("00000000000000000003.sealed")));
         // Contents exchanged under the right names.
         let mut e = base.clone();
         let tmp = e[a].1.clone();
         e[a].1 = e[b].1.clone();
         e[b].1 = tmp;
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::MisplacedChunk {
-                path_index: 3,
-                header_index: 4
-            })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::MisplacedChunk { path_index: 3, header_index: 4 })));
     }
 
     #[test]
@@ -993,9 +815,7 @@ mod tests {
         let mut e = entries(&fixture().bundle());
         let i = find(&e, &entry_path(Section::Records, 2));
         e.insert(i + 1, e[i].clone());
-        assert!(
-            matches!(verify_entries(&e), Err(VerifyError::DuplicateEntry { path }) if path.ends_with("02.rec"))
-        );
+        assert!(matches!(verify_entries(&e), Err(VerifyError::DuplicateEntry { path }) if path.ends_with("02.rec")));
     }
 
     #[test]
@@ -1012,17 +832,13 @@ mod tests {
         // An extra chunk past the log has no record.
         let mut e = entries(&f.bundle());
         e.push((entry_path(Section::Chunks, 20), f.seal_extra(20)));
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::ChunkWithoutRecord { index: 20 })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::ChunkWithoutRecord { index: 20 })));
     }
 
     #[test]
     fn checkpoint_signed_by_another_key() {
         let f = fixture();
-        let intruder =
-            Fixture::with_key("sess-1", 1, &[1], f.key.as_bytes(), &Fixture::fresh_pkcs8());
+        let intruder = Fixture::with_key("sess-1", 1, &[1], f.key.as_bytes(), &Fixture::fresh_pkcs8());
         let cp = f.checkpoint(12);
         let forged = note::sign_checkpoint(&cp, &intruder.signer).unwrap();
         let mut e = entries(&f.bundle());
@@ -1030,10 +846,7 @@ mod tests {
         e[i].1 = forged.into_bytes();
         assert!(matches!(
             verify_entries(&e),
-            Err(VerifyError::BadCheckpointSignature {
-                size: 12,
-                source: NoteError::NoSignature { .. }
-            })
+            Err(VerifyError::BadCheckpointSignature { size: 12, source: NoteError::NoSignature { .. } })
         ));
     }
 
@@ -1042,65 +855,40 @@ mod tests {
         let base = entries(&fixture().bundle());
         let mut e = base.clone();
         e.push(("lucid-evidence/notes.txt".into(), b"hi".to_vec()));
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::UnknownEntry { .. })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::UnknownEntry { .. })));
 
         let mut e = base.clone();
         e.remove(find(&e, Section::Init.path()));
-        assert!(
-            matches!(verify_entries(&e), Err(VerifyError::MissingEntry { path }) if path.ends_with("init.mp4"))
-        );
+        assert!(matches!(verify_entries(&e), Err(VerifyError::MissingEntry { path }) if path.ends_with("init.mp4")));
 
         let mut e = base.clone();
         e.remove(find(&e, Section::ManifestSig.path()));
-        assert!(
-            matches!(verify_entries(&e), Err(VerifyError::MissingEntry { path }) if path.ends_with(".sig"))
-        );
+        assert!(matches!(verify_entries(&e), Err(VerifyError::MissingEntry { path }) if path.ends_with(".sig")));
 
         let mut e = base.clone();
         let i = find(&e, Section::Version.path());
         e[i].1 = b"lucid-evidence 2\n".to_vec();
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::UnsupportedVersion { .. })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::UnsupportedVersion { .. })));
 
         let mut e = base.clone();
         let i = find(&e, Section::Init.path());
         e[i].1[0] ^= 1;
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::InitSegmentMismatch)
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::InitSegmentMismatch)));
 
         // Another device's key in device.vkey: the manifest no longer verifies.
         let mut e = base.clone();
         let i = find(&e, Section::Vkey.path());
         let other = Fixture::with_key("sess-1", 1, &[1], &[9; 32], &Fixture::fresh_pkcs8());
         e[i].1 = format!("{}\n", other.signer.vkey()).into_bytes();
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::BadManifestSignature)
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::BadManifestSignature)));
 
         // The last checkpoint dropped: the log is longer than its final signed head.
         let mut e = base.clone();
         e.remove(find(&e, &entry_path(Section::Checkpoints, 20)));
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::FinalCheckpointMismatch)
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::FinalCheckpointMismatch)));
 
-        assert!(matches!(
-            verify_evidence(&b"not a tar"[..]),
-            Err(VerifyError::Archive { .. })
-        ));
-        assert!(matches!(
-            verify_evidence(&[0u8; 1024][..]),
-            Err(VerifyError::MissingEntry { .. })
-        ));
+        assert!(matches!(verify_evidence(&b"not a tar"[..]), Err(VerifyError::Archive { .. })));
+        assert!(matches!(verify_evidence(&[0u8; 1024][..]), Err(VerifyError::MissingEntry { .. })));
     }
 
     #[test]
@@ -1109,10 +897,7 @@ mod tests {
         let mut e = base.clone();
         let i = find(&e, &entry_path(Section::Chunks, 0));
         e[i].1 = vec![0; MAX_SEALED_CHUNK + 1];
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::EntryTooLarge { .. })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::EntryTooLarge { .. })));
 
         let mut bytes = tar_of(&base);
         // Turn the first entry (VERSION) into a directory; fix its checksum.
@@ -1120,47 +905,25 @@ mod tests {
         h.set_entry_type(tar::EntryType::Directory);
         h.set_cksum();
         bytes[..512].copy_from_slice(h.as_bytes());
-        assert!(matches!(
-            verify_evidence(&bytes[..]),
-            Err(VerifyError::NotRegularFile { .. })
-        ));
+        assert!(matches!(verify_evidence(&bytes[..]), Err(VerifyError::NotRegularFile { .. })));
     }
 
     #[test]
     fn writer_refuses_out_of_order_entries() {
         let f = fixture();
-        let mut w =
-            EvidenceWriter::new(Vec::new(), &f.signer.vkey(), &f.signed_manifest()).unwrap();
+        let mut w = EvidenceWriter::new(Vec::new(), &f.signer.vkey(), &f.signed_manifest()).unwrap();
         w.record(&f.records[1]).unwrap();
-        assert!(matches!(
-            w.record(&f.records[0]),
-            Err(EvidenceError::OutOfOrder { .. })
-        ));
-        assert!(matches!(
-            w.record(&f.records[1]),
-            Err(EvidenceError::OutOfOrder { .. })
-        ));
-        assert!(matches!(
-            w.checkpoint(&f.notes[0]),
-            Err(EvidenceError::OutOfOrder { .. })
-        ));
-        assert!(matches!(
-            w.init_segment(b"x"),
-            Err(EvidenceError::OutOfOrder { .. })
-        ));
+        assert!(matches!(w.record(&f.records[0]), Err(EvidenceError::OutOfOrder { .. })));
+        assert!(matches!(w.record(&f.records[1]), Err(EvidenceError::OutOfOrder { .. })));
+        assert!(matches!(w.checkpoint(&f.notes[0]), Err(EvidenceError::OutOfOrder { .. })));
+        assert!(matches!(w.init_segment(b"x"), Err(EvidenceError::OutOfOrder { .. })));
         w.chunk(&f.sealed[0]).unwrap();
-        assert!(matches!(
-            w.chunk(b"junk"),
-            Err(EvidenceError::BadEntry { .. })
-        ));
+        assert!(matches!(w.chunk(b"junk"), Err(EvidenceError::BadEntry { .. })));
     }
 
     #[test]
     fn paths_parse_strictly() {
-        assert_eq!(
-            parse_path("lucid-evidence/chunks/00000000000000000012.sealed"),
-            Some((Section::Chunks, 12))
-        );
+        assert_eq!(parse_path("lucid-evidence/chunks/00000000000000000012.sealed"), Some((Section::Chunks, 12)));
         for bad in [
             "lucid-evidence/chunks/12.sealed",
             "lucid-evidence/chunks/0000000000000000001x.sealed",
@@ -1171,9 +934,6 @@ mod tests {
         ] {
             assert_eq!(parse_path(bad), None, "{bad}");
         }
-        assert_eq!(
-            entry_path(Section::Records, 7),
-            "lucid-evidence/records/00000000000000000007.rec"
-        );
+        assert_eq!(entry_path(Section::Records, 7), "lucid-evidence/records/00000000000000000007.rec");
     }
 }

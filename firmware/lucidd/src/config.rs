@@ -78,7 +78,13 @@ pub struct CameraConfig {
 
 impl Default for CameraConfig {
     fn default() -> Self {
-        CameraConfig { device: String::new(), encoder: EncoderChoice::Auto, codec: CodecChoice::H264, encoder_device: String::new(), buffers: 6 }
+        CameraConfig {
+            device: String::new(),
+            encoder: EncoderChoice::Auto,
+            codec: CodecChoice::H264,
+            encoder_device: String::new(),
+            buffers: 6,
+        }
     }
 }
 
@@ -266,6 +272,46 @@ impl Default for GpioConfig {
     }
 }
 
+/// `[http]`: what one client may cost (see `http::serve`). The defaults hold a LAN's worth
+/// of browsers and players; tests shrink the timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request head must arrive within this; also how long a keep-alive connection may
+    /// sit idle between requests.
+    pub header_timeout_secs: u64,
+    /// A request body that sends nothing for this long fails the request.
+    pub body_idle_secs: u64,
+    /// A client that takes no bytes of a response for this long is dropped.
+    pub write_timeout_secs: u64,
+    /// Connections one port holds.
+    pub max_connections_per_port: usize,
+    /// Connections all five ports hold together (kept well under the open-files limit).
+    pub max_connections: usize,
+    /// Idle connections (half a header, or keep-alive between requests) one port holds
+    /// before the oldest is closed to make room.
+    pub max_idle_per_port: usize,
+    /// Export and evidence downloads produced at once; more get 503 with Retry-After.
+    pub max_streams: usize,
+    /// At shutdown, how long in-flight requests may take to finish.
+    pub shutdown_drain_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout_secs: 10,
+            body_idle_secs: 30,
+            write_timeout_secs: 30,
+            max_connections_per_port: 512,
+            max_connections: 1024,
+            max_idle_per_port: 64,
+            max_streams: 16,
+            shutdown_drain_secs: 5,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -280,7 +326,8 @@ pub struct Config {
     /// Bearer token for mutating routes; generated into the data dir when unset.
     #[serde(skip_serializing)]
     pub api_token: Option<String>,
-    /// `*` or a comma-separated list of origins.
+    /// Origins allowed to call the API from a browser: empty (the default) for none, a
+    /// comma-separated list, or `*` (any origin, never with credentials).
     pub cors_origins: String,
     /// Storage reports unhealthy below this many free bytes (an SD card is small).
     pub min_free_bytes: u64,
@@ -292,6 +339,8 @@ pub struct Config {
     pub update: UpdateConfig,
     /// Record LED and button on a Raspberry Pi.
     pub gpio: GpioConfig,
+    /// Timeouts and connection limits of the five HTTP services.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -305,13 +354,14 @@ impl Default for Config {
             camera: CameraConfig::default(),
             record: RecordConfig::default(),
             api_token: None,
-            cors_origins: "*".into(),
+            cors_origins: String::new(),
             min_free_bytes: 1 << 30,
             // 10 MiB decoded is the contract's chunk limit; base64 adds a third, plus JSON.
             max_body_bytes: 14 << 20,
             max_chunk_bytes: 10 << 20,
             update: UpdateConfig::default(),
             gpio: GpioConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -376,6 +426,16 @@ impl Config {
             if !(1..=3600).contains(&u.self_check_timeout_secs) {
                 return bad("update.self_check_timeout_secs", "must be 1..=3600");
             }
+        }
+        let h = &self.http;
+        if [h.header_timeout_secs, h.body_idle_secs, h.write_timeout_secs].iter().any(|t| !(1..=3600).contains(t)) {
+            return bad("http.*_secs", "timeouts must be 1..=3600 seconds");
+        }
+        if h.max_connections_per_port == 0 || h.max_connections == 0 || h.max_idle_per_port == 0 || h.max_streams == 0 {
+            return bad("http.max_*", "limits must be at least 1");
+        }
+        if h.max_connections > 60_000 || h.max_streams > 256 {
+            return bad("http.max_connections/max_streams", "at most 60000 connections and 256 streams");
         }
         let g = &self.gpio;
         // BCM 0..=27 are the GPIOs on the 40-pin header of every supported Pi.

@@ -15,6 +15,7 @@
 //! - Indices of a session are 0..chunk_count with no gaps; the log is append-only
 //!   (a redaction removes sealed bytes, never a record).
 
+pub mod access;
 pub mod camera;
 pub mod row;
 pub mod upload;
@@ -155,7 +156,8 @@ pub struct Engine {
     signer: Signer,
     kek: lucid_core::seal::Kek,
     pub device_id: String,
-    pub api_token: String,
+    /// Credentials and roles: the admin token, viewer tokens, the share-URL key.
+    access: access::Access,
     pub metrics: Metrics,
     rng: SystemRandom,
     /// Current restart epoch, and whether an index may have been sealed uncommitted.
@@ -183,6 +185,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Creates `dir` (and parents) and makes it 0700 whatever the umask: it holds the keys,
+/// the store and, through them, every recording.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Makes `path` exist with mode 0600 before anything else opens it, so the store file is
+/// never readable by others, not even for a moment after it is created.
+fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 impl Engine {
     /// Opens the store, loads or creates the device keys, moves the epoch on and closes
     /// any session that was recording when the process last died.
@@ -195,7 +213,7 @@ impl Engine {
         cfg: Config,
         open_store: impl FnOnce(&std::path::Path) -> Result<Store, StoreError>,
     ) -> anyhow::Result<Arc<Engine>> {
-        std::fs::create_dir_all(&cfg.data_dir)?;
+        private_dir(&cfg.data_dir)?;
         let keys: DeviceKeys = crate::keys::load_or_create(&cfg.data_dir, cfg.api_token.as_deref())?;
         if keys.token_generated {
             // Printed once, on the console only: the operator needs it for mutating calls.
@@ -205,15 +223,17 @@ impl Engine {
                 cfg.data_dir.display()
             );
         }
+        private_file(&cfg.store_path())?;
         let store = open_store(&cfg.store_path())?;
         let epoch = store.next_epoch()?;
+        let access = access::Access::new(keys.api_token, &keys.url_key, access::load(&store)?);
         tracing::info!(epoch, device = %keys.device_id, "store open");
         let engine = Arc::new(Engine {
             store,
             signer: keys.signer,
             kek: keys.kek,
             device_id: keys.device_id,
-            api_token: keys.api_token,
+            access,
             metrics: Metrics::default(),
             rng: SystemRandom::new(),
             epoch: Mutex::new((epoch, false)),
@@ -743,7 +763,8 @@ impl Engine {
 
     /// Called about once a second: signs the time-based checkpoints of open logs.
     pub fn tick(&self) {
-        let logs: Vec<(String, Arc<Mutex<Log>>)> = lock(&self.logs).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let logs: Vec<(String, Arc<Mutex<Log>>)> =
+            lock(&self.logs).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (sid, log) in logs {
             let mut l = lock(&log);
             if let Err(e) = self.maybe_checkpoint(&mut l, &sid, false) {
@@ -807,8 +828,8 @@ impl Engine {
             self.backfill_nodes(&row.id, row.chunk_count)?;
         }
         for row in rows {
-            let open_camera = row.kind == Kind::Camera
-                && matches!(row.status, Status::Starting | Status::Recording | Status::Paused);
+            let open_camera =
+                row.kind == Kind::Camera && matches!(row.status, Status::Starting | Status::Recording | Status::Paused);
             if open_camera {
                 let now = now_rfc3339();
                 self.seal_session(&row.id, |r| {
@@ -1175,11 +1196,8 @@ impl ChunkReader<'_> {
 
     /// The bytes a client uploaded under one chunk id: its parts, reassembled.
     pub fn client_chunk(&self, first: u64) -> Result<Vec<u8>> {
-        let parts = self
-            .engine
-            .chunk_meta(&self.sid, first)?
-            .and_then(|m| m.get("parts").and_then(Value::as_u64))
-            .unwrap_or(1);
+        let parts =
+            self.engine.chunk_meta(&self.sid, first)?.and_then(|m| m.get("parts").and_then(Value::as_u64)).unwrap_or(1);
         let mut out = Vec::new();
         for i in first..first + parts {
             out.extend(self.plaintext(i)?);

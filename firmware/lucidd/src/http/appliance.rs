@@ -4,16 +4,16 @@
 //! `openapi.json`, served at `/api/v1/openapi.json`.
 //!
 //! Owns the streaming of large responses: export and evidence are produced on a blocking
-//! thread into a bounded channel, so a long session is never held in memory whole. It must
-//! not decrypt for anyone without the bearer token: plaintext media is as sensitive as a
-//! mutating route. Sealed evidence, proofs and signatures are public by design.
+//! thread into a bounded channel, so a long session is never held in memory whole. Who may
+//! read what is not decided here but by `auth` (decrypted media needs a viewer credential
+//! or a share URL; sealed evidence, proofs and signatures are public by design).
 
 use std::io::Write;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
@@ -44,28 +44,23 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/sessions/{id}/evidence", get(evidence))
 }
 
+/// The query of a share URL (`POST /api/v1/sessions/{id}/share`), checked by
+/// `auth::authorize` before a handler runs. The playlist hands it on to the init segment and
+/// fragments, so a player that cannot send headers (a `<video>` tag, VLC) plays the session
+/// with no token anywhere in a URL.
 #[derive(Debug, Deserialize, Default)]
-pub struct TokenQuery {
-    /// For players that cannot send headers (HLS in a browser, VLC): `?access_token=`.
-    pub access_token: Option<String>,
+pub struct ShareQuery {
+    pub exp: Option<u64>,
+    pub sig: Option<String>,
 }
 
-pub fn require_read_token(e: &Engine, headers: &HeaderMap, q: &TokenQuery) -> ApiResult<()> {
-    if super::bearer_ok(headers, &e.api_token) {
-        return Ok(());
+impl ShareQuery {
+    fn suffix(&self) -> String {
+        match (&self.exp, &self.sig) {
+            (Some(exp), Some(sig)) => format!("?exp={exp}&sig={sig}"),
+            _ => String::new(),
+        }
     }
-    match &q.access_token {
-        Some(t) if super::bearer_ok(&bearer_header(t), &e.api_token) => Ok(()),
-        _ => Err(ApiError::Unauthorized),
-    }
-}
-
-fn bearer_header(t: &str) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    if let Ok(v) = format!("Bearer {t}").parse() {
-        h.insert(header::AUTHORIZATION, v);
-    }
-    h
 }
 
 async fn openapi() -> Response {
@@ -144,7 +139,8 @@ async fn put_camera(State(e): State<AppState>, LJson(body): LJson<Value>) -> Api
         return Err(ApiError::BadRequest("the body must be a JSON object of camera settings".into()));
     };
     blocking(move || {
-        let mut merged = serde_json::to_value(e.camera_settings()?).map_err(|x| EngineError::Internal(x.to_string()))?;
+        let mut merged =
+            serde_json::to_value(e.camera_settings()?).map_err(|x| EngineError::Internal(x.to_string()))?;
         if let Value::Object(m) = &mut merged {
             m.extend(changes);
         }
@@ -269,13 +265,32 @@ impl Write for ChannelWriter {
     }
 }
 
+/// Streams being produced now, at most `[http] max_streams` (set once by `http::serve`;
+/// the default where the routers are served some other way). Each holds a blocking thread
+/// while its client reads; the cap keeps stalled downloads from taking the blocking pool
+/// that chunk commits, `/health` and the self-check need. A stalled client is dropped by the
+/// write timeout, which ends its producer and frees its slot.
+pub static STREAMS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+
+fn stream_slot() -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    STREAMS
+        .get_or_init(|| {
+            std::sync::Arc::new(tokio::sync::Semaphore::new(crate::config::HttpConfig::default().max_streams))
+        })
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Unavailable("too many downloads at once; retry in a few seconds".into()))
+}
+
 /// Runs `produce` on a blocking thread and streams what it writes as the response body.
-fn stream_body<F>(produce: F) -> Body
+fn stream_body<F>(produce: F) -> ApiResult<Body>
 where
     F: FnOnce(&mut ChannelWriter) -> Result<(), EngineError> + Send + 'static,
 {
+    let slot = stream_slot()?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(STREAM_BUF) };
         let r = produce(&mut w).and_then(|_| w.flush().map_err(|e| EngineError::Internal(e.to_string())));
         if let Err(e) = r {
@@ -286,7 +301,7 @@ where
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Body::from_stream(stream)
+    Ok(Body::from_stream(stream))
 }
 
 fn camera_session(e: &Engine, sid: &str) -> Result<crate::engine::SessionRow, EngineError> {
@@ -300,10 +315,8 @@ fn camera_session(e: &Engine, sid: &str) -> Result<crate::engine::SessionRow, En
 async fn media(
     State(e): State<AppState>,
     Path((id, file)): Path<(String, String)>,
-    headers: HeaderMap,
-    LQuery(q): LQuery<TokenQuery>,
+    LQuery(q): LQuery<ShareQuery>,
 ) -> ApiResult<Response> {
-    require_read_token(&e, &headers, &q)?;
     if file == "init.mp4" {
         let sid = id.clone();
         let init = blocking(move || {
@@ -316,18 +329,17 @@ async fn media(
     }
     if file == "playlist.m3u8" {
         let sid = id.clone();
-        let token = q.access_token.clone();
-        let text = blocking(move || playlist(&e, &sid, token.as_deref())).await?;
+        let suffix = q.suffix();
+        let text = blocking(move || playlist(&e, &sid, &suffix)).await?;
         return Ok((
             [(header::CONTENT_TYPE, "application/vnd.apple.mpegurl"), (header::CACHE_CONTROL, "no-cache")],
             text,
         )
             .into_response());
     }
-    let index: u64 = file
-        .strip_suffix(".m4s")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| ApiError::NotFound(format!("no media file {file:?}: use init.mp4, playlist.m3u8 or <index>.m4s")))?;
+    let index: u64 = file.strip_suffix(".m4s").and_then(|n| n.parse().ok()).ok_or_else(|| {
+        ApiError::NotFound(format!("no media file {file:?}: use init.mp4, playlist.m3u8 or <index>.m4s"))
+    })?;
     let sid = id.clone();
     let frag = blocking(move || {
         camera_session(&e, &sid)?;
@@ -338,10 +350,9 @@ async fn media(
 }
 
 /// HLS media playlist over the session's fragments; live (no ENDLIST) while recording.
-fn playlist(e: &Engine, sid: &str, token: Option<&str>) -> Result<String, EngineError> {
+fn playlist(e: &Engine, sid: &str, q: &str) -> Result<String, EngineError> {
     let row = camera_session(e, sid)?;
     let views = e.records(sid)?;
-    let q = token.map(|t| format!("?access_token={t}")).unwrap_or_default();
     let durs: Vec<f64> = views.iter().map(|v| (v.record.media_end_us - v.record.media_start_us) as f64 / 1e6).collect();
     let target = durs.iter().cloned().fold(1.0f64, f64::max).ceil() as u64;
     let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
@@ -365,13 +376,7 @@ fn playlist(e: &Engine, sid: &str, token: Option<&str>) -> Result<String, Engine
     Ok(s)
 }
 
-async fn export(
-    State(e): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    LQuery(q): LQuery<TokenQuery>,
-) -> ApiResult<Response> {
-    require_read_token(&e, &headers, &q)?;
+async fn export(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     // Check what can fail before the headers go out.
     let (sid, e2) = (id.clone(), e.clone());
     let (init, count, codec) = blocking(move || {
@@ -397,7 +402,7 @@ async fn export(
             }
         }
         Ok(())
-    });
+    })?;
     Ok((
         [
             (header::CONTENT_TYPE, mime.to_owned()),
@@ -417,7 +422,7 @@ async fn evidence(State(e): State<AppState>, Path(id): Path<String>) -> ApiResul
     })
     .await?;
     let sid = id.clone();
-    let body = stream_body(move |w| e.write_evidence(&sid, w));
+    let body = stream_body(move |w| e.write_evidence(&sid, w))?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-tar".to_owned()),

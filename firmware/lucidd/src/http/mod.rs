@@ -2,19 +2,23 @@
 //! shared `Engine`.
 //!
 //! Owns what every service shares: the error type and its FastAPI-style bodies, the JSON
-//! extractor that answers 422 instead of panicking, bearer-token auth for mutating routes,
-//! CORS, body limits, and binding the listeners. Each service module has the same shape:
+//! extractor that answers 422 instead of panicking, access control (default deny, in
+//! `auth`), CORS, body limits, and binding the listeners (`serve`: timeouts and
+//! connection limits). Each service module has the same shape:
 //! `router(state) -> Router`, tested through the router and through a real socket. No
 //! handler touches the store directly, and none blocks the runtime: engine calls that
 //! commit or read chunks go through `blocking`.
 
 pub mod appliance;
+pub mod auth;
 pub mod gateway;
 pub mod page;
 pub mod pipeline;
 pub mod processor;
 pub mod recorder;
+pub mod serve;
 pub mod storage;
+pub mod tokens;
 pub mod update;
 
 use std::net::SocketAddr;
@@ -23,7 +27,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -43,6 +47,10 @@ pub type AppState = Arc<Engine>;
 pub enum ApiError {
     BadRequest(String),
     Unauthorized,
+    /// 401 with a reason worth telling the client (e.g. a token sent in a URL).
+    UnauthorizedBecause(String),
+    /// A valid credential whose role does not allow the request.
+    Forbidden(String),
     NotFound(String),
     Conflict(String),
     PayloadTooLarge(String),
@@ -57,7 +65,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::UnauthorizedBecause(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,8 +85,10 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::PayloadTooLarge(m)
             | ApiError::InsufficientStorage(m)
-            | ApiError::Unavailable(m) => m.clone(),
-            ApiError::Unauthorized => "missing or invalid bearer token".into(),
+            | ApiError::Unavailable(m)
+            | ApiError::UnauthorizedBecause(m)
+            | ApiError::Forbidden(m) => m.clone(),
+            ApiError::Unauthorized => "missing or invalid credential: send Authorization: Bearer <token>".into(),
             ApiError::Validation(_) => "request validation failed".into(),
             ApiError::Internal(_) => "Internal server error".into(),
         }
@@ -167,7 +178,7 @@ impl IntoResponse for ApiError {
                 (status, axum::Json(server_error_body(5000, &rid))).into_response()
             }
             ApiError::Validation(list) => (status, axum::Json(json!({"detail": list}))).into_response(),
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized | ApiError::UnauthorizedBecause(_) => {
                 let mut r = (status, axum::Json(json!({"detail": self.message()}))).into_response();
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 r
@@ -248,37 +259,17 @@ where
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(LQuery(v)),
-            Err(e) => Err(ApiError::Validation(vec![json!({"loc": ["query"], "msg": e.body_text(), "type": "value_error"})])),
+            Err(e) => {
+                Err(ApiError::Validation(vec![json!({"loc": ["query"], "msg": e.body_text(), "type": "value_error"})]))
+            }
         }
     }
 }
 
-/// Compares in constant time so the token cannot be guessed byte by byte from timing.
-fn token_matches(given: &[u8], want: &[u8]) -> bool {
-    if given.len() != want.len() {
-        return false;
-    }
-    given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
-pub fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .is_some_and(|t| token_matches(t.trim().as_bytes(), token.as_bytes()))
-}
-
-/// Every mutating request needs the bearer token; reads, health and metrics stay open.
-async fn require_token(axum::extract::State(engine): axum::extract::State<AppState>, req: Request, next: Next) -> Response {
-    let m = req.method();
-    let mutating = !(m == Method::GET || m == Method::HEAD || m == Method::OPTIONS);
-    if mutating && !bearer_ok(req.headers(), &engine.api_token) {
-        return ApiError::Unauthorized.into_response();
-    }
-    next.run(req).await
-}
-
+/// Cross-origin access: none unless `CORS_ORIGINS` names origins, so a web page a LAN user
+/// happens to open cannot call the device with whatever the browser holds. `*` is honoured
+/// when configured, and never together with credentials (tower-http refuses that pairing,
+/// and we never ask for it).
 fn cors(origins: &str) -> CorsLayer {
     let base = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
@@ -292,12 +283,13 @@ fn cors(origins: &str) -> CorsLayer {
     }
 }
 
-/// Wraps a service router with what all five share: auth, body limit, CORS, a JSON 404
-/// for unknown paths, and reading away what a handler left of a request body.
+/// Wraps a service router with what all five share: access control on every route (a
+/// route layer, so it sees the matched template), body limit, CORS, a JSON 404 for unknown
+/// paths, and reading away what a handler left of a request body.
 pub fn finish(router: Router<AppState>, engine: &AppState) -> Router {
     router
+        .route_layer(axum::middleware::from_fn_with_state(engine.clone(), auth::authorize))
         .fallback(|| async { ApiError::NotFound("Not Found".into()) })
-        .layer(axum::middleware::from_fn_with_state(engine.clone(), require_token))
         .layer(axum::extract::DefaultBodyLimit::max(engine.cfg.max_body_bytes))
         .layer(cors(&engine.cfg.cors_origins))
         .layer(axum::middleware::from_fn(drain_unread_body))
@@ -340,15 +332,20 @@ impl axum::body::HttpBody for DrainOnDrop {
 
 impl Drop for DrainOnDrop {
     fn drop(&mut self) {
-        let Some(mut body) = self.0.take() else { return };
+        let Some(mut body) = self.0.take() else {
+            return;
+        };
         if axum::body::HttpBody::is_end_stream(&body) {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         rt.spawn(async move {
             let mut read = 0u64;
             while read < DRAIN_MAX_BYTES {
-                let next = std::future::poll_fn(|cx| axum::body::HttpBody::poll_frame(std::pin::Pin::new(&mut body), cx));
+                let next =
+                    std::future::poll_fn(|cx| axum::body::HttpBody::poll_frame(std::pin::Pin::new(&mut body), cx));
                 match tokio::time::timeout(DRAIN_IDLE, next).await {
                     Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
                     _ => break,
@@ -376,16 +373,33 @@ pub fn routers(engine: &AppState) -> Vec<(&'static str, u16, Router)> {
             finish(processor::router(), engine).layer(axum::middleware::from_fn(processor::shape_errors)),
         ),
         ("storage", p.storage, finish(storage::router(), engine)),
-        ("gateway", p.gateway, finish(gateway::router().merge(appliance::router()).merge(update::router()), engine)),
+        (
+            "gateway",
+            p.gateway,
+            finish(
+                gateway::router().merge(appliance::router()).merge(update::router()).merge(tokens::router()),
+                engine,
+            ),
+        ),
     ]
 }
 
 /// Binds all five listeners first (so a busy port fails the start, not a request) and
-/// serves until `shutdown` resolves. Returns the bound addresses for logging and tests.
+/// serves them through `serve::serve_listener` (timeouts, connection caps) until
+/// `shutdown` resolves.
 pub async fn serve(
     engine: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let nofile = serve::raise_nofile_limit();
+    let mut limits = engine.cfg.http.clone();
+    // Keep headroom under the open-files limit for the store, the camera, the encoder and
+    // an update's slot device: connections are refused before the daemon runs dry.
+    if nofile > 0 && (limits.max_connections as u64) + 128 > nofile {
+        limits.max_connections = nofile.saturating_sub(128).max(16) as usize;
+        tracing::warn!(nofile, max_connections = limits.max_connections, "open-files limit lowers the connection cap");
+    }
+    let _ = appliance::STREAMS.set(Arc::new(tokio::sync::Semaphore::new(limits.max_streams)));
     let mut bound = Vec::new();
     for (name, port, router) in routers(&engine) {
         let addr = SocketAddr::new(engine.cfg.bind, port);
@@ -395,22 +409,16 @@ pub async fn serve(
         tracing::info!(service = name, addr = %listener.local_addr()?, "listening");
         bound.push((listener, router));
     }
-    let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let totals = serve::Totals::new();
     let mut tasks = Vec::new();
     for (listener, router) in bound {
-        let mut rx = tx.subscribe();
-        tasks.push(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.recv().await;
-                })
-                .await
-        }));
+        tasks.push(tokio::spawn(serve::serve_listener(listener, router, limits.clone(), totals.clone(), rx.clone())));
     }
     shutdown.await;
-    let _ = tx.send(());
+    let _ = tx.send(true);
     for t in tasks {
-        t.await??;
+        t.await?;
     }
     Ok(())
 }
@@ -418,7 +426,9 @@ pub async fn serve(
 /// Free bytes on the filesystem holding `path` (statvfs), for the storage health checks.
 pub fn free_space(path: &std::path::Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return 0 };
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return 0;
+    };
     // SAFETY: statvfs only writes into the zeroed struct we pass; the path is NUL-terminated.
     unsafe {
         let mut s: libc::statvfs = std::mem::zeroed();

@@ -51,18 +51,19 @@ impl Daemon {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let mut addrs = std::collections::HashMap::new();
         let (tx, rx) = tokio::sync::watch::channel(false);
+        // Through the daemon's own accept loop: the tests see its timeouts and caps too.
+        let totals = lucidd::http::serve::Totals::new();
         for (name, _, router) in lucidd::http::routers(&engine) {
             let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
             addrs.insert(name, listener.local_addr().unwrap());
-            let mut rx = rx.clone();
-            rt.spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|v| *v).await;
-                    })
-                    .await
-                    .unwrap();
-            });
+            let fut = lucidd::http::serve::serve_listener(
+                listener,
+                router,
+                engine.cfg.http.clone(),
+                totals.clone(),
+                rx.clone(),
+            );
+            rt.spawn(fut);
         }
         Daemon { engine, dir, addrs, rt, shutdown: tx }
     }

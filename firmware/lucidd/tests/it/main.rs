@@ -4,13 +4,15 @@
 
 mod harness;
 
+mod access;
+mod camera;
 mod crash;
 mod faults;
-mod camera;
 mod gateway;
 mod pipeline;
 mod processor;
 mod recorder;
+mod slow_clients;
 mod storage;
 mod tidy;
 mod update;
