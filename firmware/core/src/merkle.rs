@@ -252,7 +252,13 @@ pub fn inclusion_proof_with<E: From<MerkleError>>(
 
 /// RFC 9162 PATH(m, D[lo:hi]), appended bottom-up (the recursion pushes the deepest
 /// sibling first because it recurses before pushing).
-fn path<E>(m: u64, lo: u64, hi: u64, node: &mut impl FnMut(u32, u64) -> Result<Hash, E>, out: &mut Vec<Hash>) -> Result<(), E> {
+fn path<E>(
+    m: u64,
+    lo: u64,
+    hi: u64,
+    node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+    out: &mut Vec<Hash>,
+) -> Result<(), E> {
     let n = hi - lo;
     if n <= 1 {
         return Ok(());
@@ -601,7 +607,9 @@ mod tests {
         nodes
     }
 
-    fn lookup(nodes: &std::collections::HashMap<(u32, u64), Hash>) -> impl FnMut(u32, u64) -> Result<Hash, MerkleError> + '_ {
+    fn lookup(
+        nodes: &std::collections::HashMap<(u32, u64), Hash>,
+    ) -> impl FnMut(u32, u64) -> Result<Hash, MerkleError> + '_ {
         |l, i| nodes.get(&(l, i)).copied().ok_or(MerkleError::SizeOutOfRange { size: i, available: 0 })
     }
 

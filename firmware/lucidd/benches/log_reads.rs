@@ -71,7 +71,13 @@ fn build(engine: &Engine, n: u64) -> String {
         let parts: Vec<PartWrite<'_>> = recs
             .iter()
             .enumerate()
-            .map(|(k, r)| PartWrite { index: from + k as u64, sealed: None, record: r, client_id: None, client_meta: None })
+            .map(|(k, r)| PartWrite {
+                index: from + k as u64,
+                sealed: None,
+                record: r,
+                client_id: None,
+                client_meta: None,
+            })
             .collect();
         row.chunk_count = to;
         let row_bytes = serde_json::to_vec(&row).unwrap();

@@ -358,7 +358,8 @@ impl Store {
         let txn = db!(self, "begin_read", db.begin_read())?;
         let t = db!(self, "open merkle_nodes", txn.open_table(MERKLE_NODES))?;
         let mut lookup = |level: u32, index: u64| -> Result<[u8; 32], StoreError> {
-            let corrupt = |msg: &str| StoreError::Corrupt { key: format!("merkle_nodes/{sid}/{level}/{index}"), msg: msg.into() };
+            let corrupt =
+                |msg: &str| StoreError::Corrupt { key: format!("merkle_nodes/{sid}/{level}/{index}"), msg: msg.into() };
             let v = db!(self, "get node", t.get((sid, level as u8, index)))?.ok_or_else(|| corrupt("missing"))?;
             v.value().try_into().map_err(|_| corrupt("not 32 bytes"))
         };
@@ -522,7 +523,12 @@ impl Store {
 
     /// At most `limit` checkpoints after skipping `offset`, ascending by tree size, and
     /// whether more follow.
-    pub fn checkpoints_page(&self, sid: &str, offset: usize, limit: usize) -> Result<(Vec<(u64, String)>, bool), StoreError> {
+    pub fn checkpoints_page(
+        &self,
+        sid: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<(u64, String)>, bool), StoreError> {
         let g = self.handle()?;
         let db = live(&g)?;
         let txn = db!(self, "begin_read", db.begin_read())?;

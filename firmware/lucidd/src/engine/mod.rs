@@ -305,7 +305,13 @@ impl Engine {
     }
 
     /// `create_session` for a caller that holds the session's transition lock.
-    fn create_row(&self, id: String, name: String, kind: Kind, fill: impl FnOnce(&mut SessionRow)) -> Result<SessionRow> {
+    fn create_row(
+        &self,
+        id: String,
+        name: String,
+        kind: Kind,
+        fill: impl FnOnce(&mut SessionRow),
+    ) -> Result<SessionRow> {
         if self.store.get_session::<SessionRow>(&id)?.is_some() {
             return Err(EngineError::Exists { session: id });
         }
@@ -423,7 +429,11 @@ impl Engine {
     fn delete_row(&self, sid: &str) -> Result<u64> {
         let row = self.get(sid)?;
         if is_live(row.status) {
-            return Err(EngineError::Transition { session: sid.to_owned(), state: row.status.as_str(), action: "delete" });
+            return Err(EngineError::Transition {
+                session: sid.to_owned(),
+                state: row.status.as_str(),
+                action: "delete",
+            });
         }
         // Under the log's lock, so an append already holding the log finishes first and
         // one still waiting for it sees `deleted` and writes nothing back.
@@ -458,7 +468,8 @@ impl Engine {
         let tree = merkle::MerkleTree::from_leaves(&leaves);
         let wrapped = B64.decode(&row.wrapped_key).map_err(internal)?;
         let key = seal::unwrap_data_key(&self.kek, &wrapped, sid).map_err(internal)?;
-        let cipher = Cipher::from_name(&row.cipher).ok_or_else(|| internal(format!("unknown cipher {}", row.cipher)))?;
+        let cipher =
+            Cipher::from_name(&row.cipher).ok_or_else(|| internal(format!("unknown cipher {}", row.cipher)))?;
         let last_checkpoint = self.store.last_checkpoint(sid)?.map(|c| c.0).unwrap_or(0);
         let log = Arc::new(Mutex::new(Log {
             tree,
@@ -632,7 +643,15 @@ impl Engine {
 
     /// Compresses (when it pays), seals and digests one part at `index`.
     #[allow(clippy::too_many_arguments)]
-    fn seal_part(&self, l: &Log, sid: &str, index: u64, part: &[u8], info: &ChunkInfo, first: bool) -> Result<SealedPart> {
+    fn seal_part(
+        &self,
+        l: &Log,
+        sid: &str,
+        index: u64,
+        part: &[u8],
+        info: &ChunkInfo,
+        first: bool,
+    ) -> Result<SealedPart> {
         let m = &self.metrics;
         let (payload, compressed) = self.compress(part)?;
 
@@ -860,7 +879,11 @@ impl Engine {
         let _g = lock(&lk);
         let row = self.get(sid)?;
         if row.kind == Kind::Camera && is_live(row.status) {
-            return Err(EngineError::Transition { session: sid.to_owned(), state: row.status.as_str(), action: "finalize" });
+            return Err(EngineError::Transition {
+                session: sid.to_owned(),
+                state: row.status.as_str(),
+                action: "finalize",
+            });
         }
         let now = now_rfc3339();
         let row = self.seal_session(sid, |r| {
@@ -952,7 +975,10 @@ impl Engine {
         // really points here (metadata is the client's; the id table is ours).
         let client_id = match by_id {
             Some(c) => Some(c),
-            None => match self.chunk_meta(sid, index)?.and_then(|m| m.get("chunk_id").and_then(Value::as_str).map(str::to_owned)) {
+            None => match self
+                .chunk_meta(sid, index)?
+                .and_then(|m| m.get("chunk_id").and_then(Value::as_str).map(str::to_owned))
+            {
                 Some(c) if self.store.chunk_index(sid, &c)? == Some(index) => Some(c),
                 _ => None,
             },

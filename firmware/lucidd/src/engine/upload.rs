@@ -51,7 +51,11 @@ impl Engine {
         match row.kind {
             Kind::Data => {
                 if row.finalized {
-                    return Err(EngineError::Transition { session: sid.to_owned(), state: "finalized", action: "upload to" });
+                    return Err(EngineError::Transition {
+                        session: sid.to_owned(),
+                        state: "finalized",
+                        action: "upload to",
+                    });
                 }
                 Ok(row)
             }
@@ -80,7 +84,13 @@ impl Engine {
     /// `upload_id` and `stored_at` are the appliance's (`parts` is how the reader
     /// reassembles a chunk split into sealed parts, `upload_id` tells a chunk's
     /// continuation parts from the next chunk). All parts commit in one transaction.
-    pub fn ingest(&self, sid: &str, chunk_id: Option<&str>, data: &[u8], mut meta: Map<String, Value>) -> Result<Ingested> {
+    pub fn ingest(
+        &self,
+        sid: &str,
+        chunk_id: Option<&str>,
+        data: &[u8],
+        mut meta: Map<String, Value>,
+    ) -> Result<Ingested> {
         let lk = self.session_lock(sid);
         let _g = lock(&lk);
         self.data_session(sid)?;

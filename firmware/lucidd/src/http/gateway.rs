@@ -548,10 +548,7 @@ async fn chunks(State(e): State<AppState>, Path(id): Path<String>, LQuery(q): LQ
 
 async fn chunk(State(e): State<AppState>, Path((id, cid)): Path<(String, String)>) -> ApiResult<Json> {
     let sid = id.clone();
-    let view = blocking(move || {
-        e.chunk(&sid, &cid)
-    })
-    .await?;
+    let view = blocking(move || e.chunk(&sid, &cid)).await?;
     Ok(axum::Json(chunk_response(&id, &view)))
 }
 

@@ -20,8 +20,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::storage::{ClientChunk, client_chunks, ingest, ratio, storage_path, validate_sid};
 use super::page::Page;
+use super::storage::{ClientChunk, client_chunks, ingest, ratio, storage_path, validate_sid};
 use super::{ApiError, ApiResult, AppState, LJson, VERSION, blocking};
 use crate::engine::{Engine, EngineError, Kind, SessionRow, Status};
 use crate::util::{now_rfc3339, short_id};
@@ -311,7 +311,13 @@ async fn stop(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiRes
         let views = e.records_from(&s, 0, STOP_CHUNKS_MAX)?;
         let chunks: Vec<ClientChunk> = views
             .into_iter()
-            .map(|v| ClientChunk { first: v.record.index, views: vec![v], meta: None, client_id: None, leaf: String::new() })
+            .map(|v| ClientChunk {
+                first: v.record.index,
+                views: vec![v],
+                meta: None,
+                client_id: None,
+                leaf: String::new(),
+            })
             .collect();
         Ok((row, chunks))
     })
