@@ -6,6 +6,7 @@ mod harness;
 
 mod access;
 mod camera;
+mod concurrency;
 mod crash;
 mod faults;
 mod gateway;
