@@ -17,6 +17,7 @@
 
 pub mod access;
 pub mod camera;
+pub mod pipeline;
 pub mod row;
 pub mod upload;
 
