@@ -455,26 +455,26 @@ impl Sink<'_> {
     }
 
     fn commit(&mut self, chunker: &Chunker, chunk: MediaChunk) -> Result<()> {
-        if !self.init_stored {
-            if let Some(init) = chunker.init_segment() {
-                match self.engine.store.get_init(self.sid)? {
-                    None => self.engine.store.put_init(self.sid, init)?,
-                    // A later run must produce the same codec setup, or the session's
-                    // fragments would no longer play after its one init segment.
-                    Some(old) if old != init => {
-                        return Err(EngineError::BadState(
-                            "the camera's codec setup changed since this session's first run".into(),
-                        ));
-                    }
-                    Some(_) => {}
+        if !self.init_stored
+            && let Some(init) = chunker.init_segment()
+        {
+            match self.engine.store.get_init(self.sid)? {
+                None => self.engine.store.put_init(self.sid, init)?,
+                // A later run must produce the same codec setup, or the session's
+                // fragments would no longer play after its one init segment.
+                Some(old) if old != init => {
+                    return Err(EngineError::BadState(
+                        "the camera's codec setup changed since this session's first run".into(),
+                    ));
                 }
-                let codec = chunker.codec_string();
-                self.engine.update_row(self.sid, |r| {
-                    r.codec = codec;
-                    Ok(())
-                })?;
-                self.init_stored = true;
+                Some(_) => {}
             }
+            let codec = chunker.codec_string();
+            self.engine.update_row(self.sid, |r| {
+                r.codec = codec;
+                Ok(())
+            })?;
+            self.init_stored = true;
         }
         let info = ChunkInfo {
             media: true,

@@ -206,7 +206,7 @@ impl Engine {
     /// Opens the store, loads or creates the device keys, moves the epoch on and closes
     /// any session that was recording when the process last died.
     pub fn open(cfg: Config) -> anyhow::Result<Arc<Engine>> {
-        Engine::open_with(cfg, |path| Store::open(path))
+        Engine::open_with(cfg, Store::open)
     }
 
     /// Like `open`, with the store opened by `open_store` (fault-injection tests).
@@ -550,7 +550,7 @@ impl Engine {
             // The chunker keeps fragments under the limit; a larger one is a bug upstream.
             return Err(EngineError::BadInput("media fragment larger than a sealed chunk".into()));
         }
-        let meta_bytes = client_meta.map(|m| serde_json::to_vec(m)).transpose().map_err(internal)?;
+        let meta_bytes = client_meta.map(serde_json::to_vec).transpose().map_err(internal)?;
         let first_index = l.tree.len();
         let mut out = Appended {
             first_index,
@@ -927,10 +927,10 @@ impl Engine {
     /// Stops whatever is recording (shutdown path): the session is closed normally.
     pub fn shutdown(&self) {
         let sid = lock(&self.camera).as_ref().map(|c| c.session_id.clone());
-        if let Some(sid) = sid {
-            if let Err(e) = self.stop_recording(&sid) {
-                tracing::error!(session = %sid, error = %e, "stop at shutdown failed");
-            }
+        if let Some(sid) = sid
+            && let Err(e) = self.stop_recording(&sid)
+        {
+            tracing::error!(session = %sid, error = %e, "stop at shutdown failed");
         }
         self.tick();
     }
@@ -972,27 +972,32 @@ impl Engine {
         let not_found = || EngineError::NotFound { what: "chunk", id: cid.to_owned() };
         let bytes = self.store.get_record(sid, index)?.ok_or_else(not_found)?;
         let record = ChunkRecord::decode(&bytes).map_err(internal)?;
-        // Named by index: its client id is the one its metadata names, if that id
-        // really points here (metadata is the client's; the id table is ours).
         let client_id = match by_id {
             Some(c) => Some(c),
-            None => match self
-                .chunk_meta(sid, index)?
-                .and_then(|m| m.get("chunk_id").and_then(Value::as_str).map(str::to_owned))
-            {
-                Some(c) if self.store.chunk_index(sid, &c)? == Some(index) => Some(c),
-                _ => None,
-            },
+            None => self.client_id_of(sid, index)?,
         };
         Ok(ChunkView { record, client_id, present: self.store.has_sealed(sid, index)? })
     }
 
-    /// At most `limit` chunk views from index `from` on (bounded listings).
+    /// The client id of the chunk at `index`: the one its metadata names, if that id
+    /// really points here (metadata is the client's; the id table is ours). Two lookups.
+    fn client_id_of(&self, sid: &str, index: u64) -> Result<Option<String>> {
+        let named =
+            self.chunk_meta(sid, index)?.and_then(|m| m.get("chunk_id").and_then(Value::as_str).map(str::to_owned));
+        Ok(match named {
+            Some(c) if self.store.chunk_index(sid, &c)? == Some(index) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// At most `limit` chunk views from index `from` on, with their client ids: a
+    /// bounded range read for listings, whatever the session's length.
     pub fn records_from(&self, sid: &str, from: u64, limit: usize) -> Result<Vec<ChunkView>> {
         let mut out = Vec::new();
         for (idx, bytes) in self.store.records_from(sid, from, limit)? {
             let record = ChunkRecord::decode(&bytes).map_err(internal)?;
-            out.push(ChunkView { record, client_id: None, present: self.store.has_sealed(sid, idx)? });
+            let client_id = self.client_id_of(sid, idx)?;
+            out.push(ChunkView { record, client_id, present: self.store.has_sealed(sid, idx)? });
         }
         Ok(out)
     }

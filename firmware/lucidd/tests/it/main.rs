@@ -15,5 +15,6 @@ mod processor;
 mod recorder;
 mod slow_clients;
 mod storage;
+mod store_upgrade;
 mod tidy;
 mod update;
