@@ -25,8 +25,17 @@ fn put_camera(dev: &Device, body: &str) -> (u16, serde_json::Value) {
     (code, json(&b).unwrap_or(serde_json::Value::Null))
 }
 
+/// A signed media URL of a session (`POST /api/v1/sessions/{id}/share`): `which` is
+/// `export_url` or `playlist_url`, a path with its `exp`/`sig` query.
+fn share_url(dev: &Device, sid: &str, which: &str) -> String {
+    let (code, b) =
+        http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/share")), Some(&dev.token), Some("{}")).unwrap();
+    assert_eq!(code, 200, "share: {}", String::from_utf8_lossy(&b));
+    json(&b).unwrap()[which].as_str().unwrap().to_owned()
+}
+
 fn camera(dev: &Device) -> serde_json::Value {
-    let (code, b) = http("GET", &dev.gateway("/api/v1/camera"), None, None).unwrap();
+    let (code, b) = http("GET", &dev.gateway("/api/v1/camera"), Some(&dev.token), None).unwrap();
     assert_eq!(code, 200, "GET /api/v1/camera: {}", String::from_utf8_lossy(&b));
     json(&b).unwrap()
 }
@@ -106,9 +115,11 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
             state["opened"]
         );
         // Decode on the device through vicodec's stateful decoder, compared with vivid.
+        // A share URL, as a player would use: no token is typed on the console or put in a URL.
+        let export_url = share_url(&dev, &sid, "export_url");
         let q = dev.qemu.as_mut().unwrap();
         let cmd = format!(
-            "wget -q -O /tmp/s.fwht 'http://127.0.0.1:8087/api/v1/sessions/{sid}/export.mp4?access_token={QEMU_TOKEN}' && lucidd hw decode /tmp/s.fwht --reference auto --min-psnr 20; echo hw-decode-\"\"exit=$?"
+            "wget -q -O /tmp/s.fwht 'http://127.0.0.1:8087{export_url}' && lucidd hw decode /tmp/s.fwht --reference auto --min-psnr 20; echo hw-decode-\"\"exit=$?"
         );
         // The console echoes what is typed: the `""` keeps the marker out of the echo, so
         // only the command's own output matches.
@@ -228,13 +239,7 @@ fn unplug_mid_recording_keeps_the_session(dev: &mut Device) {
     std::thread::sleep(Duration::from_secs(5));
     let stats = stop_session(dev, &sid);
     assert_eq!(camera(dev)["state"]["disconnects"].as_u64().unwrap_or(0), before + 1);
-    let (code, pl) = http(
-        "GET",
-        &dev.gateway(&format!("/api/v1/sessions/{sid}/media/playlist.m3u8?access_token={}", dev.token)),
-        None,
-        None,
-    )
-    .unwrap();
+    let (code, pl) = http("GET", &dev.gateway(&share_url(dev, &sid, "playlist_url")), None, None).unwrap();
     let pl = String::from_utf8_lossy(&pl).to_string();
     assert_eq!(code, 200, "{pl}");
     assert!(pl.contains("#EXT-X-DISCONTINUITY"), "no gap marked in the playlist:\n{pl}");

@@ -70,16 +70,19 @@ impl Port {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Closes the connection that has been idle longest, if any is idle.
-    fn evict_oldest_idle(&self, conns: &HashMap<u64, Arc<Conn>>) -> bool {
-        let oldest = conns.values().filter(|c| c.in_flight.load(SeqCst) == 0).min_by_key(|c| c.idle_since.load(SeqCst));
-        match oldest {
-            Some(c) => {
-                c.close.notify_one();
-                true
-            }
-            None => false,
-        }
+    /// Closes the connection that has been idle longest, if any is idle. It leaves the
+    /// books at once (its task ends a moment later), so the caps count exactly and the same
+    /// connection is never picked twice.
+    fn evict_oldest_idle(conns: &mut HashMap<u64, Arc<Conn>>, totals: &Totals) -> bool {
+        let oldest = conns
+            .iter()
+            .filter(|(_, c)| c.in_flight.load(SeqCst) == 0)
+            .min_by_key(|(_, c)| c.idle_since.load(SeqCst))
+            .map(|(id, _)| *id);
+        let Some(c) = oldest.and_then(|id| conns.remove(&id)) else { return false };
+        totals.open.fetch_sub(1, SeqCst);
+        c.close.notify_one();
+        true
     }
 
     /// Admits a new connection, making room by evicting idle ones; `None` refuses it.
@@ -87,8 +90,12 @@ impl Port {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let idle = conns.values().filter(|c| c.in_flight.load(SeqCst) == 0).count();
         let full = conns.len() >= cfg.max_connections_per_port || totals.open.load(SeqCst) >= cfg.max_connections;
-        if (full || idle >= cfg.max_idle_per_port) && !self.evict_oldest_idle(&conns) && full {
-            return None;
+        if full || idle >= cfg.max_idle_per_port {
+            let evicted = Port::evict_oldest_idle(&mut conns, totals);
+            if full && !evicted {
+                // Every connection is busy with a request: refusing is all that is left.
+                return None;
+            }
         }
         let id = self.next_id.fetch_add(1, SeqCst);
         let c = Arc::new(Conn {
@@ -140,7 +147,6 @@ pub async fn serve_listener(
             }
         };
         let Some((id, conn)) = port.admit(&cfg, &totals) else {
-            // Every connection is busy with a request: refusing is all that is left.
             drop(stream);
             continue;
         };

@@ -295,7 +295,7 @@ fn an_empty_token_is_refused_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = test_config(dir.path());
         cfg.api_token = Some(t.into());
-        let err = lucidd::Engine::open(cfg).err().expect("an empty token must not start");
+        let err = lucidd::Engine::open(cfg).expect_err("an empty token must not start");
         assert!(err.to_string().contains("empty"), "{err}");
     }
     let dir = tempfile::tempdir().unwrap();
@@ -305,7 +305,7 @@ fn an_empty_token_is_refused_at_start() {
     let p = dir.path().join("keys/api-token");
     std::fs::write(&p, "  \n").unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let err = lucidd::Engine::open(cfg).err().expect("an empty token file must not start");
+    let err = lucidd::Engine::open(cfg).expect_err("an empty token file must not start");
     assert!(err.to_string().contains("empty"), "{err}");
 }
 
