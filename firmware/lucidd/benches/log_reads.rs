@@ -105,9 +105,11 @@ fn measure(samples: usize, mut f: impl FnMut()) -> (Duration, Duration) {
 fn main() {
     let seed = 0x5EED_1095_u64;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = lucidd::config::Config::default();
-    cfg.data_dir = dir.path().to_owned();
-    cfg.api_token = Some("bench-token-0123456789".into());
+    let cfg = lucidd::config::Config {
+        data_dir: dir.path().to_owned(),
+        api_token: Some("bench-token-0123456789".into()),
+        ..Default::default()
+    };
     let engine = Engine::open(cfg).unwrap();
     println!("log_reads: seed {seed:#x}, {SAMPLES} samples per cell (rebuild: 5)");
     println!("{:>8}  {:<28} {:>11} {:>11}", "records", "operation", "p50", "p99");
