@@ -118,6 +118,14 @@ impl MerkleTree {
         }
     }
 
+    /// Drops every leaf from `len` on, and every subtree that covered one: undoes pushes
+    /// whose leaves were not committed after all.
+    pub fn truncate(&mut self, len: u64) {
+        for (level, nodes) in self.levels.iter_mut().enumerate() {
+            nodes.truncate((len >> level) as usize);
+        }
+    }
+
     /// The number of leaves.
     pub fn len(&self) -> u64 {
         self.levels[0].len() as u64
@@ -137,92 +145,178 @@ impl MerkleTree {
         self.subtree(0, self.len())
     }
 
-    /// The root of the tree of the first `size` leaves.
-    pub fn root(&self, size: u64) -> Result<Hash, MerkleError> {
-        self.check_size(size)?;
-        Ok(self.subtree(0, size))
+    /// The hash of the complete, aligned subtree of leaves `[index·2^level,
+    /// (index+1)·2^level)`, if the tree holds all of them.
+    pub fn node(&self, level: u32, index: u64) -> Option<Hash> {
+        self.levels.get(level as usize)?.get(usize::try_from(index).ok()?).copied()
     }
 
-    fn check_size(&self, size: u64) -> Result<(), MerkleError> {
-        if size > self.len() {
-            return Err(MerkleError::SizeOutOfRange { size, available: self.len() });
+    /// The complete subtrees the last `push` finished, as `(level, index, hash)` from
+    /// level 0 (the leaf) up: what a store of subtree hashes must add for that leaf.
+    pub fn completed_by_last(&self) -> Vec<(u32, u64, Hash)> {
+        let n = self.len();
+        let mut out = Vec::new();
+        let mut level = 0u32;
+        while n > 0 && level < 64 && n.is_multiple_of(1u64 << level) {
+            let index = (n >> level) - 1;
+            match self.node(level, index) {
+                Some(h) => out.push((level, index, h)),
+                None => break,
+            }
+            level += 1;
         }
-        Ok(())
+        out
+    }
+
+    /// The root of the tree of the first `size` leaves.
+    pub fn root(&self, size: u64) -> Result<Hash, MerkleError> {
+        root_with(self.len(), size, &mut |l, i| Ok(self.levels[l as usize][i as usize]))
     }
 
     /// MTH of leaves `[lo, hi)`. Callers guarantee `hi <= len`.
     fn subtree(&self, lo: u64, hi: u64) -> Hash {
-        let n = hi - lo;
-        if n == 0 {
-            return empty_root();
-        }
-        if n.is_power_of_two() && lo.is_multiple_of(n) {
-            let level = n.trailing_zeros() as usize;
-            return self.levels[level][(lo >> level) as usize];
-        }
-        let k = split(n);
-        node_hash(&self.subtree(lo, lo + k), &self.subtree(lo + k, hi))
+        let r: Result<Hash, MerkleError> = subtree_with(lo, hi, &mut |l, i| Ok(self.levels[l as usize][i as usize]));
+        r.unwrap_or_else(|_| empty_root())
     }
 
     /// See [`inclusion_proof`].
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, MerkleError> {
-        self.check_size(size)?;
-        if index >= size {
-            return Err(MerkleError::IndexOutOfRange { index, size });
-        }
-        let mut proof = Vec::new();
-        self.path(index, 0, size, &mut proof);
-        Ok(proof)
-    }
-
-    /// RFC 9162 PATH(m, D[lo:hi]), appended bottom-up (the recursion pushes the deepest
-    /// sibling first because it recurses before pushing).
-    fn path(&self, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) {
-        let n = hi - lo;
-        if n <= 1 {
-            return;
-        }
-        let k = split(n);
-        if m < k {
-            self.path(m, lo, lo + k, out);
-            out.push(self.subtree(lo + k, hi));
-        } else {
-            self.path(m - k, lo + k, hi, out);
-            out.push(self.subtree(lo, lo + k));
-        }
+        inclusion_proof_with(self.len(), index, size, &mut |l, i| Ok(self.levels[l as usize][i as usize]))
     }
 
     /// See [`consistency_proof`].
     pub fn consistency_proof(&self, m: u64, n: u64) -> Result<Vec<Hash>, MerkleError> {
-        self.check_size(n)?;
-        if m > n {
-            return Err(MerkleError::ShrinkingTree { m, n });
-        }
-        let mut proof = Vec::new();
-        if m > 0 && m < n {
-            self.subproof(m, 0, n, true, &mut proof);
-        }
-        Ok(proof)
+        consistency_proof_with(self.len(), m, n, &mut |l, i| Ok(self.levels[l as usize][i as usize]))
     }
+}
 
-    /// RFC 9162 SUBPROOF(m, D[lo:hi], b).
-    fn subproof(&self, m: u64, lo: u64, hi: u64, b: bool, out: &mut Vec<Hash>) {
-        let n = hi - lo;
-        if m == n {
-            if !b {
-                out.push(self.subtree(lo, hi));
-            }
-            return;
-        }
-        let k = split(n);
-        if m <= k {
-            self.subproof(m, lo, lo + k, b, out);
-            out.push(self.subtree(lo + k, hi));
-        } else {
-            self.subproof(m - k, lo + k, hi, false, out);
-            out.push(self.subtree(lo, lo + k));
-        }
+// ----- proofs over any store of complete subtrees -------------------------------------------
+//
+// The functions below are the one implementation of tree heads and proofs. They read the
+// tree only through `node(level, index)`: the hash of the complete, aligned subtree of
+// leaves `[index·2^level, (index+1)·2^level)`. `MerkleTree` answers from memory; the
+// daemon answers from its store, so a proof over a log of n leaves costs O(log² n) node
+// reads and no leaf is rehashed. `available` is the number of leaves the source holds;
+// `node` is only asked for subtrees inside it.
+
+/// MTH of leaves `[lo, hi)` from complete-subtree hashes. Every range the RFC 9162
+/// recursion visits starts at a multiple of the next power of two of its length, so it
+/// splits into at most log n complete subtrees.
+pub fn subtree_with<E>(lo: u64, hi: u64, node: &mut impl FnMut(u32, u64) -> Result<Hash, E>) -> Result<Hash, E> {
+    let n = hi - lo;
+    if n == 0 {
+        return Ok(empty_root());
     }
+    if n.is_power_of_two() && lo.is_multiple_of(n) {
+        let level = n.trailing_zeros();
+        return node(level, lo >> level);
+    }
+    let k = split(n);
+    let left = subtree_with(lo, lo + k, node)?;
+    let right = subtree_with(lo + k, hi, node)?;
+    Ok(node_hash(&left, &right))
+}
+
+fn check_size(available: u64, size: u64) -> Result<(), MerkleError> {
+    if size > available {
+        return Err(MerkleError::SizeOutOfRange { size, available });
+    }
+    Ok(())
+}
+
+/// The root of the first `size` of `available` leaves.
+pub fn root_with<E: From<MerkleError>>(
+    available: u64,
+    size: u64,
+    node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+) -> Result<Hash, E> {
+    check_size(available, size)?;
+    subtree_with(0, size, node)
+}
+
+/// See [`inclusion_proof`].
+pub fn inclusion_proof_with<E: From<MerkleError>>(
+    available: u64,
+    index: u64,
+    size: u64,
+    node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+) -> Result<Vec<Hash>, E> {
+    check_size(available, size)?;
+    if index >= size {
+        return Err(MerkleError::IndexOutOfRange { index, size }.into());
+    }
+    let mut proof = Vec::new();
+    path(index, 0, size, node, &mut proof)?;
+    Ok(proof)
+}
+
+/// RFC 9162 PATH(m, D[lo:hi]), appended bottom-up (the recursion pushes the deepest
+/// sibling first because it recurses before pushing).
+fn path<E>(
+    m: u64,
+    lo: u64,
+    hi: u64,
+    node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+    out: &mut Vec<Hash>,
+) -> Result<(), E> {
+    let n = hi - lo;
+    if n <= 1 {
+        return Ok(());
+    }
+    let k = split(n);
+    if m < k {
+        path(m, lo, lo + k, node, out)?;
+        out.push(subtree_with(lo + k, hi, node)?);
+    } else {
+        path(m - k, lo + k, hi, node, out)?;
+        out.push(subtree_with(lo, lo + k, node)?);
+    }
+    Ok(())
+}
+
+/// See [`consistency_proof`].
+pub fn consistency_proof_with<E: From<MerkleError>>(
+    available: u64,
+    m: u64,
+    n: u64,
+    node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+) -> Result<Vec<Hash>, E> {
+    check_size(available, n)?;
+    if m > n {
+        return Err(MerkleError::ShrinkingTree { m, n }.into());
+    }
+    let mut proof = Vec::new();
+    if m > 0 && m < n {
+        subproof(m, 0, n, true, node, &mut proof)?;
+    }
+    Ok(proof)
+}
+
+/// RFC 9162 SUBPROOF(m, D[lo:hi], b).
+fn subproof<E>(
+    m: u64,
+    lo: u64,
+    hi: u64,
+    b: bool,
+    node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+    out: &mut Vec<Hash>,
+) -> Result<(), E> {
+    let n = hi - lo;
+    if m == n {
+        if !b {
+            out.push(subtree_with(lo, hi, node)?);
+        }
+        return Ok(());
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(m, lo, lo + k, b, node, out)?;
+        out.push(subtree_with(lo + k, hi, node)?);
+    } else {
+        subproof(m - k, lo + k, hi, false, node, out)?;
+        out.push(subtree_with(lo, lo + k, node)?);
+    }
+    Ok(())
 }
 
 /// The largest power of two strictly less than `n` (n ≥ 2): where RFC 9162 splits a tree.
@@ -499,6 +593,64 @@ mod tests {
         assert_eq!(verify_inclusion(&leaves[0], 0, 8, &long, &parse(ROOTS[8])), Err(MerkleError::ProofLength));
     }
 
+    /// A node store built only from `completed_by_last` after each push, the way the
+    /// daemon fills its table: proofs from it must equal the in-memory tree's.
+    fn stored_nodes(leaves: &[Hash]) -> std::collections::HashMap<(u32, u64), Hash> {
+        let mut tree = MerkleTree::new();
+        let mut nodes = std::collections::HashMap::new();
+        for leaf in leaves {
+            tree.push(*leaf);
+            for (l, i, h) in tree.completed_by_last() {
+                assert!(nodes.insert((l, i), h).is_none(), "node ({l}, {i}) completed twice");
+            }
+        }
+        nodes
+    }
+
+    fn lookup(
+        nodes: &std::collections::HashMap<(u32, u64), Hash>,
+    ) -> impl FnMut(u32, u64) -> Result<Hash, MerkleError> + '_ {
+        |l, i| nodes.get(&(l, i)).copied().ok_or(MerkleError::SizeOutOfRange { size: i, available: 0 })
+    }
+
+    #[test]
+    fn truncate_undoes_pushes() {
+        let leaves = vector_leaves();
+        let mut tree = MerkleTree::from_leaves(&leaves[..5]);
+        for leaf in &leaves[5..] {
+            tree.push(*leaf);
+        }
+        tree.truncate(5);
+        assert_eq!(tree.len(), 5);
+        assert_eq!(hex::encode(&tree.root(5).unwrap()), ROOTS[5]);
+        for leaf in &leaves[5..] {
+            tree.push(*leaf);
+        }
+        assert_eq!(hex::encode(&tree.root(8).unwrap()), ROOTS[8]);
+    }
+
+    #[test]
+    fn known_answers_from_stored_subtrees() {
+        let leaves = vector_leaves();
+        let nodes = stored_nodes(&leaves);
+        // 8 leaves: 8 + 4 + 2 + 1 complete subtrees, each written once.
+        assert_eq!(nodes.len(), 15);
+        for (n, want) in ROOTS.iter().enumerate() {
+            let r = root_with(8, n as u64, &mut lookup(&nodes)).unwrap();
+            assert_eq!(hex::encode(&r), *want, "root of {n} from stored subtrees");
+        }
+        for (index, size, want) in INCLUSION {
+            let proof = inclusion_proof_with(8, index, size, &mut lookup(&nodes)).unwrap();
+            assert_eq!(hexes(&proof), want, "stored path of {index} in {size}");
+        }
+        for (m, n, want) in CONSISTENCY {
+            let proof = consistency_proof_with(8, m, n, &mut lookup(&nodes)).unwrap();
+            assert_eq!(hexes(&proof), want, "stored consistency {m} -> {n}");
+        }
+        assert!(inclusion_proof_with(8, 0, 9, &mut lookup(&nodes)).is_err());
+        assert!(consistency_proof_with(8, 5, 4, &mut lookup(&nodes)).is_err());
+    }
+
     fn leaves_for(n: usize, seed: u64) -> Vec<Hash> {
         (0..n as u64).map(|i| leaf_hash(&[i.to_be_bytes(), seed.to_be_bytes()].concat())).collect()
     }
@@ -535,6 +687,28 @@ mod tests {
                 let j = pick % bad.len();
                 bad[j] = flip(&bad[j], bit);
                 prop_assert!(verify_inclusion(&leaf, i, n as u64, &bad, &r).is_err());
+            }
+        }
+
+        #[test]
+        fn stored_subtrees_give_the_same_proofs(n in 1usize..=300, seed: u64, pick: usize) {
+            let leaves = leaves_for(n, seed);
+            let tree = MerkleTree::from_leaves(&leaves);
+            let nodes = stored_nodes(&leaves);
+            let size = (pick % n) as u64 + 1;
+            let avail = n as u64;
+            prop_assert_eq!(root_with(avail, size, &mut lookup(&nodes)).unwrap(), root(&leaves[..size as usize]));
+            for i in 0..size {
+                prop_assert_eq!(
+                    inclusion_proof_with(avail, i, size, &mut lookup(&nodes)).unwrap(),
+                    tree.inclusion_proof(i, size).unwrap()
+                );
+            }
+            for m in 0..=size {
+                prop_assert_eq!(
+                    consistency_proof_with(avail, m, size, &mut lookup(&nodes)).unwrap(),
+                    tree.consistency_proof(m, size).unwrap()
+                );
             }
         }
 

@@ -34,6 +34,11 @@ const CHECKPOINTS: TableDefinition<(&str, u64), &str> = TableDefinition::new("ch
 const INIT: TableDefinition<&str, &[u8]> = TableDefinition::new("init_segments");
 /// Signed manifests: JSON bytes exactly as signed, and the 64-byte signature.
 const MANIFESTS: TableDefinition<&str, (&[u8], &[u8])> = TableDefinition::new("manifests");
+/// Complete-subtree hashes of each session's Merkle log, keyed by (session id, level,
+/// index): the SHA-256 of leaves `[index·2^level, (index+1)·2^level)` (level 0 = the leaf
+/// hash). Written with the chunk that completes them, so a proof reads O(log² n) nodes
+/// instead of rehashing every record. Older stores lack it; `Engine::open` backfills.
+const MERKLE_NODES: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("merkle_nodes");
 
 const SCHEMA_VERSION: &[u8] = b"1";
 
@@ -73,14 +78,26 @@ macro_rules! db {
     };
 }
 
-/// One committed chunk, as `commit_chunk` writes it.
-pub struct ChunkWrite<'a> {
-    pub session_id: &'a str,
+/// One sealed part of a chunk commit.
+pub struct PartWrite<'a> {
     pub index: u64,
-    pub sealed: &'a [u8],
+    /// `None`: a record whose sealed bytes are not kept (as after a redaction); the
+    /// read benchmark builds its synthetic logs this way.
+    pub sealed: Option<&'a [u8]>,
     pub record: &'a [u8],
     pub client_id: Option<&'a str>,
     pub client_meta: Option<&'a [u8]>,
+}
+
+/// One Merkle node: (level, index, SHA-256).
+pub type Node = (u32, u64, [u8; 32]);
+
+/// One committed chunk (all its parts), as `commit_chunk` writes it.
+pub struct ChunkWrite<'a> {
+    pub session_id: &'a str,
+    pub parts: &'a [PartWrite<'a>],
+    /// The complete subtrees these parts finish (see `MERKLE_NODES`).
+    pub nodes: &'a [Node],
     /// The session row after this chunk, written in the same transaction so counters
     /// never disagree with the chunks that exist.
     pub session_row: &'a [u8],
@@ -147,6 +164,7 @@ impl Store {
             db!(store, "open", txn.open_table(CHECKPOINTS))?;
             db!(store, "open", txn.open_table(INIT))?;
             db!(store, "open", txn.open_table(MANIFESTS))?;
+            db!(store, "open", txn.open_table(MERKLE_NODES))?;
         }
         db!(store, "commit", txn.commit())?;
         drop(g);
@@ -279,30 +297,82 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes one chunk (sealed bytes, record, client id and metadata) and the updated
-    /// session row in ONE durable transaction: after a crash either all of it exists or
-    /// none of it does.
+    /// Writes one chunk — every sealed part with its record, client id and metadata, the
+    /// Merkle nodes they complete, and the updated session row — in ONE durable
+    /// transaction: after a crash or a failed part either all of it exists or none does,
+    /// so a multi-part upload never leaves committed parts behind.
     pub fn commit_chunk(&self, w: &ChunkWrite<'_>) -> Result<(), StoreError> {
         let g = self.handle()?;
         let db = live(&g)?;
         let txn = db!(self, "begin_write", db.begin_write())?;
         {
             let mut chunks = db!(self, "open chunks", txn.open_table(CHUNKS))?;
-            db!(self, "insert chunk", chunks.insert((w.session_id, w.index), w.sealed))?;
             let mut records = db!(self, "open records", txn.open_table(RECORDS))?;
-            db!(self, "insert record", records.insert((w.session_id, w.index), w.record))?;
-            if let Some(cid) = w.client_id {
-                let mut ids = db!(self, "open chunk_ids", txn.open_table(CHUNK_IDS))?;
-                db!(self, "insert chunk id", ids.insert((w.session_id, cid), w.index))?;
+            let mut ids = db!(self, "open chunk_ids", txn.open_table(CHUNK_IDS))?;
+            let mut m = db!(self, "open chunk_meta", txn.open_table(CHUNK_META))?;
+            for p in w.parts {
+                if let Some(sealed) = p.sealed {
+                    db!(self, "insert chunk", chunks.insert((w.session_id, p.index), sealed))?;
+                }
+                db!(self, "insert record", records.insert((w.session_id, p.index), p.record))?;
+                if let Some(cid) = p.client_id {
+                    db!(self, "insert chunk id", ids.insert((w.session_id, cid), p.index))?;
+                }
+                if let Some(meta) = p.client_meta {
+                    db!(self, "insert chunk meta", m.insert((w.session_id, p.index), meta))?;
+                }
             }
-            if let Some(meta) = w.client_meta {
-                let mut m = db!(self, "open chunk_meta", txn.open_table(CHUNK_META))?;
-                db!(self, "insert chunk meta", m.insert((w.session_id, w.index), meta))?;
+            let mut nodes = db!(self, "open merkle_nodes", txn.open_table(MERKLE_NODES))?;
+            for (level, index, hash) in w.nodes {
+                db!(self, "insert node", nodes.insert((w.session_id, *level as u8, *index), &hash[..]))?;
             }
             let mut s = db!(self, "open sessions", txn.open_table(SESSIONS))?;
             db!(self, "update session", s.insert(w.session_id, w.session_row))?;
         }
         db!(self, "commit", txn.commit())
+    }
+
+    /// Writes Merkle nodes of a session (the backfill of a store older than the table).
+    pub fn put_merkle_nodes(&self, sid: &str, nodes: &[Node]) -> Result<(), StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
+        {
+            let mut t = db!(self, "open merkle_nodes", txn.open_table(MERKLE_NODES))?;
+            for (level, index, hash) in nodes {
+                db!(self, "insert node", t.insert((sid, *level as u8, *index), &hash[..]))?;
+            }
+        }
+        db!(self, "commit", txn.commit())
+    }
+
+    /// Runs `f` with a node lookup over one read transaction: `f` may read as many
+    /// subtree hashes as a proof needs and sees one consistent snapshot.
+    pub fn with_merkle_nodes<R>(
+        &self,
+        sid: &str,
+        f: impl FnOnce(&mut dyn FnMut(u32, u64) -> Result<[u8; 32], StoreError>) -> R,
+    ) -> Result<R, StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open merkle_nodes", txn.open_table(MERKLE_NODES))?;
+        let mut lookup = |level: u32, index: u64| -> Result<[u8; 32], StoreError> {
+            let corrupt =
+                |msg: &str| StoreError::Corrupt { key: format!("merkle_nodes/{sid}/{level}/{index}"), msg: msg.into() };
+            let v = db!(self, "get node", t.get((sid, level as u8, index)))?.ok_or_else(|| corrupt("missing"))?;
+            v.value().try_into().map_err(|_| corrupt("not 32 bytes"))
+        };
+        Ok(f(&mut lookup))
+    }
+
+    /// Whether the session's node table holds the leaf `index` (the backfill check).
+    pub fn has_merkle_leaf(&self, sid: &str, index: u64) -> Result<bool, StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open merkle_nodes", txn.open_table(MERKLE_NODES))?;
+        Ok(db!(self, "get node", t.get((sid, 0u8, index)))?.is_some())
     }
 
     pub fn get_sealed(&self, sid: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -338,6 +408,20 @@ impl Store {
         let t = db!(self, "open records", txn.open_table(RECORDS))?;
         let mut out = Vec::new();
         for item in db!(self, "range records", t.range((sid, 0)..=(sid, u64::MAX)))? {
+            let (k, v) = db!(self, "range records", item)?;
+            out.push((k.value().1, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// At most `limit` records of a session from index `from` on, in index order.
+    pub fn records_from(&self, sid: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open records", txn.open_table(RECORDS))?;
+        let mut out = Vec::new();
+        for item in db!(self, "range records", t.range((sid, from)..=(sid, u64::MAX)))?.take(limit) {
             let (k, v) = db!(self, "range records", item)?;
             out.push((k.value().1, v.value().to_vec()));
         }
@@ -419,6 +503,47 @@ impl Store {
             out.push((k.value().1, v.value().to_owned()));
         }
         Ok(out)
+    }
+
+    /// The latest checkpoint of a session (largest tree size), one lookup.
+    pub fn last_checkpoint(&self, sid: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open checkpoints", txn.open_table(CHECKPOINTS))?;
+        let last = db!(self, "range checkpoints", t.range((sid, 0)..=(sid, u64::MAX)))?.next_back();
+        match last {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = db!(self, "range checkpoints", item)?;
+                Ok(Some((k.value().1, v.value().to_owned())))
+            }
+        }
+    }
+
+    /// At most `limit` checkpoints after skipping `offset`, ascending by tree size, and
+    /// whether more follow.
+    pub fn checkpoints_page(
+        &self,
+        sid: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<(u64, String)>, bool), StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open checkpoints", txn.open_table(CHECKPOINTS))?;
+        let mut out = Vec::new();
+        let mut more = false;
+        for item in db!(self, "range checkpoints", t.range((sid, 0)..=(sid, u64::MAX)))?.skip(offset) {
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            let (k, v) = db!(self, "range checkpoints", item)?;
+            out.push((k.value().1, v.value().to_owned()));
+        }
+        Ok((out, more))
     }
 
     pub fn put_init(&self, sid: &str, init: &[u8]) -> Result<(), StoreError> {
@@ -512,6 +637,8 @@ impl Store {
             db!(self, "delete init", init.remove(sid))?;
             let mut man = db!(self, "open manifests", txn.open_table(MANIFESTS))?;
             db!(self, "delete manifest", man.remove(sid))?;
+            let mut nodes = db!(self, "open merkle_nodes", txn.open_table(MERKLE_NODES))?;
+            db!(self, "delete nodes", nodes.retain_in((sid, 0u8, 0)..=(sid, u8::MAX, u64::MAX), |_, _| false))?;
             let mut s = db!(self, "open sessions", txn.open_table(SESSIONS))?;
             db!(self, "delete session", s.remove(sid))?;
             removed

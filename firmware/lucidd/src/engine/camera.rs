@@ -276,6 +276,7 @@ pub fn probe(engine: &Engine) -> std::result::Result<Probe, String> {
     Err(format!("{} produced no keyframe in 30 frames", encoder.name()))
 }
 
+/// Starts the camera on `sid`. The caller holds the session's transition lock.
 pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
     let mut cam = lock(&engine.camera);
     if let Some(run) = cam.as_ref() {
@@ -289,8 +290,11 @@ pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
         return Err(EngineError::BadState(format!("session {sid} holds uploaded data, not camera video")));
     }
     if !matches!(row.status, Status::Created | Status::Stopped) {
-        return Err(EngineError::BadState(format!("cannot start session {sid} from status {}", row.status.as_str())));
+        return Err(EngineError::Transition { session: sid.to_owned(), state: row.status.as_str(), action: "start" });
     }
+    // The log stays open for the whole run, so every row write of the camera thread goes
+    // through the log's lock (the thread never takes the transition lock).
+    engine.open_log(sid)?;
     let pipeline = open_pipeline(engine)?;
     let fmt = pipeline.source.format();
     let v = &engine.cfg.video;
@@ -309,7 +313,7 @@ pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
     })
     .map_err(|e| EngineError::BadInput(format!("chunker: {e}")))?;
     let now = now_rfc3339();
-    let row = engine.update(sid, |r| {
+    let row = engine.update_row(sid, |r| {
         r.status = Status::Recording;
         r.started_at = Some(now.clone());
         r.stopped_at = None;
@@ -350,14 +354,15 @@ fn set_state(engine: &Engine, sid: &str, want_from: RunState, to: RunState) -> R
     Ok(())
 }
 
+/// Pauses the run; the caller holds the session's transition lock.
 pub(super) fn pause(engine: &Engine, sid: &str) -> Result<SessionRow> {
     let row = engine.get(sid)?;
     if row.status != Status::Recording {
-        return Err(EngineError::BadState(format!("cannot pause session {sid} from status {}", row.status.as_str())));
+        return Err(EngineError::Transition { session: sid.to_owned(), state: row.status.as_str(), action: "pause" });
     }
     set_state(engine, sid, RunState::Recording, RunState::Paused)?;
     let now = now_rfc3339();
-    engine.update(sid, |r| {
+    engine.update_row(sid, |r| {
         r.status = Status::Paused;
         r.paused_at = Some(now.clone());
         if let Some(p) = r.pipeline.as_mut() {
@@ -367,14 +372,15 @@ pub(super) fn pause(engine: &Engine, sid: &str) -> Result<SessionRow> {
     })
 }
 
+/// Resumes the run; the caller holds the session's transition lock.
 pub(super) fn resume(engine: &Engine, sid: &str) -> Result<SessionRow> {
     let row = engine.get(sid)?;
     if row.status != Status::Paused {
-        return Err(EngineError::BadState(format!("cannot resume session {sid} from status {}", row.status.as_str())));
+        return Err(EngineError::Transition { session: sid.to_owned(), state: row.status.as_str(), action: "resume" });
     }
     set_state(engine, sid, RunState::Paused, RunState::Recording)?;
     let now = now_rfc3339();
-    engine.update(sid, |r| {
+    engine.update_row(sid, |r| {
         r.status = Status::Recording;
         r.resumed_at = Some(now.clone());
         if let Some(p) = r.pipeline.as_mut() {
@@ -384,10 +390,13 @@ pub(super) fn resume(engine: &Engine, sid: &str) -> Result<SessionRow> {
     })
 }
 
+/// Stops the run and seals the session (final checkpoint, one signed manifest). The
+/// caller holds the session's transition lock, so of two concurrent stops the second
+/// finds the session stopped and is refused instead of signing a second manifest.
 pub(super) fn stop(engine: &Engine, sid: &str) -> Result<SessionRow> {
     let row = engine.get(sid)?;
-    if !matches!(row.status, Status::Recording | Status::Paused | Status::Starting) {
-        return Err(EngineError::BadState(format!("cannot stop session {sid} from status {}", row.status.as_str())));
+    if !super::is_live(row.status) {
+        return Err(EngineError::Transition { session: sid.to_owned(), state: row.status.as_str(), action: "stop" });
     }
     let run = {
         let mut cam = lock(&engine.camera);
@@ -446,26 +455,26 @@ impl Sink<'_> {
     }
 
     fn commit(&mut self, chunker: &Chunker, chunk: MediaChunk) -> Result<()> {
-        if !self.init_stored {
-            if let Some(init) = chunker.init_segment() {
-                match self.engine.store.get_init(self.sid)? {
-                    None => self.engine.store.put_init(self.sid, init)?,
-                    // A later run must produce the same codec setup, or the session's
-                    // fragments would no longer play after its one init segment.
-                    Some(old) if old != init => {
-                        return Err(EngineError::BadState(
-                            "the camera's codec setup changed since this session's first run".into(),
-                        ));
-                    }
-                    Some(_) => {}
+        if !self.init_stored
+            && let Some(init) = chunker.init_segment()
+        {
+            match self.engine.store.get_init(self.sid)? {
+                None => self.engine.store.put_init(self.sid, init)?,
+                // A later run must produce the same codec setup, or the session's
+                // fragments would no longer play after its one init segment.
+                Some(old) if old != init => {
+                    return Err(EngineError::BadState(
+                        "the camera's codec setup changed since this session's first run".into(),
+                    ));
                 }
-                let codec = chunker.codec_string();
-                self.engine.update(self.sid, |r| {
-                    r.codec = codec;
-                    Ok(())
-                })?;
-                self.init_stored = true;
+                Some(_) => {}
             }
+            let codec = chunker.codec_string();
+            self.engine.update_row(self.sid, |r| {
+                r.codec = codec;
+                Ok(())
+            })?;
+            self.init_stored = true;
         }
         let info = ChunkInfo {
             media: true,

@@ -17,7 +17,9 @@
 
 pub mod access;
 pub mod camera;
+pub mod pipeline;
 pub mod row;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,9 +38,10 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::keys::DeviceKeys;
 use crate::metrics::{Metrics, Stage};
-use crate::store::{ChunkWrite, Store, StoreError};
+use crate::store::{ChunkWrite, PartWrite, Store, StoreError};
 use crate::util::{hex, now_rfc3339};
 pub use row::{Kind, PipelineRow, SessionRow, Status};
+pub use upload::{Ingested, parts_for};
 
 /// Largest payload one sealed chunk carries: the redb value limit less the header
 /// (at most 93 bytes) and the AEAD tag, rounded down for headroom.
@@ -51,6 +54,12 @@ pub enum EngineError {
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
+    /// `action` is not allowed on `session` in `state` (a refused transition).
+    #[error("cannot {action} session {session}: it is {state}")]
+    Transition { session: String, state: &'static str, action: &'static str },
+    /// `session` already exists (two creates with one id: exactly one wins).
+    #[error("session {session} already exists")]
+    Exists { session: String },
     #[error("{0}")]
     BadState(String),
     #[error("{0}")]
@@ -110,14 +119,33 @@ pub struct ChunkView {
     pub present: bool,
 }
 
-/// An open log: the leaves of the session's Merkle tree and its unwrapped key.
+/// An open log: the session's Merkle tree (every complete subtree cached) and its
+/// unwrapped key.
 struct Log {
-    leaves: Vec<Hash>,
+    tree: merkle::MerkleTree,
+    /// Set under this log's lock when the session is deleted: an append that was waiting
+    /// for the lock must not write the deleted session back.
+    deleted: bool,
     key: DataKey,
     cipher: Cipher,
     last_checkpoint: u64,
     last_checkpoint_at: Instant,
     row: SessionRow,
+}
+
+/// One part sealed and digested, not yet committed.
+struct SealedPart {
+    sealed: Vec<u8>,
+    record: Vec<u8>,
+    leaf: Hash,
+    epoch: u32,
+    compressed: bool,
+    sealed_blake3: String,
+}
+
+/// Statuses in which the camera owns the session (no delete, no upload, no restart).
+pub fn is_live(s: Status) -> bool {
+    matches!(s, Status::Recording | Status::Paused | Status::Starting)
 }
 
 /// Meta-table key of the run-time camera settings.
@@ -136,6 +164,12 @@ pub struct Engine {
     /// Current restart epoch, and whether an index may have been sealed uncommitted.
     epoch: Mutex<(u32, bool)>,
     logs: Mutex<HashMap<String, Arc<Mutex<Log>>>>,
+    /// One transition lock per session: every state change (create, start, pause,
+    /// resume, stop, finalize, rename, delete, upload) holds it from its check to its
+    /// write, so two changes of one session never interleave. Never taken by the camera
+    /// thread (a stop holds it while joining that thread); the thread writes through the
+    /// open log's lock instead.
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     camera: Mutex<Option<camera::CameraRun>>,
     pub camera_state: camera::CameraState,
 }
@@ -172,7 +206,7 @@ impl Engine {
     /// Opens the store, loads or creates the device keys, moves the epoch on and closes
     /// any session that was recording when the process last died.
     pub fn open(cfg: Config) -> anyhow::Result<Arc<Engine>> {
-        Engine::open_with(cfg, |path| Store::open(path))
+        Engine::open_with(cfg, Store::open)
     }
 
     /// Like `open`, with the store opened by `open_store` (fault-injection tests).
@@ -205,6 +239,7 @@ impl Engine {
             rng: SystemRandom::new(),
             epoch: Mutex::new((epoch, false)),
             logs: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
             camera: Mutex::new(None),
             camera_state: camera::CameraState::default(),
             cfg,
@@ -248,7 +283,14 @@ impl Engine {
 
     // ----- sessions -------------------------------------------------------------------
 
-    /// Creates a session row with a fresh wrapped data key.
+    /// The transition lock of one session (see `Engine::locks`). Entries are never
+    /// removed: a lock must outlive every holder, and a session id costs a few bytes.
+    pub(crate) fn session_lock(&self, sid: &str) -> Arc<Mutex<()>> {
+        lock(&self.locks).entry(sid.to_owned()).or_default().clone()
+    }
+
+    /// Creates a session row with a fresh wrapped data key. Of two creates with one id
+    /// exactly one wins; the other gets `Exists`.
     pub fn create_session(
         &self,
         id: Option<String>,
@@ -258,8 +300,21 @@ impl Engine {
     ) -> Result<SessionRow> {
         let id = id.unwrap_or_else(|| crate::util::short_id("sess"));
         lucid_core::chunk::validate_session_id(&id).map_err(|e| EngineError::BadInput(e.to_string()))?;
+        let lk = self.session_lock(&id);
+        let _g = lock(&lk);
+        self.create_row(id, name, kind, fill)
+    }
+
+    /// `create_session` for a caller that holds the session's transition lock.
+    fn create_row(
+        &self,
+        id: String,
+        name: String,
+        kind: Kind,
+        fill: impl FnOnce(&mut SessionRow),
+    ) -> Result<SessionRow> {
         if self.store.get_session::<SessionRow>(&id)?.is_some() {
-            return Err(EngineError::Conflict(format!("session {id} already exists")));
+            return Err(EngineError::Exists { session: id });
         }
         let cipher = Cipher::preferred_for_this_cpu();
         let key = DataKey::generate(&self.rng).map_err(internal)?;
@@ -333,9 +388,20 @@ impl Engine {
         Ok(rows)
     }
 
-    /// Applies `f` to the session row and stores it (through the open log if any, so the
-    /// log's copy and the stored copy never diverge).
+    /// Applies `f` to the session row and stores it, atomically with respect to every
+    /// other transition of the session (a rename racing a start cannot write back the
+    /// status it read before the start).
     pub fn update(&self, sid: &str, f: impl FnOnce(&mut SessionRow) -> Result<()>) -> Result<SessionRow> {
+        let lk = self.session_lock(sid);
+        let _g = lock(&lk);
+        self.update_row(sid, f)
+    }
+
+    /// `update` for a caller that holds the transition lock, or for the camera thread
+    /// (whose session's log is open for the whole run, so the write goes through the
+    /// log's lock). Writes through the open log if any, so the log's copy and the stored
+    /// copy never diverge.
+    pub(crate) fn update_row(&self, sid: &str, f: impl FnOnce(&mut SessionRow) -> Result<()>) -> Result<SessionRow> {
         let log = lock(&self.logs).get(sid).cloned();
         if let Some(log) = log {
             let mut l = lock(&log);
@@ -355,11 +421,29 @@ impl Engine {
 
     /// Deletes a session and all its chunks. A session being recorded is refused.
     pub fn delete(&self, sid: &str) -> Result<u64> {
+        let lk = self.session_lock(sid);
+        let _g = lock(&lk);
+        self.delete_row(sid)
+    }
+
+    /// `delete` for a caller holding the transition lock.
+    fn delete_row(&self, sid: &str) -> Result<u64> {
         let row = self.get(sid)?;
-        if matches!(row.status, Status::Recording | Status::Paused | Status::Starting) {
-            return Err(EngineError::BadState(format!("session {sid} is {}; stop it first", row.status.as_str())));
+        if is_live(row.status) {
+            return Err(EngineError::Transition {
+                session: sid.to_owned(),
+                state: row.status.as_str(),
+                action: "delete",
+            });
         }
-        lock(&self.logs).remove(sid);
+        // Under the log's lock, so an append already holding the log finishes first and
+        // one still waiting for it sees `deleted` and writes nothing back.
+        let log = lock(&self.logs).remove(sid);
+        let _l = log.as_ref().map(|l| {
+            let mut g = lock(l);
+            g.deleted = true;
+            g
+        });
         Ok(self.store.delete_session(sid)?)
     }
 
@@ -382,13 +466,21 @@ impl Engine {
                 row.chunk_count
             )));
         }
+        let tree = merkle::MerkleTree::from_leaves(&leaves);
         let wrapped = B64.decode(&row.wrapped_key).map_err(internal)?;
         let key = seal::unwrap_data_key(&self.kek, &wrapped, sid).map_err(internal)?;
         let cipher =
             Cipher::from_name(&row.cipher).ok_or_else(|| internal(format!("unknown cipher {}", row.cipher)))?;
-        let last_checkpoint = self.store.checkpoints(sid)?.last().map(|c| c.0).unwrap_or(0);
-        let log =
-            Arc::new(Mutex::new(Log { leaves, key, cipher, last_checkpoint, last_checkpoint_at: Instant::now(), row }));
+        let last_checkpoint = self.store.last_checkpoint(sid)?.map(|c| c.0).unwrap_or(0);
+        let log = Arc::new(Mutex::new(Log {
+            tree,
+            deleted: false,
+            key,
+            cipher,
+            last_checkpoint,
+            last_checkpoint_at: Instant::now(),
+            row,
+        }));
         logs.insert(sid.to_owned(), log.clone());
         Ok(log)
     }
@@ -425,7 +517,9 @@ impl Engine {
     }
 
     /// The chunk path. Splits `payload` into parts no larger than a sealed chunk may be,
-    /// and commits each part durably before returning.
+    /// seals each and commits them all in one durable transaction before returning: a
+    /// multi-part chunk is all or nothing, so a failure leaves no parts a later chunk
+    /// could be mistaken to continue.
     pub fn append(
         &self,
         sid: &str,
@@ -437,8 +531,11 @@ impl Engine {
         let t0 = Instant::now();
         let log = self.open_log(sid)?;
         let mut l = lock(&log);
+        if l.deleted {
+            return Err(EngineError::NotFound { what: "session", id: sid.to_owned() });
+        }
         if l.row.finalized && l.row.kind == Kind::Data {
-            return Err(EngineError::BadState(format!("session {sid} is finalized")));
+            return Err(EngineError::Transition { session: sid.to_owned(), state: "finalized", action: "append to" });
         }
         if let Some(cid) = client_id {
             if cid.is_empty() || cid.len() > 128 {
@@ -453,8 +550,8 @@ impl Engine {
             // The chunker keeps fragments under the limit; a larger one is a bug upstream.
             return Err(EngineError::BadInput("media fragment larger than a sealed chunk".into()));
         }
-        let meta_bytes = client_meta.map(|m| serde_json::to_vec(m)).transpose().map_err(internal)?;
-        let first_index = l.leaves.len() as u64;
+        let meta_bytes = client_meta.map(serde_json::to_vec).transpose().map_err(internal)?;
+        let first_index = l.tree.len();
         let mut out = Appended {
             first_index,
             parts: parts.len() as u32,
@@ -465,28 +562,18 @@ impl Engine {
             sealed_blake3: String::new(),
             took: Duration::ZERO,
         };
-        for (n, part) in parts.iter().enumerate() {
-            let index = l.leaves.len() as u64;
-            let r = self.append_part(
-                &mut l,
-                sid,
-                index,
-                part,
-                info,
-                if n == 0 { client_id } else { None },
-                meta_bytes.as_deref(),
-            );
-            match r {
-                Ok((sealed_len, compressed, sealed_hash)) => {
-                    out.stored_len += sealed_len as u64;
-                    out.compressed |= compressed;
-                    out.sealed_blake3 = sealed_hash;
+        match self.commit_parts(&mut l, sid, &parts, info, client_id, meta_bytes.as_deref()) {
+            Ok(sealed) => {
+                for p in &sealed {
+                    out.stored_len += p.sealed.len() as u64;
+                    out.compressed |= p.compressed;
                 }
-                Err(e) => {
-                    self.metrics.observe_chunk(t0.elapsed(), false);
-                    l.row.error_count += 1;
-                    return Err(e);
-                }
+                out.sealed_blake3 = sealed.last().map(|p| p.sealed_blake3.clone()).unwrap_or_default();
+            }
+            Err(e) => {
+                self.metrics.observe_chunk(t0.elapsed(), false);
+                l.row.error_count += 1;
+                return Err(e);
             }
         }
         out.took = t0.elapsed();
@@ -495,19 +582,145 @@ impl Engine {
         Ok(out)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn append_part(
+    /// Seals every part and commits them with their Merkle nodes and the new row in one
+    /// transaction; the in-memory tree and row change only once that commit returned.
+    fn commit_parts(
         &self,
         l: &mut Log,
+        sid: &str,
+        parts: &[&[u8]],
+        info: &ChunkInfo,
+        client_id: Option<&str>,
+        meta: Option<&[u8]>,
+    ) -> Result<Vec<SealedPart>> {
+        let first = l.tree.len();
+        let mut sealed = Vec::with_capacity(parts.len());
+        for (n, part) in parts.iter().enumerate() {
+            sealed.push(self.seal_part(l, sid, first + n as u64, part, info, n == 0)?);
+        }
+        let t = Instant::now();
+        let mut row = l.row.clone();
+        let mut nodes = Vec::new();
+        for (p, part) in sealed.iter().zip(parts) {
+            l.tree.push(p.leaf);
+            nodes.extend(l.tree.completed_by_last());
+            row.plain_bytes += part.len() as u64;
+            row.stored_bytes += p.sealed.len() as u64;
+            row.compressed_chunks += p.compressed as u64;
+            row.frame_count += info.frames as u64;
+            if !row.epochs.contains(&p.epoch) {
+                row.epochs.push(p.epoch);
+            }
+        }
+        row.chunk_count = l.tree.len();
+        row.media_us = row.media_us.max(info.media_end_us);
+        row.updated_at = now_rfc3339();
+        let writes: Vec<PartWrite<'_>> = sealed
+            .iter()
+            .enumerate()
+            .map(|(n, p)| PartWrite {
+                index: first + n as u64,
+                sealed: Some(&p.sealed),
+                record: &p.record,
+                client_id: if n == 0 { client_id } else { None },
+                client_meta: meta,
+            })
+            .collect();
+        let committed = serde_json::to_vec(&row).map_err(internal).and_then(|row_bytes| {
+            let w = ChunkWrite { session_id: sid, parts: &writes, nodes: &nodes, session_row: &row_bytes };
+            self.store.commit_chunk(&w).map_err(EngineError::from)
+        });
+        if let Err(e) = committed {
+            self.metrics.record(Stage::Storage, t.elapsed(), false);
+            // These (epoch, index) pairs were used by seals that are not in the log.
+            self.mark_uncommitted_seal();
+            l.tree.truncate(first);
+            return Err(e);
+        }
+        self.metrics.record(Stage::Storage, t.elapsed(), true);
+        l.row = row;
+        Ok(sealed)
+    }
+
+    /// Compresses (when it pays), seals and digests one part at `index`.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_part(
+        &self,
+        l: &Log,
         sid: &str,
         index: u64,
         part: &[u8],
         info: &ChunkInfo,
-        client_id: Option<&str>,
-        meta: Option<&[u8]>,
-    ) -> Result<(usize, bool, String)> {
+        first: bool,
+    ) -> Result<SealedPart> {
         let m = &self.metrics;
-        // Compression: kept only where it saves enough to pay for decompressing later.
+        let (payload, compressed) = self.compress(part)?;
+
+        let t = Instant::now();
+        let epoch = self.seal_epoch()?;
+        let mut flags = Flags::empty();
+        if compressed {
+            flags = flags | Flags::ZSTD;
+        }
+        if info.media {
+            flags = flags | Flags::MEDIA;
+        }
+        if info.gap_before && first {
+            flags = flags | Flags::GAP_BEFORE;
+        }
+        let header = ChunkHeader {
+            cipher: l.cipher,
+            flags,
+            epoch,
+            index,
+            plain_len: part.len() as u32,
+            cipher_len: (payload.len() + 16) as u32,
+            session_id: sid.to_owned(),
+        };
+        let sealed = match seal::seal_chunk(&l.key, l.cipher, &header, &payload) {
+            Ok(s) => s,
+            Err(e) => {
+                m.record(Stage::Encryption, t.elapsed(), false);
+                return Err(internal(e));
+            }
+        };
+        m.record(Stage::Encryption, t.elapsed(), true);
+        if sealed.len() > MAX_SEALED_CHUNK {
+            return Err(internal("sealed chunk over the store's value limit"));
+        }
+
+        let t = Instant::now();
+        let record = ChunkRecord {
+            cipher: l.cipher,
+            flags,
+            epoch,
+            index,
+            media_start_us: info.media_start_us,
+            media_end_us: info.media_end_us.max(info.media_start_us),
+            wall_clock_us: info.wall_us,
+            frame_count: info.frames,
+            plain_len: part.len() as u32,
+            sealed_len: sealed.len() as u32,
+            plain_blake3: *blake3::hash(part).as_bytes(),
+            sealed_blake3: *blake3::hash(&sealed).as_bytes(),
+            session_id: sid.to_owned(),
+        };
+        let rec_bytes = record.encode();
+        let leaf = merkle::leaf_hash(&rec_bytes);
+        m.record(Stage::MerkleBuilding, t.elapsed(), true);
+        Ok(SealedPart {
+            sealed,
+            record: rec_bytes,
+            leaf,
+            epoch,
+            compressed,
+            sealed_blake3: hex(record.sealed_blake3.as_slice()),
+        })
+    }
+
+    /// zstd, kept only where it saves enough to pay for decompressing later.
+    fn compress<'p>(&self, part: &'p [u8]) -> Result<(std::borrow::Cow<'p, [u8]>, bool)> {
+        let m = &self.metrics;
         let t = Instant::now();
         let mut payload: std::borrow::Cow<[u8]> = std::borrow::Cow::Borrowed(part);
         let mut compressed = false;
@@ -533,101 +746,13 @@ impl Engine {
         }
         m.compress_ns.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
         m.record(Stage::Compression, t.elapsed(), true);
-
-        // Seal.
-        let t = Instant::now();
-        let epoch = self.seal_epoch()?;
-        let mut flags = Flags::empty();
-        if compressed {
-            flags = flags | Flags::ZSTD;
-        }
-        if info.media {
-            flags = flags | Flags::MEDIA;
-        }
-        if info.gap_before && index == l.leaves.len() as u64 {
-            flags = flags | Flags::GAP_BEFORE;
-        }
-        let header = ChunkHeader {
-            cipher: l.cipher,
-            flags,
-            epoch,
-            index,
-            plain_len: part.len() as u32,
-            cipher_len: (payload.len() + 16) as u32,
-            session_id: sid.to_owned(),
-        };
-        let sealed = match seal::seal_chunk(&l.key, l.cipher, &header, &payload) {
-            Ok(s) => s,
-            Err(e) => {
-                m.record(Stage::Encryption, t.elapsed(), false);
-                return Err(internal(e));
-            }
-        };
-        m.record(Stage::Encryption, t.elapsed(), true);
-        if sealed.len() > MAX_SEALED_CHUNK {
-            return Err(internal("sealed chunk over the store's value limit"));
-        }
-
-        // Digest and log.
-        let t = Instant::now();
-        let record = ChunkRecord {
-            cipher: l.cipher,
-            flags,
-            epoch,
-            index,
-            media_start_us: info.media_start_us,
-            media_end_us: info.media_end_us.max(info.media_start_us),
-            wall_clock_us: info.wall_us,
-            frame_count: info.frames,
-            plain_len: part.len() as u32,
-            sealed_len: sealed.len() as u32,
-            plain_blake3: *blake3::hash(part).as_bytes(),
-            sealed_blake3: *blake3::hash(&sealed).as_bytes(),
-            session_id: sid.to_owned(),
-        };
-        let rec_bytes = record.encode();
-        let leaf = merkle::leaf_hash(&rec_bytes);
-        m.record(Stage::MerkleBuilding, t.elapsed(), true);
-
-        // Store: the chunk, its record and the updated row in one durable transaction.
-        let t = Instant::now();
-        let mut row = l.row.clone();
-        row.chunk_count = index + 1;
-        row.plain_bytes += part.len() as u64;
-        row.stored_bytes += sealed.len() as u64;
-        row.compressed_chunks += compressed as u64;
-        row.frame_count += info.frames as u64;
-        row.media_us = row.media_us.max(info.media_end_us);
-        if !row.epochs.contains(&epoch) {
-            row.epochs.push(epoch);
-        }
-        row.updated_at = now_rfc3339();
-        let row_bytes = serde_json::to_vec(&row).map_err(internal)?;
-        let w = ChunkWrite {
-            session_id: sid,
-            index,
-            sealed: &sealed,
-            record: &rec_bytes,
-            client_id,
-            client_meta: meta,
-            session_row: &row_bytes,
-        };
-        if let Err(e) = self.store.commit_chunk(&w) {
-            m.record(Stage::Storage, t.elapsed(), false);
-            // This (epoch, index) was used by a seal that is not in the log.
-            self.mark_uncommitted_seal();
-            return Err(e.into());
-        }
-        m.record(Stage::Storage, t.elapsed(), true);
-        l.leaves.push(leaf);
-        l.row = row;
-        Ok((sealed.len(), compressed, hex(record.sealed_blake3.as_slice())))
+        Ok((payload, compressed))
     }
 
     /// Signs a checkpoint when N chunks or T seconds have passed since the last one
     /// (or always, with `force`, when there is anything new).
     fn maybe_checkpoint(&self, l: &mut Log, sid: &str, force: bool) -> Result<Option<String>> {
-        let size = l.leaves.len() as u64;
+        let size = l.tree.len();
         if size == 0 || size == l.last_checkpoint {
             return Ok(None);
         }
@@ -638,15 +763,16 @@ impl Engine {
         if !due {
             return Ok(None);
         }
-        let note = self.sign_checkpoint(sid, &l.leaves);
+        let note = self.sign_checkpoint(sid, &l.tree);
         self.store.put_checkpoint(sid, size, &note)?;
         l.last_checkpoint = size;
         l.last_checkpoint_at = Instant::now();
         Ok(Some(note))
     }
 
-    fn sign_checkpoint(&self, sid: &str, leaves: &[Hash]) -> String {
-        let cp = Checkpoint { origin: self.origin(sid), size: leaves.len() as u64, root: merkle::root(leaves) };
+    fn sign_checkpoint(&self, sid: &str, tree: &merkle::MerkleTree) -> String {
+        let root = tree.root(tree.len()).unwrap_or_else(|_| merkle::empty_root());
+        let cp = Checkpoint { origin: self.origin(sid), size: tree.len(), root };
         // Signing fails only for an invalid origin, which the session id check at
         // creation rules out; an error here is a bug worth a loud log, not a panic.
         lucid_core::note::sign_checkpoint(&cp, &self.signer).unwrap_or_else(|e| {
@@ -674,9 +800,9 @@ impl Engine {
         let mut row = l.row.clone();
         set(&mut row);
         row.updated_at = now_rfc3339();
-        let size = l.leaves.len() as u64;
-        let root = merkle::root(&l.leaves);
-        let note = self.sign_checkpoint(sid, &l.leaves);
+        let size = l.tree.len();
+        let root = l.tree.root(size).map_err(internal)?;
+        let note = self.sign_checkpoint(sid, &l.tree);
         row.root = Some(hex(&root));
         let init = self.store.get_init(sid)?;
         let manifest = lucid_core::manifest::Manifest {
@@ -718,6 +844,9 @@ impl Engine {
     /// open data session over what was committed.
     fn recover(&self) -> Result<()> {
         let rows: Vec<SessionRow> = self.store.list_sessions()?;
+        for row in &rows {
+            self.backfill_nodes(&row.id, row.chunk_count)?;
+        }
         for row in rows {
             let open_camera =
                 row.kind == Kind::Camera && matches!(row.status, Status::Starting | Status::Recording | Status::Paused);
@@ -747,9 +876,15 @@ impl Engine {
 
     /// Data sessions: sign the final checkpoint and manifest; no more chunks after this.
     pub fn finalize(&self, sid: &str) -> Result<SessionRow> {
+        let lk = self.session_lock(sid);
+        let _g = lock(&lk);
         let row = self.get(sid)?;
-        if row.kind == Kind::Camera && matches!(row.status, Status::Recording | Status::Paused | Status::Starting) {
-            return Err(EngineError::BadState(format!("session {sid} is still recording")));
+        if row.kind == Kind::Camera && is_live(row.status) {
+            return Err(EngineError::Transition {
+                session: sid.to_owned(),
+                state: row.status.as_str(),
+                action: "finalize",
+            });
         }
         let now = now_rfc3339();
         let row = self.seal_session(sid, |r| {
@@ -766,28 +901,36 @@ impl Engine {
     // ----- camera -----------------------------------------------------------------------
 
     pub fn start_recording(self: &Arc<Self>, sid: &str) -> Result<SessionRow> {
+        let lk = self.session_lock(sid);
+        let _g = lock(&lk);
         camera::start(self, sid)
     }
 
     pub fn pause_recording(&self, sid: &str) -> Result<SessionRow> {
+        let lk = self.session_lock(sid);
+        let _g = lock(&lk);
         camera::pause(self, sid)
     }
 
     pub fn resume_recording(&self, sid: &str) -> Result<SessionRow> {
+        let lk = self.session_lock(sid);
+        let _g = lock(&lk);
         camera::resume(self, sid)
     }
 
     pub fn stop_recording(&self, sid: &str) -> Result<SessionRow> {
+        let lk = self.session_lock(sid);
+        let _g = lock(&lk);
         camera::stop(self, sid)
     }
 
     /// Stops whatever is recording (shutdown path): the session is closed normally.
     pub fn shutdown(&self) {
         let sid = lock(&self.camera).as_ref().map(|c| c.session_id.clone());
-        if let Some(sid) = sid {
-            if let Err(e) = self.stop_recording(&sid) {
-                tracing::error!(session = %sid, error = %e, "stop at shutdown failed");
-            }
+        if let Some(sid) = sid
+            && let Err(e) = self.stop_recording(&sid)
+        {
+            tracing::error!(session = %sid, error = %e, "stop at shutdown failed");
         }
         self.tick();
     }
@@ -819,6 +962,46 @@ impl Engine {
         Ok(out)
     }
 
+    /// One chunk's record, client id and presence, named by client id or decimal index:
+    /// point lookups only (O(log n) in the store), never a scan of the session.
+    pub fn chunk(&self, sid: &str, cid: &str) -> Result<ChunkView> {
+        let (index, by_id) = match self.store.chunk_index(sid, cid)? {
+            Some(i) => (i, Some(cid.to_owned())),
+            None => (self.resolve_chunk(sid, cid)?, None),
+        };
+        let not_found = || EngineError::NotFound { what: "chunk", id: cid.to_owned() };
+        let bytes = self.store.get_record(sid, index)?.ok_or_else(not_found)?;
+        let record = ChunkRecord::decode(&bytes).map_err(internal)?;
+        let client_id = match by_id {
+            Some(c) => Some(c),
+            None => self.client_id_of(sid, index)?,
+        };
+        Ok(ChunkView { record, client_id, present: self.store.has_sealed(sid, index)? })
+    }
+
+    /// The client id of the chunk at `index`: the one its metadata names, if that id
+    /// really points here (metadata is the client's; the id table is ours). Two lookups.
+    fn client_id_of(&self, sid: &str, index: u64) -> Result<Option<String>> {
+        let named =
+            self.chunk_meta(sid, index)?.and_then(|m| m.get("chunk_id").and_then(Value::as_str).map(str::to_owned));
+        Ok(match named {
+            Some(c) if self.store.chunk_index(sid, &c)? == Some(index) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// At most `limit` chunk views from index `from` on, with their client ids: a
+    /// bounded range read for listings, whatever the session's length.
+    pub fn records_from(&self, sid: &str, from: u64, limit: usize) -> Result<Vec<ChunkView>> {
+        let mut out = Vec::new();
+        for (idx, bytes) in self.store.records_from(sid, from, limit)? {
+            let record = ChunkRecord::decode(&bytes).map_err(internal)?;
+            let client_id = self.client_id_of(sid, idx)?;
+            out.push(ChunkView { record, client_id, present: self.store.has_sealed(sid, idx)? });
+        }
+        Ok(out)
+    }
+
     /// Resolves a chunk named by client id or by decimal index.
     pub fn resolve_chunk(&self, sid: &str, cid: &str) -> Result<u64> {
         if let Some(i) = self.store.chunk_index(sid, cid)? {
@@ -837,12 +1020,26 @@ impl Engine {
 
     /// Redacts a chunk (removes its sealed bytes); see `Store::redact_chunk`.
     pub fn redact(&self, sid: &str, index: u64) -> Result<bool> {
+        let lk = self.session_lock(sid);
+        let _g = lock(&lk);
         Ok(self.store.redact_chunk(sid, index)?)
     }
 
     pub fn checkpoints(&self, sid: &str) -> Result<Vec<(u64, String)>> {
         self.get(sid)?;
         Ok(self.store.checkpoints(sid)?)
+    }
+
+    /// One page of a session's checkpoints, ascending, and whether more follow.
+    pub fn checkpoints_page(&self, sid: &str, offset: usize, limit: usize) -> Result<(Vec<(u64, String)>, bool)> {
+        self.get(sid)?;
+        Ok(self.store.checkpoints_page(sid, offset, limit)?)
+    }
+
+    /// The latest signed checkpoint, one lookup.
+    pub fn last_checkpoint(&self, sid: &str) -> Result<Option<(u64, String)>> {
+        self.get(sid)?;
+        Ok(self.store.last_checkpoint(sid)?)
     }
 
     pub fn manifest(&self, sid: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
@@ -854,41 +1051,79 @@ impl Engine {
         Ok(self.store.get_init(sid)?)
     }
 
-    /// Leaves of the committed log (the open log's when recording).
+    /// Leaves of the committed log (the open log's when recording). O(n): for tests and
+    /// tools; the routes use `inclusion`, `consistency` and `chunk`.
     pub fn leaves(&self, sid: &str) -> Result<Vec<Hash>> {
         if let Some(log) = lock(&self.logs).get(sid).cloned() {
-            return Ok(lock(&log).leaves.clone());
+            return Ok(lock(&log).tree.leaves().to_vec());
         }
         self.get(sid)?;
         self.load_leaves(sid)
     }
 
+    /// Runs a proof computation over the session's stored complete-subtree hashes
+    /// (`available` committed leaves): O(log² n) point reads, no leaf rehashed.
+    fn with_nodes<T>(
+        &self,
+        sid: &str,
+        f: impl FnOnce(&mut dyn FnMut(u32, u64) -> Result<Hash, NodeError>) -> Result<T, NodeError>,
+    ) -> Result<T> {
+        let r = self.store.with_merkle_nodes(sid, |lookup| f(&mut |l, i| lookup(l, i).map_err(NodeError::Store)))?;
+        r.map_err(|e| match e {
+            NodeError::Store(s) => s.into(),
+            NodeError::Merkle(m) => EngineError::BadInput(m.to_string()),
+        })
+    }
+
     /// Inclusion proof of chunk `index` in the tree of size `size` (default: the latest
     /// signed checkpoint, so the proof can be checked against a signature).
     pub fn inclusion(&self, sid: &str, index: u64, size: Option<u64>) -> Result<(u64, Hash, Vec<Hash>, Hash)> {
-        let leaves = self.leaves(sid)?;
+        let available = self.get(sid)?.chunk_count;
         let size = match size {
             Some(s) => s,
-            None => self.store.checkpoints(sid)?.last().map(|c| c.0).unwrap_or(leaves.len() as u64),
+            None => self.store.last_checkpoint(sid)?.map(|c| c.0).unwrap_or(available),
         };
-        if size == 0 || size > leaves.len() as u64 || index >= size {
+        if size == 0 || size > available || index >= size {
             return Err(EngineError::BadInput(format!(
-                "need index < tree_size <= {} (index {index}, tree_size {size})",
-                leaves.len()
+                "need index < tree_size <= {available} (index {index}, tree_size {size})"
             )));
         }
-        let proof = merkle::inclusion_proof(&leaves, index, size).map_err(|e| EngineError::BadInput(e.to_string()))?;
-        let root = merkle::root(&leaves[..size as usize]);
-        Ok((size, leaves[index as usize], proof, root))
+        self.with_nodes(sid, |node| {
+            let mut node = |l, i| node(l, i);
+            let proof = merkle::inclusion_proof_with(available, index, size, &mut node)?;
+            let root = merkle::root_with(available, size, &mut node)?;
+            let leaf = node(0, index)?;
+            Ok((size, leaf, proof, root))
+        })
     }
 
     pub fn consistency(&self, sid: &str, m: u64, n: u64) -> Result<(Hash, Hash, Vec<Hash>)> {
-        let leaves = self.leaves(sid)?;
-        if m == 0 || m > n || n > leaves.len() as u64 {
-            return Err(EngineError::BadInput(format!("need 0 < from <= to <= {} (from {m}, to {n})", leaves.len())));
+        let available = self.get(sid)?.chunk_count;
+        if m == 0 || m > n || n > available {
+            return Err(EngineError::BadInput(format!("need 0 < from <= to <= {available} (from {m}, to {n})")));
         }
-        let proof = merkle::consistency_proof(&leaves, m, n).map_err(|e| EngineError::BadInput(e.to_string()))?;
-        Ok((merkle::root(&leaves[..m as usize]), merkle::root(&leaves[..n as usize]), proof))
+        self.with_nodes(sid, |node| {
+            let mut node = |l, i| node(l, i);
+            let proof = merkle::consistency_proof_with(available, m, n, &mut node)?;
+            Ok((merkle::root_with(available, m, &mut node)?, merkle::root_with(available, n, &mut node)?, proof))
+        })
+    }
+
+    /// Writes the complete-subtree hashes of a session whose store predates them (or
+    /// lost them): one pass over its records, once. Returns whether it had to.
+    fn backfill_nodes(&self, sid: &str, chunk_count: u64) -> Result<bool> {
+        if chunk_count == 0 || self.store.has_merkle_leaf(sid, chunk_count - 1)? {
+            return Ok(false);
+        }
+        let mut tree = merkle::MerkleTree::new();
+        let mut nodes = Vec::new();
+        for leaf in self.load_leaves(sid)? {
+            tree.push(leaf);
+            nodes.extend(tree.completed_by_last());
+        }
+        self.store.put_merkle_nodes(sid, &nodes)?;
+        tracing::info!(session = %sid, nodes = nodes.len(), "Merkle subtree hashes backfilled");
+        Ok(true)
     }
 
     /// Writes the evidence bundle (tar) of a session.
@@ -940,6 +1175,19 @@ impl Engine {
 
     pub fn camera_session(&self) -> Option<String> {
         lock(&self.camera).as_ref().map(|c| c.session_id.clone())
+    }
+}
+
+/// A node lookup failed in the store, or the proof request was out of range.
+#[derive(Debug)]
+enum NodeError {
+    Store(StoreError),
+    Merkle(merkle::MerkleError),
+}
+
+impl From<merkle::MerkleError> for NodeError {
+    fn from(e: merkle::MerkleError) -> Self {
+        NodeError::Merkle(e)
     }
 }
 

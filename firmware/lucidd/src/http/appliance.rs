@@ -22,6 +22,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::page::Page;
 use super::{ApiError, ApiResult, AppState, LJson, LQuery, VERSION, blocking};
 use crate::engine::{Engine, EngineError, Kind, Status};
 use crate::util::{hex, now_rfc3339};
@@ -170,16 +171,19 @@ async fn manifest(State(e): State<AppState>, Path(id): Path<String>) -> ApiResul
 
 async fn checkpoint(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let sid = id.clone();
-    let cps = blocking(move || e.checkpoints(&sid)).await?;
-    let (_, note) = cps.last().ok_or_else(|| ApiError::NotFound(format!("session {id} has no checkpoint yet")))?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note.clone()).into_response())
+    let last = blocking(move || e.last_checkpoint(&sid)).await?;
+    let (_, note) = last.ok_or_else(|| ApiError::NotFound(format!("session {id} has no checkpoint yet")))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
 
-async fn checkpoints(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<Value>> {
+/// A session's signed checkpoints, ascending by tree size, one page at a time
+/// (`limit` 1..=1000, default 100).
+async fn checkpoints(State(e): State<AppState>, Path(id): Path<String>, page: Page) -> ApiResult<axum::Json<Value>> {
     let sid = id.clone();
-    let cps = blocking(move || e.checkpoints(&sid)).await?;
+    let (cps, more) = blocking(move || e.checkpoints_page(&sid, page.offset, page.limit)).await?;
+    let count = cps.len();
     let list: Vec<Value> = cps.into_iter().map(|(size, note)| json!({"tree_size": size, "note": note})).collect();
-    Ok(axum::Json(json!({"session_id": id, "checkpoints": list})))
+    Ok(axum::Json(json!({"session_id": id, "checkpoints": list, "pagination": page.render(count, more)})))
 }
 
 #[derive(Debug, Deserialize)]

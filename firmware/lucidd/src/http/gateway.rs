@@ -600,22 +600,28 @@ async fn chunks(State(e): State<AppState>, Path(id): Path<String>, LQuery(q): LQ
         }
     }
     let sid = id.clone();
-    let views = blocking(move || {
-        e.get(&sid)?;
-        e.records(&sid)
+    let unfiltered = q.status.is_none() && from.is_none() && to.is_none();
+    // Without filters a page is one range read of `limit` records, whatever the
+    // session's length; filters still scan the session's records.
+    let (views, total) = blocking(move || {
+        let row = e.get(&sid)?;
+        if unfiltered {
+            return Ok((e.records_from(&sid, offset as u64, limit as usize)?, row.chunk_count as i64));
+        }
+        let filtered: Vec<ChunkView> = e
+            .records(&sid)?
+            .into_iter()
+            .filter(|c| {
+                q.status.as_deref().is_none_or(|s| (s == "stored") == c.present)
+                    && from.is_none_or(|f| c.record.wall_clock_us >= f)
+                    && to.is_none_or(|t| c.record.wall_clock_us <= t)
+            })
+            .collect();
+        let total = filtered.len() as i64;
+        Ok((filtered.into_iter().skip(offset as usize).take(limit as usize).collect(), total))
     })
     .await?;
-    let filtered: Vec<&ChunkView> = views
-        .iter()
-        .filter(|c| {
-            q.status.as_deref().is_none_or(|s| (s == "stored") == c.present)
-                && from.is_none_or(|f| c.record.wall_clock_us >= f)
-                && to.is_none_or(|t| c.record.wall_clock_us <= t)
-        })
-        .collect();
-    let total = filtered.len() as i64;
-    let page: Vec<Value> =
-        filtered.iter().skip(offset as usize).take(limit as usize).map(|c| chunk_response(&id, c)).collect();
+    let page: Vec<Value> = views.iter().map(|c| chunk_response(&id, c)).collect();
     Ok(axum::Json(json!({
         "chunks": page,
         "pagination": {"total": total, "limit": limit, "offset": offset,
@@ -625,14 +631,7 @@ async fn chunks(State(e): State<AppState>, Path(id): Path<String>, LQuery(q): LQ
 
 async fn chunk(State(e): State<AppState>, Path((id, cid)): Path<(String, String)>) -> ApiResult<Json> {
     let sid = id.clone();
-    let view = blocking(move || {
-        let idx = e.resolve_chunk(&sid, &cid)?;
-        e.records(&sid)?
-            .into_iter()
-            .find(|v| v.record.index == idx)
-            .ok_or(crate::engine::EngineError::NotFound { what: "chunk", id: cid })
-    })
-    .await?;
+    let view = blocking(move || e.chunk(&sid, &cid)).await?;
     Ok(axum::Json(chunk_response(&id, &view)))
 }
 

@@ -13,6 +13,7 @@
 pub mod appliance;
 pub mod auth;
 pub mod gateway;
+pub mod page;
 pub mod pipeline;
 pub mod processor;
 pub mod recorder;
@@ -108,6 +109,8 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::NotFound { what, id } => ApiError::NotFound(format!("{} {id} not found", capitalize(what))),
             EngineError::Conflict(m) => ApiError::Conflict(m),
+            e @ EngineError::Exists { .. } => ApiError::Conflict(e.to_string()),
+            e @ EngineError::Transition { .. } => ApiError::BadRequest(e.to_string()),
             EngineError::BadState(m) | EngineError::BadInput(m) => ApiError::BadRequest(m),
             EngineError::Full(m) => ApiError::InsufficientStorage(format!("storage full: {m}")),
             EngineError::Unavailable(m) => ApiError::Unavailable(m),

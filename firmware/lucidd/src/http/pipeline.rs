@@ -1,7 +1,8 @@
-//! The pipeline manager service (8083): a pipeline is the `PipelineRow` of a session, and
-//! its state machine (names and transitions from the contract) is `transition`, a pure
-//! function. Starting a pipeline starts this appliance's camera on the session; stopping
-//! it stops the camera and seals the session's log.
+//! The pipeline manager service (8083): a pipeline is the `PipelineRow` of a session; its
+//! state machine (names and transitions from the contract) and its transitions live in
+//! `engine::pipeline`, under the session's lock. Starting a pipeline starts this
+//! appliance's camera on the session; stopping it stops the camera and seals the log.
+//! These routes parse, call the engine, and render.
 //!
 //! It owns the pipeline view only. It must not invent stage numbers: stage metrics are
 //! the engine's real counters (engine-wide, since every session's chunks run through the
@@ -20,7 +21,9 @@ use serde_json::{Map, Value, json};
 
 use super::storage::{decode_chunk, ingest, validate_sid};
 use super::{ApiError, ApiResult, AppState, LJson, LQuery, VERSION, blocking};
-use crate::engine::{Engine, EngineError, Kind, PipelineRow, SessionRow, Status};
+pub use crate::engine::pipeline::{PEvent, run, transition};
+use crate::engine::pipeline::{PState, live, state_of};
+use crate::engine::{Engine, Kind, PipelineRow, SessionRow};
 use crate::metrics::STAGES;
 use crate::util::{now_rfc3339, short_id};
 
@@ -38,133 +41,6 @@ pub fn router() -> Router<AppState> {
         .route("/pipelines/{sid}/stop", post(stop))
         .route("/pipelines/{sid}/status", get(pipeline_status))
         .route("/pipelines/{sid}/chunks", post(push_chunk))
-}
-
-// ----- the state machine --------------------------------------------------------------------
-
-/// Pipeline states; the names are part of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PState {
-    Created,
-    Starting,
-    Active,
-    Pausing,
-    Paused,
-    Stopping,
-    Stopped,
-    Error,
-    Cleanup,
-    Destroyed,
-}
-
-impl PState {
-    pub const ALL: [PState; 10] = [
-        PState::Created,
-        PState::Starting,
-        PState::Active,
-        PState::Pausing,
-        PState::Paused,
-        PState::Stopping,
-        PState::Stopped,
-        PState::Error,
-        PState::Cleanup,
-        PState::Destroyed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PState::Created => "created",
-            PState::Starting => "starting",
-            PState::Active => "active",
-            PState::Pausing => "pausing",
-            PState::Paused => "paused",
-            PState::Stopping => "stopping",
-            PState::Stopped => "stopped",
-            PState::Error => "error",
-            PState::Cleanup => "cleanup",
-            PState::Destroyed => "destroyed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<PState> {
-        PState::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-}
-
-/// Events of the contract's state table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PEvent {
-    Start,
-    StartComplete,
-    Pause,
-    PauseComplete,
-    Resume,
-    Stop,
-    StopComplete,
-    Recover,
-    Cleanup,
-    CleanupComplete,
-    Destroy,
-    Error,
-}
-
-/// The contract's transition table: `None` when `event` is not allowed in `from`.
-pub fn transition(from: PState, event: PEvent) -> Option<PState> {
-    use PEvent as E;
-    use PState::*;
-    match (from, event) {
-        (Created, E::Start) => Some(Starting),
-        (Starting, E::StartComplete) => Some(Active),
-        (Active, E::Pause) => Some(Pausing),
-        (Pausing, E::PauseComplete) => Some(Paused),
-        (Paused, E::Resume) => Some(Active),
-        (Active | Starting | Pausing | Paused, E::Stop) => Some(Stopping),
-        (Stopping, E::StopComplete) => Some(Stopped),
-        (Stopped | Error, E::Recover) => Some(Created),
-        (Stopped | Error, E::Cleanup) => Some(Cleanup),
-        (Cleanup, E::CleanupComplete) => Some(Destroyed),
-        (Created | Stopped | Error, E::Destroy) => Some(Destroyed),
-        (Destroyed, E::Error) => None,
-        (_, E::Error) => Some(Error),
-        _ => None,
-    }
-}
-
-/// Applies events in order; `None` if any of them is not allowed.
-pub fn run(from: PState, events: &[PEvent]) -> Option<PState> {
-    events.iter().try_fold(from, |s, e| transition(s, *e))
-}
-
-/// The stored state; a name this build does not know is treated as an error state, the
-/// one state every recovery path starts from.
-fn state_of(p: &PipelineRow) -> PState {
-    PState::parse(&p.state).unwrap_or(PState::Error)
-}
-
-/// The session's pipeline, unless it has none or it was destroyed (a destroyed
-/// pipeline stays on the row only so `/metrics` can count it).
-fn live(row: &SessionRow) -> Option<&PipelineRow> {
-    row.pipeline.as_ref().filter(|p| state_of(p) != PState::Destroyed)
-}
-
-fn live_pipeline(engine: &Engine, sid: &str) -> Result<(SessionRow, PipelineRow), EngineError> {
-    let row = engine.get(sid)?;
-    let p = live(&row)
-        .cloned()
-        .ok_or_else(|| EngineError::NotFound { what: "pipeline for session", id: sid.to_owned() })?;
-    Ok((row, p))
-}
-
-fn set_state(engine: &Engine, sid: &str, to: PState, error: Option<String>) -> Result<SessionRow, EngineError> {
-    engine.update(sid, |r| {
-        if let Some(p) = r.pipeline.as_mut() {
-            p.state = to.as_str().into();
-            if error.is_some() {
-                p.error_message = error;
-            }
-        }
-        Ok(())
-    })
 }
 
 // ----- views ----------------------------------------------------------------------------
@@ -282,41 +158,7 @@ async fn create(State(engine): State<AppState>, LQuery(q): LQuery<CreateQuery>) 
     validate_sid(&sid)?;
     let e = engine.clone();
     let s = sid.clone();
-    let row = blocking(move || {
-        let pipeline = PipelineRow {
-            pipeline_id: short_id("pipeline"),
-            state: PState::Created.as_str().into(),
-            created_at: now_rfc3339(),
-            started_at: None,
-            stopped_at: None,
-            error_message: None,
-        };
-        let exists = |sid: &str| EngineError::BadState(format!("Pipeline for session {sid} already exists"));
-        match e.get(&s) {
-            Err(EngineError::NotFound { .. }) => {
-                let p = pipeline.clone();
-                match e.create_session(Some(s.clone()), s.clone(), Kind::Camera, move |r| r.pipeline = Some(p)) {
-                    Err(EngineError::Conflict(_)) => Err(exists(&s)),
-                    other => other,
-                }
-            }
-            Ok(_) => e.update(&s, |r| {
-                if live(r).is_some() {
-                    return Err(exists(&r.id));
-                }
-                if matches!(r.status, Status::Recording | Status::Paused | Status::Starting) {
-                    return Err(EngineError::Conflict(format!(
-                        "session {} is recording without a pipeline; stop it first",
-                        r.id
-                    )));
-                }
-                r.pipeline = Some(pipeline);
-                Ok(())
-            }),
-            Err(err) => Err(err),
-        }
-    })
-    .await?;
+    let row = blocking(move || e.pipeline_create(&s)).await?;
     let p = row.pipeline.as_ref().ok_or_else(|| ApiError::Internal("pipeline not stored".into()))?;
     Ok(Json(json!({
         "session_id": sid,
@@ -336,33 +178,7 @@ async fn create(State(engine): State<AppState>, LQuery(q): LQuery<CreateQuery>) 
 async fn start(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiResult<Json<Value>> {
     let e = engine.clone();
     let s = sid.clone();
-    let (row, p) = blocking(move || {
-        let (_, p) = live_pipeline(&e, &s)?;
-        let from = state_of(&p);
-        let path: &[PEvent] = if matches!(from, PState::Stopped | PState::Error) {
-            &[PEvent::Recover, PEvent::Start]
-        } else {
-            &[PEvent::Start]
-        };
-        if run(from, path).is_none() {
-            return Err(EngineError::BadState(format!(
-                "cannot start pipeline {} in state {}",
-                p.pipeline_id,
-                from.as_str()
-            )));
-        }
-        match e.start_recording(&s) {
-            // The engine records start_complete (state active) in the same row update
-            // that marks the session recording.
-            Ok(row) => Ok((row, p)),
-            Err(err @ (EngineError::Conflict(_) | EngineError::BadState(_) | EngineError::NotFound { .. })) => Err(err),
-            Err(err) => {
-                let _ = set_state(&e, &s, PState::Error, Some(err.to_string()));
-                Err(err)
-            }
-        }
-    })
-    .await?;
+    let (row, p) = blocking(move || e.pipeline_start(&s)).await?;
     Ok(Json(json!({
         "session_id": sid,
         "status": "started",
@@ -377,19 +193,7 @@ async fn start(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiRe
 async fn stop(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiResult<Json<Value>> {
     let e = engine.clone();
     let s = sid.clone();
-    let row = blocking(move || {
-        let (_, p) = live_pipeline(&e, &s)?;
-        let from = state_of(&p);
-        if run(from, &[PEvent::Stop, PEvent::StopComplete]).is_none() {
-            return Err(EngineError::BadState(format!(
-                "cannot stop pipeline {} in state {}",
-                p.pipeline_id,
-                from.as_str()
-            )));
-        }
-        e.stop_recording(&s)
-    })
-    .await?;
+    let row = blocking(move || e.pipeline_stop(&s)).await?;
     Ok(Json(json!({
         "session_id": sid,
         "status": "stopped",
@@ -404,7 +208,7 @@ async fn stop(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiRes
 async fn pipeline_status(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiResult<Json<Value>> {
     let e = engine.clone();
     let s = sid.clone();
-    let (_, p) = blocking(move || live_pipeline(&e, &s)).await?;
+    let (_, p) = blocking(move || e.pipeline(&s)).await?;
     Ok(Json(json!({
         "session_id": sid,
         "pipeline_id": p.pipeline_id,
@@ -424,34 +228,7 @@ async fn pipeline_status(State(engine): State<AppState>, Path(sid): Path<String>
 async fn destroy(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiResult<Json<Value>> {
     let e = engine.clone();
     let s = sid.clone();
-    let (row, p) = blocking(move || {
-        let (_, p) = live_pipeline(&e, &s)?;
-        let mut state = state_of(&p);
-        if run(state, &[PEvent::Stop, PEvent::StopComplete]).is_some() {
-            let row = e.get(&s)?;
-            if matches!(row.status, Status::Recording | Status::Paused | Status::Starting) {
-                e.stop_recording(&s)?;
-            }
-            state = PState::Stopped;
-        }
-        // Nothing is left to release once the camera has stopped, so the cleanup stage
-        // completes at once; the path is still checked against the table.
-        let end = run(state, &[PEvent::Cleanup, PEvent::CleanupComplete])
-            .or_else(|| transition(state, PEvent::Destroy))
-            .ok_or_else(|| {
-                EngineError::BadState(format!("cannot destroy pipeline {} in state {}", p.pipeline_id, state.as_str()))
-            })?;
-        let now = now_rfc3339();
-        let row = e.update(&s, |r| {
-            if let Some(p) = r.pipeline.as_mut() {
-                p.state = end.as_str().into();
-                p.stopped_at.get_or_insert(now);
-            }
-            Ok(())
-        })?;
-        Ok((row, p))
-    })
-    .await?;
+    let (row, p) = blocking(move || e.pipeline_destroy(&s)).await?;
     Ok(Json(json!({
         "session_id": sid,
         "status": "cleaned_up",
@@ -574,91 +351,4 @@ async fn metrics(State(engine): State<AppState>) -> ApiResult<Json<Value>> {
         "pipeline_states": states,
         "stage_metrics": stage_metrics,
     })))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PEvent as E;
-    use super::PState::*;
-    use super::*;
-
-    #[test]
-    fn names_round_trip() {
-        for s in PState::ALL {
-            assert_eq!(PState::parse(s.as_str()), Some(s));
-        }
-        assert_eq!(PState::parse("running"), None);
-    }
-
-    #[test]
-    fn the_contract_table() {
-        let allowed = [
-            (Created, E::Start, Starting),
-            (Starting, E::StartComplete, Active),
-            (Active, E::Pause, Pausing),
-            (Pausing, E::PauseComplete, Paused),
-            (Paused, E::Resume, Active),
-            (Active, E::Stop, Stopping),
-            (Starting, E::Stop, Stopping),
-            (Pausing, E::Stop, Stopping),
-            (Paused, E::Stop, Stopping),
-            (Stopping, E::StopComplete, Stopped),
-            (Stopped, E::Recover, Created),
-            (Error, E::Recover, Created),
-            (Stopped, E::Cleanup, Cleanup),
-            (Error, E::Cleanup, Cleanup),
-            (Cleanup, E::CleanupComplete, Destroyed),
-            (Created, E::Destroy, Destroyed),
-            (Stopped, E::Destroy, Destroyed),
-            (Error, E::Destroy, Destroyed),
-        ];
-        for (from, ev, to) in allowed {
-            assert_eq!(transition(from, ev), Some(to), "{from:?} --{ev:?}-->");
-        }
-        let events = [
-            E::Start,
-            E::StartComplete,
-            E::Pause,
-            E::PauseComplete,
-            E::Resume,
-            E::Stop,
-            E::StopComplete,
-            E::Recover,
-            E::Cleanup,
-            E::CleanupComplete,
-            E::Destroy,
-        ];
-        // Everything not in the table (error aside) is refused.
-        for from in PState::ALL {
-            for ev in events {
-                if !allowed.iter().any(|(f, e, _)| *f == from && *e == ev) {
-                    assert_eq!(transition(from, ev), None, "{from:?} --{ev:?}--> must be refused");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn error_from_any_non_terminal_state() {
-        for from in PState::ALL {
-            let want = if from == Destroyed { None } else { Some(Error) };
-            assert_eq!(transition(from, E::Error), want, "{from:?}");
-        }
-    }
-
-    #[test]
-    fn destroyed_is_terminal() {
-        for ev in [E::Start, E::Recover, E::Destroy, E::Cleanup, E::Error] {
-            assert_eq!(transition(Destroyed, ev), None);
-        }
-    }
-
-    #[test]
-    fn paths_used_by_the_routes() {
-        assert_eq!(run(Created, &[E::Start, E::StartComplete]), Some(Active));
-        assert_eq!(run(Stopped, &[E::Recover, E::Start]), Some(Starting));
-        assert_eq!(run(Active, &[E::Stop, E::StopComplete, E::Cleanup, E::CleanupComplete]), Some(Destroyed));
-        assert_eq!(run(Created, &[E::Stop]), None);
-        assert_eq!(run(Active, &[E::Start]), None);
-    }
 }

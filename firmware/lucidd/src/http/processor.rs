@@ -164,17 +164,36 @@ impl Pool {
         F: FnOnce() -> Result<T, EngineError> + Send + 'static,
         T: Send + 'static,
     {
-        if self.waiting.fetch_add(1, Relaxed) >= self.queue_limit {
-            self.waiting.fetch_sub(1, Relaxed);
+        // Counted by guards, not by statements after an await: when a client goes away
+        // mid-request axum drops this future at its await point, and the counters must
+        // still return to zero.
+        let waiting = Counted::new(&self.waiting);
+        if waiting.before >= self.queue_limit {
             return Err(ApiError::Unavailable("the chunk processor queue is full; retry later".into()).into());
         }
         let permit = self.permits.acquire().await;
-        self.waiting.fetch_sub(1, Relaxed);
+        drop(waiting);
         let _permit = permit.map_err(|_| ApiError::Internal("worker pool closed".into()))?;
-        self.active.fetch_add(1, Relaxed);
-        let r = run_blocking(f).await;
-        self.active.fetch_sub(1, Relaxed);
-        r
+        let _active = Counted::new(&self.active);
+        run_blocking(f).await
+    }
+}
+
+/// One unit of a gauge for as long as it lives.
+struct Counted<'a> {
+    gauge: &'a AtomicUsize,
+    before: usize,
+}
+
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a AtomicUsize) -> Self {
+        Counted { gauge, before: gauge.fetch_add(1, Relaxed) }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(1, Relaxed);
     }
 }
 

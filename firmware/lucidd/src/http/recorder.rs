@@ -20,10 +20,14 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::page::Page;
 use super::storage::{ClientChunk, client_chunks, ingest, ratio, storage_path, validate_sid};
 use super::{ApiError, ApiResult, AppState, LJson, VERSION, blocking};
 use crate::engine::{Engine, EngineError, Kind, SessionRow, Status};
 use crate::util::{now_rfc3339, short_id};
+
+/// Most chunk entries a stop answer lists; `final_chunks` gives the full count.
+const STOP_CHUNKS_MAX: usize = 1000;
 
 const SERVICE: &str = "lucid-session-recorder";
 
@@ -245,7 +249,7 @@ async fn start(State(engine): State<AppState>, LJson(body): LJson<StartBody>) ->
                     r.metadata = Value::Object(m);
                 }) {
                     Ok(_) => created = true,
-                    Err(EngineError::Conflict(_)) => {}
+                    Err(EngineError::Exists { .. }) => {}
                     Err(err) => return Err(err),
                 }
             }
@@ -309,7 +313,20 @@ async fn stop(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiRes
     let (row, chunks) = blocking(move || {
         recording(&e, &s)?;
         let row = e.stop_recording(&s)?;
-        Ok((row, client_chunks(&e, &s)?))
+        // A camera chunk is one record: the first STOP_CHUNKS_MAX of them, read as a
+        // range, so the answer does not grow with the recording.
+        let views = e.records_from(&s, 0, STOP_CHUNKS_MAX)?;
+        let chunks: Vec<ClientChunk> = views
+            .into_iter()
+            .map(|v| ClientChunk {
+                first: v.record.index,
+                views: vec![v],
+                meta: None,
+                client_id: None,
+                leaf: String::new(),
+            })
+            .collect();
+        Ok((row, chunks))
     })
     .await?;
     Ok(Json(json!({
@@ -320,6 +337,7 @@ async fn stop(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiRes
         "final_chunks": row.chunk_count,
         "merkle_root": row.root,
         "chunk_metadata": chunks.iter().map(chunk_entry).collect::<Vec<_>>(),
+        "chunk_metadata_truncated": row.chunk_count > chunks.len() as u64,
     })))
 }
 
@@ -329,10 +347,17 @@ async fn get_recording(State(engine): State<AppState>, Path(sid): Path<String>) 
     Ok(Json(recording_view(&engine, &row)))
 }
 
-async fn list(State(engine): State<AppState>) -> ApiResult<Json<Value>> {
+/// Recordings, oldest first, one page at a time (`limit` 1..=1000, default 100).
+async fn list(State(engine): State<AppState>, page: Page) -> ApiResult<Json<Value>> {
     let rows = rows(&engine).await?;
-    let recs: Vec<Value> = rows.iter().filter(|r| r.kind == Kind::Camera).map(|r| recording_view(&engine, r)).collect();
-    Ok(Json(json!({"total_recordings": recs.len(), "recordings": recs})))
+    let cams: Vec<&SessionRow> = rows.iter().filter(|r| r.kind == Kind::Camera).collect();
+    let recs: Vec<Value> = cams.iter().skip(page.offset).take(page.limit).map(|r| recording_view(&engine, r)).collect();
+    let more = page.offset + recs.len() < cams.len();
+    Ok(Json(json!({
+        "total_recordings": cams.len(),
+        "recordings": recs,
+        "pagination": page.render(recs.len(), more),
+    })))
 }
 
 /// Deletes a recording and everything it holds. Refused (409) while it records.

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{ApiError, ApiResult, AppState, LJson, LQuery, blocking, free_space};
-use crate::engine::{Appended, ChunkInfo, ChunkView, Engine, EngineError, Kind, MAX_PART, SessionRow, Status};
-use crate::util::{hex, now_rfc3339, parse_rfc3339, short_id};
+use crate::engine::{Appended, ChunkView, Engine, EngineError, Kind, SessionRow, Status};
+use crate::util::{hex, now_rfc3339, parse_rfc3339};
 
 /// Empty data sessions older than this are removed by `POST /cleanup`.
 const EMPTY_SESSION_MAX_AGE_SECS: i64 = 3600;
@@ -46,13 +46,6 @@ pub fn router() -> Router<AppState> {
 }
 
 // ----- the shared upload path ---------------------------------------------------------------
-
-/// Sealed parts `Engine::append` will cut a payload into (it splits at `MAX_PART`; an
-/// empty payload is one empty part). Computed up front because the reader needs it in
-/// the chunk's metadata, which is committed together with the first part.
-pub(super) fn parts_for(len: usize) -> u64 {
-    len.div_ceil(MAX_PART).max(1) as u64
-}
 
 /// `plain / stored`, or `None` when nothing was stored (no measurement, no number).
 pub(super) fn ratio(plain: u64, stored: u64) -> Option<f64> {
@@ -87,60 +80,10 @@ pub(super) fn decode_chunk(engine: &Engine, field: &str, b64: &str) -> ApiResult
     Ok(data)
 }
 
-/// The data session uploads go to: the existing one, or a new `Kind::Data` session.
-///
-/// A camera session takes no uploads while it records (409: it is fed by the camera) nor
-/// once it holds video (its log is media-only). A camera session that never recorded and
-/// holds nothing (created by the pipeline or gateway service, then fed by a client) is
-/// turned into a data session by its first upload; starting the camera on it afterwards
-/// is refused by the engine. Archived sessions are read-only until restored.
+/// The data session uploads go to; the rules are `Engine::ensure_data_session`'s.
 pub(super) fn ensure_data_session(engine: &Engine, sid: &str) -> Result<SessionRow, EngineError> {
     validate_sid(sid)?;
-    let row = match engine.get(sid) {
-        Ok(r) => r,
-        Err(EngineError::NotFound { .. }) => {
-            match engine.create_session(Some(sid.to_owned()), sid.to_owned(), Kind::Data, |_| {}) {
-                Ok(r) => r,
-                // Created by a concurrent upload between our get and create.
-                Err(EngineError::Conflict(_)) => engine.get(sid)?,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(e) => return Err(e),
-    };
-    if row.archived {
-        return Err(EngineError::Conflict(format!("session {sid} is archived; restore it before adding chunks")));
-    }
-    match row.kind {
-        Kind::Data => {
-            if row.finalized {
-                return Err(EngineError::BadState(format!("session {sid} is finalized; it takes no more chunks")));
-            }
-            Ok(row)
-        }
-        Kind::Camera => {
-            if matches!(row.status, Status::Recording | Status::Paused | Status::Starting) {
-                return Err(EngineError::Conflict(format!(
-                    "session {sid} is fed by the camera while it records; upload to another session"
-                )));
-            }
-            let fresh = row.chunk_count == 0 && row.status == Status::Created && !row.finalized;
-            if !fresh {
-                return Err(EngineError::Conflict(format!(
-                    "session {sid} holds camera video; its log takes no uploaded data"
-                )));
-            }
-            engine.update(sid, |r| {
-                // Re-checked under the row's lock: a recording may have started meanwhile.
-                if r.chunk_count != 0 || r.status != Status::Created || r.kind != Kind::Camera {
-                    return Err(EngineError::Conflict(format!("session {sid} changed while converting it")));
-                }
-                r.kind = Kind::Data;
-                r.status = Status::Processing;
-                Ok(())
-            })
-        }
-    }
+    engine.ensure_data_session(sid)
 }
 
 /// One committed upload: what the engine did and the metadata stored with it.
@@ -149,32 +92,18 @@ pub(super) struct Stored {
     pub meta: Value,
 }
 
-/// The upload path: data session, then the real chunk path. `meta` is the client's
-/// metadata; the keys `parts`, `size_bytes`, `upload_id` and `stored_at` are the
-/// appliance's (`parts` is how the reader reassembles a chunk split into sealed parts,
-/// `upload_id` tells a chunk's continuation parts from the next chunk).
+/// The upload path shared by the four upload routes: `Engine::ingest` (data-session
+/// rules, then the chunk path, under the session's transition lock).
 pub(super) fn ingest(
     engine: &Engine,
     sid: &str,
     chunk_id: Option<&str>,
     data: &[u8],
-    mut meta: Map<String, Value>,
+    meta: Map<String, Value>,
 ) -> Result<Stored, EngineError> {
-    ensure_data_session(engine, sid)?;
-    let parts = parts_for(data.len());
-    meta.insert("parts".into(), json!(parts));
-    meta.insert("size_bytes".into(), json!(data.len()));
-    meta.insert("upload_id".into(), json!(short_id("upload")));
-    meta.insert("stored_at".into(), json!(now_rfc3339()));
-    let meta = Value::Object(meta);
-    let appended = engine.append(sid, data, &ChunkInfo::default(), chunk_id, Some(&meta))?;
-    if u64::from(appended.parts) != parts {
-        // Both sides split at MAX_PART; a difference means the reader would reassemble
-        // the wrong parts, which must be loud.
-        tracing::error!(session = %sid, parts, appended = appended.parts, "part count disagrees with the engine");
-        return Err(EngineError::Internal("part count disagrees with the engine".into()));
-    }
-    Ok(Stored { appended, meta })
+    validate_sid(sid)?;
+    let i = engine.ingest(sid, chunk_id, data, meta)?;
+    Ok(Stored { appended: i.appended, meta: i.meta })
 }
 
 /// One client chunk of a session's log: its first index and its sealed parts.
@@ -219,7 +148,6 @@ impl ClientChunk {
 /// part each. A redacted chunk has lost its metadata, so each of its parts is listed.
 pub(super) fn client_chunks(engine: &Engine, sid: &str) -> Result<Vec<ClientChunk>, EngineError> {
     let views = engine.records(sid)?;
-    let leaves = engine.leaves(sid)?;
     let mut out = Vec::new();
     let mut it = views.into_iter().peekable();
     while let Some(first) = it.next() {
@@ -234,7 +162,7 @@ pub(super) fn client_chunks(engine: &Engine, sid: &str) -> Result<Vec<ClientChun
                 None => break,
             }
         }
-        let leaf = leaves.get(index as usize).map(|h| hex(h)).unwrap_or_default();
+        let leaf = hex(&lucid_core::merkle::leaf_hash(&group[0].record.encode()));
         out.push(ClientChunk { first: index, views: group, meta, client_id, leaf });
     }
     Ok(out)
@@ -639,6 +567,7 @@ async fn metrics(State(engine): State<AppState>, Extension(last): Extension<Last
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{MAX_PART, parts_for};
 
     #[test]
     fn parts_match_the_engine_split() {

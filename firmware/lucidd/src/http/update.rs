@@ -57,26 +57,37 @@ impl From<InstallError> for ApiError {
 async fn upload(State(engine): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<axum::Json<Value>> {
     let u = Updater::of(&engine);
     let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let installed = install(u.clone(), body, length).await?;
     let reboot_now = u.cfg.reboot_after_install;
-    if reboot_now {
-        let kind = reboot_kind(u.cfg.boot_control);
-        let e = engine.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(REBOOT_DELAY).await;
-            // Close any recording cleanly (final checkpoint and manifest) before the
-            // restart, then reboot into the armed slot.
-            let err = tokio::task::spawn_blocking(move || {
-                e.shutdown();
-                reboot(kind)
-            })
-            .await;
-            tracing::error!(?err, "reboot after install failed");
-        });
-    }
+    // The install runs in its own task: a client that goes away (during verification,
+    // say) drops this handler, not the install, which still ends failed or armed with
+    // its reboot scheduled instead of staying busy forever.
+    let (uu, e) = (u.clone(), engine.clone());
+    let task = tokio::spawn(async move {
+        let installed = install(uu.clone(), body, length).await?;
+        if reboot_now {
+            schedule_reboot(e, reboot_kind(uu.cfg.boot_control));
+        }
+        Ok::<_, InstallError>(installed)
+    });
+    let installed = task.await.map_err(|e| ApiError::Internal(format!("install task: {e}")))??;
     Ok(axum::Json(json!({
         "state": u.phase(),
         "installed": installed,
         "rebooting": reboot_now,
     })))
+}
+
+/// Reboots into the armed slot after `REBOOT_DELAY`, so the response reaches the client.
+fn schedule_reboot(e: AppState, kind: crate::update::RebootKind) {
+    tokio::spawn(async move {
+        tokio::time::sleep(REBOOT_DELAY).await;
+        // Close any recording cleanly (final checkpoint and manifest) before the
+        // restart, then reboot into the armed slot.
+        let err = tokio::task::spawn_blocking(move || {
+            e.shutdown();
+            reboot(kind)
+        })
+        .await;
+        tracing::error!(?err, "reboot after install failed");
+    });
 }

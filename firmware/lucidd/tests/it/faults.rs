@@ -271,3 +271,43 @@ fn power_cut_mid_commit_keeps_every_acknowledged_chunk() {
         lucid_core::verify_evidence(tar.as_slice()).unwrap_or_else(|e| panic!("round {round}: {e}"));
     }
 }
+
+/// A multi-part upload is all or nothing: when the disk fills during it, no part is
+/// committed (so no later chunk can be read as its continuation), and the retry of the
+/// same upload succeeds once there is room.
+#[test]
+fn a_multi_part_upload_that_fails_leaves_no_parts_and_its_retry_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config(dir.path());
+    let inner = Arc::new(redb::backends::InMemoryBackend::new());
+    let limit = Arc::new(AtomicU64::new(u64::MAX));
+    let (i2, l2) = (inner.clone(), limit.clone());
+    let engine =
+        Engine::open_with(cfg, move |p| Store::open_with_backend(p, SmallDisk { inner: i2, limit: l2 })).unwrap();
+    let sid = "sess-multi001";
+    engine.ingest(sid, Some("before"), &payload(1, 1000), Default::default()).unwrap();
+    // Room for about one sealed part, not three.
+    let used = inner.len().unwrap();
+    limit.store(used + (lucidd::engine::MAX_PART as u64) * 3 / 2, Ordering::SeqCst);
+    let big = payload(2, 2 * lucidd::engine::MAX_PART + 1000);
+    match engine.ingest(sid, Some("big"), &big, Default::default()) {
+        Err(EngineError::Full(_)) => {}
+        other => panic!("expected a full disk, got {other:?}"),
+    }
+    assert_eq!(engine.get(sid).unwrap().chunk_count, 1, "a failed multi-part upload left parts behind");
+    assert_eq!(engine.store().get_record(sid, 1).unwrap(), None);
+    assert!(engine.store().chunk_index(sid, "big").unwrap().is_none());
+
+    limit.store(u64::MAX, Ordering::SeqCst);
+    let a = engine.ingest(sid, Some("big"), &big, Default::default()).unwrap().appended;
+    assert_eq!((a.first_index, a.parts), (1, 3));
+    let after = engine.ingest(sid, Some("after"), b"next", Default::default()).unwrap().appended;
+    assert_eq!(after.first_index, 4);
+    let reader = engine.reader(sid).unwrap();
+    assert_eq!(reader.client_chunk(1).unwrap(), big);
+    assert_eq!(reader.client_chunk(4).unwrap(), b"next");
+    engine.finalize(sid).unwrap();
+    let mut tar = Vec::new();
+    engine.write_evidence(sid, &mut tar).unwrap();
+    assert_eq!(lucid_core::verify_evidence(tar.as_slice()).unwrap().chunk_count, 5);
+}

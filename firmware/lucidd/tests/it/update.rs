@@ -556,3 +556,56 @@ fn cli_keygen_create_inspect_round_trip() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(rig.slot("b-root")[..root.len()] == root[..]);
 }
+
+/// Sends the first `send` bytes of an install request on a raw socket, then hangs up
+/// without reading the answer.
+fn post_and_hang_up(d: &Daemon, bundle: &[u8], send: usize) {
+    use std::io::Write;
+    let addr = d.addrs["gateway"];
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /api/v1/update HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        bundle.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&bundle[..send]).unwrap();
+    s.flush().unwrap();
+    drop(s);
+}
+
+/// Polls until the install is no longer receiving or verifying.
+fn settled(d: &Daemon) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(d);
+        let state = s["state"].as_str().unwrap_or_default().to_owned();
+        if !matches!(state.as_str(), "receiving" | "verifying") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "install stuck busy after the client left: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A client that goes away mid-upload or once the bundle is sent (while the slot is
+/// verified) must not leave the updater busy: the install ends failed, or armed, and
+/// the next install is accepted.
+#[test]
+fn an_install_whose_client_hangs_up_still_ends() {
+    let (d, rig) = start("a", ENV_A);
+    let bundle = good_bundle(&rig);
+    post_and_hang_up(&d, &bundle, bundle.len() / 2);
+    let s = settled(&d);
+    assert_eq!(s["state"], "failed", "{s}");
+    assert!(!rig.env().contains("lucid_try=b"), "a half-sent bundle was armed: {}", rig.env());
+
+    post_and_hang_up(&d, &bundle, bundle.len());
+    let s = settled(&d);
+    assert!(matches!(s["state"].as_str(), Some("installed" | "failed")), "{s}");
+    if s["state"] != "failed" {
+        assert_eq!(rig.env(), "lucid_active=a\nlucid_try=b\n");
+    }
+    let r = post_bundle(&d, bundle);
+    assert_eq!(r.status, 200, "the updater stayed busy: {}", r.text());
+    assert_eq!(rig.env(), "lucid_active=a\nlucid_try=b\n");
+}
