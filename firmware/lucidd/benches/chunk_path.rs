@@ -106,9 +106,7 @@ fn run(label: &str, bufs: &[Buf]) {
 
     // The whole path, with the store on this machine's disk (one fsync per chunk).
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = lucidd::Config::default();
-    cfg.data_dir = dir.path().to_owned();
-    cfg.api_token = Some("bench".into());
+    let cfg = lucidd::Config { data_dir: dir.path().to_owned(), api_token: Some("bench".into()), ..Default::default() };
     let engine = Engine::open(cfg).unwrap();
     let row = engine.create_session(None, "bench".into(), Kind::Camera, |_| {}).unwrap();
     let mut lat = Vec::with_capacity(bufs.len());

@@ -384,7 +384,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let v = &self.video;
         let bad = |key, msg: &str| Err(ConfigError::Invalid { key, msg: msg.into() });
-        if v.width < 16 || v.height < 16 || v.width % 2 != 0 || v.height % 2 != 0 || v.width > 3840 || v.height > 2160 {
+        if v.width < 16
+            || v.height < 16
+            || !v.width.is_multiple_of(2)
+            || !v.height.is_multiple_of(2)
+            || v.width > 3840
+            || v.height > 2160
+        {
             return bad("video.width/height", "must be even, between 16x16 and 3840x2160");
         }
         if !(1..=120).contains(&v.fps) {

@@ -92,6 +92,9 @@ pub struct PartWrite<'a> {
 /// One Merkle node: (level, index, SHA-256).
 pub type Node = (u32, u64, [u8; 32]);
 
+/// A manifest's JSON bytes exactly as signed, and the 64-byte Ed25519 signature.
+pub type SignedManifest = (Vec<u8>, Vec<u8>);
+
 /// One committed chunk (all its parts), as `commit_chunk` writes it.
 pub struct ChunkWrite<'a> {
     pub session_id: &'a str,
@@ -590,7 +593,8 @@ impl Store {
         db!(self, "commit", txn.commit())
     }
 
-    pub fn get_manifest(&self, sid: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    /// The manifest JSON exactly as signed, and its signature.
+    pub fn get_manifest(&self, sid: &str) -> Result<Option<SignedManifest>, StoreError> {
         let g = self.handle()?;
         let db = live(&g)?;
         let txn = db!(self, "begin_read", db.begin_read())?;

@@ -196,10 +196,10 @@ fn recording_config_value(rc: Option<RecordingConfig>, encoder_bps: u32, problem
     if !(1..=120).contains(&fr) {
         problems.push(json!({"loc": ["body", "recording_config", "frame_rate"], "msg": "must be between 1 and 120", "type": "value_error"}));
     }
-    if let Some(b) = rc.bitrate {
-        if !(1_000..=50_000_000).contains(&b) {
-            problems.push(json!({"loc": ["body", "recording_config", "bitrate"], "msg": "must be between 1000 and 50000000", "type": "value_error"}));
-        }
+    if let Some(b) = rc.bitrate
+        && !(1_000..=50_000_000).contains(&b)
+    {
+        problems.push(json!({"loc": ["body", "recording_config", "bitrate"], "msg": "must be between 1000 and 50000000", "type": "value_error"}));
     }
     let res = rc.resolution.unwrap_or_else(|| "1920x1080".into());
     let valid_res = res
@@ -456,11 +456,10 @@ async fn update(
     LJson(req): LJson<UpdateSession>,
 ) -> ApiResult<Json> {
     let mut problems = Vec::new();
-    if let Some(n) = &req.name {
-        if !(1..=255).contains(&n.chars().count()) {
-            problems
-                .push(json!({"loc": ["body", "name"], "msg": "must be 1 to 255 characters", "type": "value_error"}));
-        }
+    if let Some(n) = &req.name
+        && !(1..=255).contains(&n.chars().count())
+    {
+        problems.push(json!({"loc": ["body", "name"], "msg": "must be 1 to 255 characters", "type": "value_error"}));
     }
     let md = req.metadata.map(|m| metadata_value(Some(m), &mut problems));
     let sc = req.storage_config.map(|s| storage_config_value(Some(s), &mut problems));
@@ -594,10 +593,11 @@ async fn chunks(State(e): State<AppState>, Path(id): Path<String>, LQuery(q): LQ
         }
     };
     let (from, to) = (parse_t(&q.start_time, "start_time")?, parse_t(&q.end_time, "end_time")?);
-    if let Some(s) = &q.status {
-        if s != "stored" && s != "redacted" {
-            return Err(ApiError::validation(&["query", "status"], "must be stored or redacted"));
-        }
+    if let Some(s) = &q.status
+        && s != "stored"
+        && s != "redacted"
+    {
+        return Err(ApiError::validation(&["query", "status"], "must be stored or redacted"));
     }
     let sid = id.clone();
     let unfiltered = q.status.is_none() && from.is_none() && to.is_none();

@@ -66,10 +66,10 @@ fn spawn(dir: &std::path::Path) -> Proc {
     let c = client();
     let t = Instant::now();
     loop {
-        if let Ok(r) = c.http.get(format!("{base}/health")).send() {
-            if r.status().is_success() {
-                break;
-            }
+        if let Ok(r) = c.http.get(format!("{base}/health")).send()
+            && r.status().is_success()
+        {
+            break;
         }
         assert!(t.elapsed() < Duration::from_secs(30), "lucidd did not become healthy");
         std::thread::sleep(Duration::from_millis(100));

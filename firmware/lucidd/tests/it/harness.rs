@@ -20,15 +20,17 @@ pub struct Daemon {
 
 /// Small, fast video so the suite records in real time on a loaded 2-core machine.
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.to_owned();
-    c.bind = [127, 0, 0, 1].into();
-    c.api_token = Some(TOKEN.into());
+    let mut c = Config {
+        data_dir: dir.to_owned(),
+        bind: [127, 0, 0, 1].into(),
+        api_token: Some(TOKEN.into()),
+        min_free_bytes: 1 << 20,
+        ..Config::default()
+    };
     c.video.width = 320;
     c.video.height = 240;
     c.video.fps = 15;
     c.video.bitrate_bps = 300_000;
-    c.min_free_bytes = 1 << 20;
     c.record.checkpoint_every_chunks = 3;
     c
 }
