@@ -50,12 +50,16 @@ impl Check {
                     panic!("the muxer writes explicit samples")
                 };
                 assert_eq!(entries.len(), c.frame_count as usize);
+                // A chunk decodes alone only if it starts at a sync sample (keyframe).
+                let first = entries[0].flags.or(moof.traf[0].tfhd.default_sample_flags);
+                assert_eq!(first.map(|f| f & 0x0001_0000), Some(0), "chunk starts with a non-sync sample");
                 let sizes: u64 = entries.iter().map(|e| u64::from(e.size.unwrap_or(0))).sum();
                 assert_eq!(sizes, mdat.data.len() as u64, "sample sizes do not add up to the mdat");
             }
             Codec::Fwht => {
                 let frames = lucid_media::fwht::split_stream(&c.fragment).expect("whole FWHT frames");
                 assert_eq!(frames.len(), c.frame_count as usize);
+                assert!(frames[0].1.is_intra(), "chunk starts with an inter frame");
             }
         }
     }
