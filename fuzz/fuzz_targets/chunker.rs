@@ -7,8 +7,10 @@
 //!
 //! Input: byte 0 picks the codec (bit 0: FWHT) and the fragment limit (1024 + 256 × the
 //! other bits), byte 1 the target duration; then records of
-//! `[op][pts step (ms)][len u16 BE][len bytes]`, where op bit 0 marks a keyframe, bit 1
-//! calls `gap()` first, bit 2 `finish()` after, and bit 3 restarts the pts at 0.
+//! `[op][pts step (ms)][len u16 BE][len bytes]`, where op bit 1 calls `gap()` first,
+//! bit 2 `finish()` after, and bit 3 restarts the pts at 0. The keyframe flag comes from
+//! the bitstream, as the encoders set it (bit 0 is the V4L2 buffer flag, used only when a
+//! FWHT header does not parse).
 #![no_main]
 
 use std::io::Cursor;
@@ -90,7 +92,14 @@ fuzz_target!(|data: &[u8]| {
             pts = 0;
         }
         pts += u64::from(step) * 1000;
-        let au = AccessUnit { data: bytes.to_vec(), pts_us: pts, wall_us: pts as i64, keyframe: op & 1 != 0 };
+        // The keyframe flag as every producer sets it, from the bitstream (the chunker's
+        // contract; `v4l2::m2m::is_keyframe`): the op bit only stands in for the buffer
+        // flag when a FWHT header does not parse.
+        let keyframe = match codec {
+            Codec::H264 => lucid_media::is_idr(bytes),
+            Codec::Fwht => lucid_media::fwht::parse_header(bytes).map_or(op & 1 != 0, |h| h.is_intra()),
+        };
+        let au = AccessUnit { data: bytes.to_vec(), pts_us: pts, wall_us: pts as i64, keyframe };
         let _ = chunker.push(au);
         if op & 4 != 0 {
             let _ = chunker.finish();
