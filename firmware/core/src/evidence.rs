@@ -291,7 +291,7 @@ pub enum VerifyError {
     /// An entry that is not a regular file (directory, link, device...).
     #[error("{path} is not a regular file")]
     NotRegularFile { path: String },
-    /// The same path twice in a row (a repeat of an earlier entry is `OutOfOrder`).
+    /// The same path twice.
     #[error("duplicate entry {path}")]
     DuplicateEntry { path: String },
     /// An entry before one it must follow (layout order, ascending numbers).
@@ -461,15 +461,11 @@ pub fn verify_evidence<R: Read>(r: R) -> Result<EvidenceReport, VerifyError> {
             if entry.header().entry_type() != tar::EntryType::Regular {
                 return Err(VerifyError::NotRegularFile { path });
             }
-            // Strictly ascending (section, number): a repeat of the previous entry is a
-            // duplicate, anything else not above it is out of order. No set of seen paths
-            // is kept, so memory does not grow with the entry count.
-            match v.last {
-                Some(last) if (section, n) == last => {
-                    return Err(VerifyError::DuplicateEntry { path });
-                }
-                Some(last) if (section, n) < last => return Err(VerifyError::OutOfOrder { path }),
-                _ => {}
+            if v.seen(section, n) {
+                return Err(VerifyError::DuplicateEntry { path });
+            }
+            if v.last.is_some_and(|last| (section, n) <= last) {
+                return Err(VerifyError::OutOfOrder { path });
             }
             v.last = Some((section, n));
             let (size, max) = (entry.size(), section.max_size());
@@ -605,6 +601,27 @@ fn missing(section: Section) -> VerifyError {
 }
 
 impl Verification {
+    /// Whether an entry of this section and number was accepted before. Read from the
+    /// state kept anyway (sections' flags, the ascending checkpoints and records, the
+    /// chunks' bitmap) rather than a set of paths, so memory does not grow with entries
+    /// that are not kept; every earlier entry was accepted, or verification had stopped.
+    fn seen(&self, section: Section, n: u64) -> bool {
+        match section {
+            Section::Version => self.version,
+            Section::Vkey => self.vkey.is_some(),
+            Section::Manifest => self.manifest_bytes.is_some(),
+            Section::ManifestSig => self.signature.is_some(),
+            Section::Init => self.init_seen,
+            Section::Checkpoints => self
+                .checkpoints
+                .binary_search_by_key(&n, |c| c.size)
+                .is_ok(),
+            Section::Records => self.records.binary_search_by_key(&n, |r| r.index).is_ok(),
+            Section::Chunks => self.chunk_seen.get(n as usize) == Some(&true),
+            Section::End => false,
+        }
+    }
+
     fn head(&self) -> &Head {
         // advance() verifies the head before any later section is processed.
         self.head
@@ -1126,6 +1143,23 @@ mod tests {
         assert!(
             matches!(verify_entries(&e), Err(VerifyError::DuplicateEntry { path }) if path.ends_with("02.rec"))
         );
+        // Far from the original (as lucidd's integration test does): still a duplicate,
+        // for every kind of entry.
+        let base = entries(&fixture().bundle());
+        for path in [
+            Section::Version.path().to_owned(),
+            Section::Init.path().to_owned(),
+            entry_path(Section::Checkpoints, 5),
+            entry_path(Section::Records, 3),
+            entry_path(Section::Chunks, 0),
+        ] {
+            let mut e = base.clone();
+            e.push(base[find(&base, &path)].clone());
+            assert!(
+                matches!(verify_entries(&e), Err(VerifyError::DuplicateEntry { path: p }) if p == path),
+                "{path}"
+            );
+        }
     }
 
     #[test]
