@@ -11,7 +11,9 @@ use lucid_core::sign_checkpoint;
 use lucid_fuzz::{signer, verifier};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let v = verifier();
     if let Ok(cp) = v.verify_checkpoint(text) {
         assert!(text.starts_with(&cp.body()));

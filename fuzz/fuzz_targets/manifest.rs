@@ -11,7 +11,11 @@ use lucid_fuzz::{signer, verifier};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(sig) = manifest::parse_signature_file(data) {
-        let file = lucid_core::SignedManifest { bytes: Vec::new(), signature: sig }.signature_file();
+        let file = lucid_core::SignedManifest {
+            bytes: Vec::new(),
+            signature: sig,
+        }
+        .signature_file();
         assert_eq!(file.as_bytes(), data, "a signature file has one spelling");
     }
     let signer = signer();

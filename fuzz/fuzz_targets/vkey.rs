@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use lucid_core::Verifier;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(v) = Verifier::from_vkey(text) {
         assert_eq!(v.vkey(), text, "a parsed vkey does not print back the same");
         assert_eq!(Verifier::from_vkey(&v.vkey()).as_ref(), Ok(&v));

@@ -42,7 +42,9 @@ pub fn pieces<'a>(data: &'a [u8], sizes: &[u8]) -> Vec<&'a [u8]> {
     let mut rest = data;
     let mut k = 0;
     while !rest.is_empty() {
-        let n = sizes.get(k % sizes.len().max(1)).map_or(rest.len(), |&s| s as usize + 1);
+        let n = sizes
+            .get(k % sizes.len().max(1))
+            .map_or(rest.len(), |&s| s as usize + 1);
         let (a, b) = rest.split_at(n.min(rest.len()));
         out.push(a);
         rest = b;
