@@ -5,6 +5,8 @@
 //!
 //! Test-only and ignored: `./scripts/fuzz seeds` runs it. It must not write anywhere but
 //! the seed directory; the pictures are tiny (64×48) so the committed seeds stay small.
+//! Unlike lucid-core's seeds, the H.264 ones differ from run to run (the test pattern's
+//! picture depends on the wall clock), so regenerating them shows a diff in git.
 
 use std::path::{Path, PathBuf};
 
