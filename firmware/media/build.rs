@@ -23,22 +23,14 @@ fn main() {
         .unwrap_or_else(|_| "aarch64-linux-gnu-g++".to_owned());
     let mut parts = cxx.split_whitespace();
     let Some(program) = parts.next() else {
-        println!(
-            "cargo:warning=lucid-media: empty CXX for {target}; libstdc++.a not added to the link path"
-        );
+        println!("cargo:warning=lucid-media: empty CXX for {target}; libstdc++.a not added to the link path");
         return;
     };
-    let output = Command::new(program)
-        .args(parts)
-        .arg("-print-file-name=libstdc++.a")
-        .output();
+    let output = Command::new(program).args(parts).arg("-print-file-name=libstdc++.a").output();
     let path = match output {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
         Ok(o) => {
-            println!(
-                "cargo:warning=lucid-media: `{cxx} -print-file-name=libstdc++.a` failed: {}",
-                o.status
-            );
+            println!("cargo:warning=lucid-media: `{cxx} -print-file-name=libstdc++.a` failed: {}", o.status);
             return;
         }
         Err(e) => {

@@ -25,20 +25,13 @@ fn policy() -> BundlePolicy {
         keys: KeyPolicy::Trusted(vec![verifier()]),
         board: Some("fuzz-board".into()),
         current_build: Some(1),
-        capacity: Some(BTreeMap::from([
-            ("boot".into(), 1 << 20),
-            ("rootfs".into(), 1 << 20),
-        ])),
+        capacity: Some(BTreeMap::from([("boot".into(), 1 << 20), ("rootfs".into(), 1 << 20)])),
     }
 }
 
 fn run(parts: &[&[u8]]) -> Outcome {
     let mut reader = BundleReader::new(policy());
-    let mut out = Outcome {
-        verdict: Ok(()),
-        payloads: Vec::new(),
-        manifest: None,
-    };
+    let mut out = Outcome { verdict: Ok(()), payloads: Vec::new(), manifest: None };
     for part in parts {
         match reader.feed(part) {
             Ok(events) => {
@@ -101,16 +94,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let whole = run(&[&stream]);
     let split = run(&pieces(&stream, sizes));
-    assert_eq!(
-        whole.verdict, split.verdict,
-        "the verdict depends on how the stream was split"
-    );
+    assert_eq!(whole.verdict, split.verdict, "the verdict depends on how the stream was split");
     // Payload bytes handed out before a failure depend on the split (a device discards
     // them: nothing is armed); a good bundle must give the same bytes however it came.
     if whole.verdict.is_ok() {
-        assert_eq!(
-            whole, split,
-            "the payloads depend on how the stream was split"
-        );
+        assert_eq!(whole, split, "the payloads depend on how the stream was split");
     }
 });

@@ -23,11 +23,8 @@ fuzz_target!(|data: &[u8]| {
     let mut raw = signer.key_id().to_vec();
     raw.extend_from_slice(&sig);
     use base64::Engine as _;
-    let note = format!(
-        "{text}\n\u{2014} {} {}\n",
-        signer.name(),
-        base64::engine::general_purpose::STANDARD.encode(&raw)
-    );
+    let note =
+        format!("{text}\n\u{2014} {} {}\n", signer.name(), base64::engine::general_purpose::STANDARD.encode(&raw));
     if let Ok(cp) = v.verify_checkpoint(&note) {
         assert_eq!(cp.body(), text, "a verified body is not canonical");
         assert_eq!(sign_checkpoint(&cp, &signer).expect("signs"), note);

@@ -10,11 +10,7 @@ use lucid_core::{ChunkRecord, merkle};
 fuzz_target!(|data: &[u8]| {
     if let Ok(record) = ChunkRecord::decode(data) {
         record.validate().expect("a decoded record is valid");
-        assert_eq!(
-            record.encode(),
-            data,
-            "decode then encode changed the bytes"
-        );
+        assert_eq!(record.encode(), data, "decode then encode changed the bytes");
         assert_eq!(record.leaf_hash(), merkle::leaf_hash(data));
         // Matching a chunk against the record is the verifier's next step; it must
         // refuse garbage without panicking.

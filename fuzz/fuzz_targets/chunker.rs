@@ -45,34 +45,19 @@ impl Check {
                 let mut cur = Cursor::new(&c.fragment);
                 let moof = Moof::decode(&mut cur).expect("fragment starts with a moof");
                 let mdat = Mdat::decode(&mut cur).expect("moof is followed by an mdat");
-                assert_eq!(
-                    cur.position() as usize,
-                    c.fragment.len(),
-                    "bytes after the mdat"
-                );
+                assert_eq!(cur.position() as usize, c.fragment.len(), "bytes after the mdat");
                 assert_eq!(moof.mfhd.sequence_number, c.sequence);
                 let trun = &moof.traf[0].trun[0];
-                let TrunSamples::Explicit(entries) = &trun.samples else {
-                    panic!("the muxer writes explicit samples")
-                };
+                let TrunSamples::Explicit(entries) = &trun.samples else { panic!("the muxer writes explicit samples") };
                 assert_eq!(entries.len(), c.frame_count as usize);
                 // A chunk decodes alone only if it starts at a sync sample (keyframe).
                 let first = entries[0].flags.or(moof.traf[0].tfhd.default_sample_flags);
-                assert_eq!(
-                    first.map(|f| f & 0x0001_0000),
-                    Some(0),
-                    "chunk starts with a non-sync sample"
-                );
+                assert_eq!(first.map(|f| f & 0x0001_0000), Some(0), "chunk starts with a non-sync sample");
                 let sizes: u64 = entries.iter().map(|e| u64::from(e.size.unwrap_or(0))).sum();
-                assert_eq!(
-                    sizes,
-                    mdat.data.len() as u64,
-                    "sample sizes do not add up to the mdat"
-                );
+                assert_eq!(sizes, mdat.data.len() as u64, "sample sizes do not add up to the mdat");
             }
             Codec::Fwht => {
-                let frames =
-                    lucid_media::fwht::split_stream(&c.fragment).expect("whole FWHT frames");
+                let frames = lucid_media::fwht::split_stream(&c.fragment).expect("whole FWHT frames");
                 assert_eq!(frames.len(), c.frame_count as usize);
                 assert!(frames[0].1.is_intra(), "chunk starts with an inter frame");
             }
@@ -85,11 +70,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut rest: &[u8] = tail;
-    let codec = if cfg & 1 == 1 {
-        Codec::Fwht
-    } else {
-        Codec::H264
-    };
+    let codec = if cfg & 1 == 1 { Codec::Fwht } else { Codec::H264 };
     let limit = 1024 + 256 * usize::from(cfg >> 1);
     let config = ChunkerConfig {
         target_duration_us: (u64::from(dur) + 1) * 10_000,
@@ -98,12 +79,7 @@ fuzz_target!(|data: &[u8]| {
         codec,
     };
     let mut chunker = Chunker::new(config).expect("valid config");
-    let mut check = Check {
-        codec,
-        limit,
-        next_sequence: None,
-        last_end: None,
-    };
+    let mut check = Check { codec, limit, next_sequence: None, last_end: None };
     let mut pts = 0u64;
     while let &[op, step, hi, lo, ref tail @ ..] = rest {
         let len = usize::from(u16::from_be_bytes([hi, lo])).min(tail.len());
@@ -121,16 +97,9 @@ fuzz_target!(|data: &[u8]| {
         // flag when a FWHT header does not parse.
         let keyframe = match codec {
             Codec::H264 => lucid_media::is_idr(bytes),
-            Codec::Fwht => {
-                lucid_media::fwht::parse_header(bytes).map_or(op & 1 != 0, |h| h.is_intra())
-            }
+            Codec::Fwht => lucid_media::fwht::parse_header(bytes).map_or(op & 1 != 0, |h| h.is_intra()),
         };
-        let au = AccessUnit {
-            data: bytes.to_vec(),
-            pts_us: pts,
-            wall_us: pts as i64,
-            keyframe,
-        };
+        let au = AccessUnit { data: bytes.to_vec(), pts_us: pts, wall_us: pts as i64, keyframe };
         let _ = chunker.push(au);
         if op & 4 != 0 {
             let _ = chunker.finish();

@@ -14,28 +14,17 @@ fuzz_target!(|data: &[u8]| {
     let nals = fuzzing::split_annexb(data);
     for nal in &nals {
         assert!(!nal.is_empty());
-        assert!(
-            !nal.windows(3).any(|w| w == [0, 0, 1]),
-            "a NAL holds a start code"
-        );
+        assert!(!nal.windows(3).any(|w| w == [0, 0, 1]), "a NAL holds a start code");
         assert_ne!(nal.last(), Some(&0), "trailing zero kept");
     }
     // What the chunker asks of every access unit (panics only).
     let _ = fuzzing::classify(data);
 
-    let kept: Vec<&[u8]> = nals
-        .iter()
-        .copied()
-        .filter(|n| !matches!(n[0] & 0x1f, 7..=9))
-        .collect();
+    let kept: Vec<&[u8]> = nals.iter().copied().filter(|n| !matches!(n[0] & 0x1f, 7..=9)).collect();
     let (predicted, sample) = fuzzing::avcc(data);
     match sample {
         Ok(sample) => {
-            assert_eq!(
-                sample.len(),
-                predicted,
-                "avcc_len mispredicts the sample size"
-            );
+            assert_eq!(sample.len(), predicted, "avcc_len mispredicts the sample size");
             let mut rest = &sample[..];
             let mut back = Vec::new();
             while !rest.is_empty() {
@@ -43,10 +32,7 @@ fuzz_target!(|data: &[u8]| {
                 back.push(&rest[4..4 + len]);
                 rest = &rest[4 + len..];
             }
-            assert_eq!(
-                back, kept,
-                "the AVCC sample does not read back as its NAL units"
-            );
+            assert_eq!(back, kept, "the AVCC sample does not read back as its NAL units");
         }
         Err(H264Error::NoNalUnits) => assert!(nals.is_empty()),
         Err(e) => panic!("unexpected error {e}"),

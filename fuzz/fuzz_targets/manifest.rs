@@ -11,19 +11,15 @@ use lucid_fuzz::{signer, verifier};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(sig) = manifest::parse_signature_file(data) {
-        let file = lucid_core::SignedManifest {
-            bytes: Vec::new(),
-            signature: sig,
-        }
-        .signature_file();
+        let file = lucid_core::SignedManifest { bytes: Vec::new(), signature: sig }.signature_file();
         assert_eq!(file.as_bytes(), data, "a signature file has one spelling");
     }
     let signer = signer();
     let sig = signer.sign(data);
     if let Ok(m) = verify_manifest(data, &sig, &verifier()) {
         let signed = sign_manifest(&m, &signer).expect("a verified manifest signs");
-        let again = verify_manifest(&signed.bytes, &signed.signature, &verifier())
-            .expect("a re-signed manifest verifies");
+        let again =
+            verify_manifest(&signed.bytes, &signed.signature, &verifier()).expect("a re-signed manifest verifies");
         assert_eq!(again, m, "sign then verify changed the manifest");
     }
 });

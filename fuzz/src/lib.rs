@@ -17,10 +17,7 @@ pub const FUZZ_KEY_NAME: &str = "lucid-fuzz";
 /// A PKCS#8 v1 document for an Ed25519 seed (RFC 8410: the fixed DER prefix, then the
 /// seed), which `Signer::from_pkcs8` accepts.
 pub fn pkcs8_v1(seed: &[u8; 32]) -> Vec<u8> {
-    let mut der = vec![
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
-    ];
+    let mut der = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
     der.extend_from_slice(seed);
     der
 }
@@ -42,9 +39,7 @@ pub fn pieces<'a>(data: &'a [u8], sizes: &[u8]) -> Vec<&'a [u8]> {
     let mut rest = data;
     let mut k = 0;
     while !rest.is_empty() {
-        let n = sizes
-            .get(k % sizes.len().max(1))
-            .map_or(rest.len(), |&s| s as usize + 1);
+        let n = sizes.get(k % sizes.len().max(1)).map_or(rest.len(), |&s| s as usize + 1);
         let (a, b) = rest.split_at(n.min(rest.len()));
         out.push(a);
         rest = b;

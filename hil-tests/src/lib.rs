@@ -25,7 +25,9 @@ pub fn repo() -> PathBuf {
 
 /// out/qemu-aarch64-virt/qemu-aarch64-virt.img, or LUCID_HIL_IMAGE.
 pub fn image_path() -> PathBuf {
-    std::env::var_os("LUCID_HIL_IMAGE").map(PathBuf::from).unwrap_or_else(|| repo().join("out").join(BOARD).join(format!("{BOARD}.img")))
+    std::env::var_os("LUCID_HIL_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("out").join(BOARD).join(format!("{BOARD}.img")))
 }
 
 /// Where consoles and downloads of a run go.
@@ -80,7 +82,8 @@ impl Device {
     /// Like `from_env`, booting `image` (a variant's) in QEMU.
     pub fn from_env_image(name: &str, image: &Path) -> Result<Device> {
         if let Some(addr) = remote_target() {
-            let token = std::env::var("LUCID_HIL_TOKEN").context("a real target needs LUCID_HIL_TOKEN (its API token)")?;
+            let token =
+                std::env::var("LUCID_HIL_TOKEN").context("a real target needs LUCID_HIL_TOKEN (its API token)")?;
             return Ok(Device { host: addr, ports: [8083, 8084, 8085, 8086, 8087], token, qemu: None });
         }
         let disk = work_dir().join(format!("{name}.qcow2"));
@@ -120,7 +123,8 @@ impl Device {
 
 /// Five free host ports (bound and released: a small race, fine for a test machine).
 pub fn free_ports() -> Result<[u16; 5]> {
-    let socks: Vec<std::net::TcpListener> = (0..5).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    let socks: Vec<std::net::TcpListener> =
+        (0..5).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
     let mut p = [0u16; 5];
     for (i, s) in socks.iter().enumerate() {
         p[i] = s.local_addr()?.port();
@@ -145,13 +149,21 @@ impl Qemu {
         let mut c = xtask::qemu::command(&board, disk, &fwd, false)?;
         if format != "qcow2" {
             // The harness may boot a raw scratch copy (tests that edit p1 with mtools).
-            let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().replace("format=qcow2", &format!("format={format}"))).collect();
+            let args: Vec<String> = c
+                .get_args()
+                .map(|a| a.to_string_lossy().replace("format=qcow2", &format!("format={format}")))
+                .collect();
             c = Command::new(c.get_program());
             c.args(args);
         }
         let log = work_dir().join(format!("{name}.console"));
         let mut file = std::fs::File::create(&log)?;
-        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("qemu-system-aarch64")?;
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("qemu-system-aarch64")?;
         let out = child.stdout.take().unwrap();
         let stdin = child.stdin.take();
         let console = Arc::new(Mutex::new(String::new()));
@@ -195,7 +207,10 @@ impl Qemu {
                 return Ok(t.elapsed());
             }
             if t.elapsed() > timeout {
-                bail!("{needle:?} not seen {count}x on the console after {timeout:?}; tail:\n{}", self.console_tail(40));
+                bail!(
+                    "{needle:?} not seen {count}x on the console after {timeout:?}; tail:\n{}",
+                    self.console_tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -329,7 +344,13 @@ pub fn partition_bytes(image: &Path, n: u32) -> Result<Vec<u8>> {
 pub fn bundle_path(variant: Option<&str>, build: u64) -> Result<PathBuf> {
     let dir = repo().join("out").join(xtask::assemble::out_name(BOARD, variant, build));
     let found = std::fs::read_dir(&dir)
-        .with_context(|| format!("{}: build it with ./scripts/image {BOARD} --build {build}{}", dir.display(), variant.map(|v| format!(" --variant {v}")).unwrap_or_default()))?
+        .with_context(|| {
+            format!(
+                "{}: build it with ./scripts/image {BOARD} --build {build}{}",
+                dir.display(),
+                variant.map(|v| format!(" --variant {v}")).unwrap_or_default()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "lucidota"));
     found.with_context(|| format!("no .lucidota in {}", dir.display()))
@@ -359,7 +380,14 @@ pub fn upload(url: &str, token: &str, file: &Path, timeout: Duration) -> Result<
 /// Starts a raw HTTP/1.1 upload of `file` and sends only its first `send` bytes, so a
 /// test can cut the power while the device is in the middle of writing a slot. The
 /// returned connection is left open (the device keeps waiting for the rest).
-pub fn partial_upload(host: &str, port: u16, path: &str, token: &str, file: &Path, send: usize) -> Result<std::net::TcpStream> {
+pub fn partial_upload(
+    host: &str,
+    port: u16,
+    path: &str,
+    token: &str,
+    file: &Path,
+    send: usize,
+) -> Result<std::net::TcpStream> {
     let data = std::fs::read(file)?;
     let mut s = std::net::TcpStream::connect((host, port))?;
     s.set_write_timeout(Some(Duration::from_secs(120)))?;
@@ -377,7 +405,8 @@ pub fn partial_upload(host: &str, port: u16, path: &str, token: &str, file: &Pat
 /// Creates a session and starts recording the device's camera; returns its id.
 pub fn start_session(dev: &Device, name: &str) -> String {
     let t = Some(dev.token.as_str());
-    let (code, body) = http("POST", &dev.gateway("/api/v1/sessions"), t, Some(&format!(r#"{{"name":"{name}"}}"#))).unwrap();
+    let (code, body) =
+        http("POST", &dev.gateway("/api/v1/sessions"), t, Some(&format!(r#"{{"name":"{name}"}}"#))).unwrap();
     assert!(code == 200 || code == 201, "create: {code} {}", String::from_utf8_lossy(&body));
     let sid = json(&body).unwrap()["session_id"].as_str().unwrap().to_owned();
     let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/start")), t, None).unwrap();
@@ -387,7 +416,8 @@ pub fn start_session(dev: &Device, name: &str) -> String {
 
 /// Stops a recording; returns its final statistics (at least two chunks, or the test fails).
 pub fn stop_session(dev: &Device, sid: &str) -> serde_json::Value {
-    let (code, body) = http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/stop")), Some(&dev.token), None).unwrap();
+    let (code, body) =
+        http("POST", &dev.gateway(&format!("/api/v1/sessions/{sid}/stop")), Some(&dev.token), None).unwrap();
     assert_eq!(code, 200, "stop: {}", String::from_utf8_lossy(&body));
     let stats = json(&body).unwrap()["final_statistics"].clone();
     assert!(stats["chunks_count"].as_u64().unwrap_or(0) >= 2, "too few chunks: {stats}");
@@ -410,5 +440,10 @@ pub fn verify_evidence(dev: &Device, sid: &str, tag: &str) {
     let path = work_dir().join(format!("{tag}-evidence.tar"));
     std::fs::write(&path, &evidence).unwrap();
     let out = Command::new(host_lucidd().unwrap()).arg("verify").arg(&path).output().unwrap();
-    assert!(out.status.success(), "lucidd verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "lucidd verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -28,7 +28,11 @@ fn boots_to_healthy_services_and_records_a_verifiable_session() {
 
     let img = image_path();
     let rootfs = img.with_file_name("rootfs.squashfs");
-    println!("hil boot: healthy /health {:.1} s after QEMU start (harness wait {:.1} s)", since_power_on.unwrap_or(healthy).as_secs_f64(), healthy.as_secs_f64());
+    println!(
+        "hil boot: healthy /health {:.1} s after QEMU start (harness wait {:.1} s)",
+        since_power_on.unwrap_or(healthy).as_secs_f64(),
+        healthy.as_secs_f64()
+    );
     if remote_target().is_none() {
         let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let xz = img.with_extension("img.xz");
@@ -41,7 +45,10 @@ fn boots_to_healthy_services_and_records_a_verifiable_session() {
             size(&rootfs) as f64 / 1048576.0
         );
     }
-    println!("hil boot: session {sid}: {} chunks, {} frames, evidence verified on the host", stats["chunks_count"], stats["frame_count"]);
+    println!(
+        "hil boot: session {sid}: {} chunks, {} frames, evidence verified on the host",
+        stats["chunks_count"], stats["frame_count"]
+    );
 }
 
 #[test]

@@ -49,7 +49,11 @@ fn export(dev: &Device, sid: &str, tag: &str) -> (std::path::PathBuf, Vec<u8>, S
 #[ignore = "boots QEMU; run by ./scripts/hil camera"]
 fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
     let img = camera_image();
-    let mut dev = if remote_target().is_some() { Device::from_env("camera").unwrap() } else { Device::from_env_image("camera", &img).unwrap() };
+    let mut dev = if remote_target().is_some() {
+        Device::from_env("camera").unwrap()
+    } else {
+        Device::from_env_image("camera", &img).unwrap()
+    };
     dev.wait_healthy(BOOT_TIMEOUT).unwrap();
     let cam = camera(&dev);
     println!("hil camera: devices {}", cam["devices"]);
@@ -57,9 +61,13 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
     assert!(devices.iter().any(|d| d["role"] == "camera"), "no camera found: {cam}");
     let qemu = dev.qemu.is_some();
     if qemu {
-        assert!(dev.qemu.as_ref().unwrap().console().contains("lucid-rcS: v4l2 /dev/video0: vivid"), "vivid did not appear");
         assert!(
-            devices.iter().any(|d| d["role"] == "codec" && d["capture_formats"].as_array().is_some_and(|f| f.iter().any(|x| x == "FWHT"))),
+            dev.qemu.as_ref().unwrap().console().contains("lucid-rcS: v4l2 /dev/video0: vivid"),
+            "vivid did not appear"
+        );
+        assert!(
+            devices.iter().any(|d| d["role"] == "codec"
+                && d["capture_formats"].as_array().is_some_and(|f| f.iter().any(|x| x == "FWHT"))),
             "no FWHT encoder (vicodec): {cam}"
         );
     }
@@ -85,7 +93,11 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
         let recorded = stats["frame_count"].as_u64().unwrap();
         assert_eq!(frames.len() as u64, recorded, "export frames vs recorded frames");
         assert!(frames[0].1.is_intra());
-        assert_eq!((frames[0].1.width, frames[0].1.height), (640, 360), "the visible size, not the 640x368 vicodec pads to");
+        assert_eq!(
+            (frames[0].1.width, frames[0].1.height),
+            (640, 360),
+            "the visible size, not the 640x368 vicodec pads to"
+        );
         println!(
             "hil camera: fwht session {sid}: {} chunks, {recorded} frames ({} intra), {} bytes; evidence verified on the host; opened {}",
             stats["chunks_count"],
@@ -104,7 +116,17 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
         q.send(&cmd).unwrap();
         q.wait_console("hw-decode-exit=", 1, Duration::from_secs(180)).unwrap();
         let c = q.console();
-        let tail: Vec<&str> = c.lines().filter(|l| l.starts_with("input:") || l.starts_with("decoded:") || l.starts_with("psnr:") || l.contains("lucidd hw:") || l.starts_with("OK:") || l.contains("hw-decode-exit=")).collect();
+        let tail: Vec<&str> = c
+            .lines()
+            .filter(|l| {
+                l.starts_with("input:")
+                    || l.starts_with("decoded:")
+                    || l.starts_with("psnr:")
+                    || l.contains("lucidd hw:")
+                    || l.starts_with("OK:")
+                    || l.contains("hw-decode-exit=")
+            })
+            .collect();
         println!("hil camera: on-device decode:\n  {}", tail.join("\n  "));
         assert!(c.contains("hw-decode-exit=0"), "on-device decode failed:\n{}", q.console_tail(30));
         let _ = std::fs::remove_file(path);
@@ -113,7 +135,11 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
     // (2) H.264: in QEMU vivid -> OpenH264 (the software path every board has); on a real
     // device the encoder named by LUCID_HIL_ENCODER (default hardware: bcm2835-codec on a
     // Pi 0-4; use software on a Pi 5).
-    let want = if qemu { "software".to_owned() } else { std::env::var("LUCID_HIL_ENCODER").unwrap_or_else(|_| "hardware".into()) };
+    let want = if qemu {
+        "software".to_owned()
+    } else {
+        std::env::var("LUCID_HIL_ENCODER").unwrap_or_else(|_| "hardware".into())
+    };
     let (code, body) = put_camera(&dev, &format!(r#"{{"codec":"h264","encoder":"{want}"}}"#));
     assert_eq!(code, 200, "{body}");
     let (sid, stats) = record_session(&dev, "hil camera h264");
@@ -130,7 +156,10 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
     let recorded = stats["frame_count"].as_u64().unwrap();
     assert!(probe.starts_with("h264,"), "{probe}");
     assert!(probe.ends_with(&format!(",{recorded}")), "ffprobe says {probe}, the session recorded {recorded} frames");
-    println!("hil camera: h264 session {sid}: {} chunks, {recorded} frames, ffprobe {probe}; evidence verified on the host; opened {}", stats["chunks_count"], state["opened"]);
+    println!(
+        "hil camera: h264 session {sid}: {} chunks, {recorded} frames, ffprobe {probe}; evidence verified on the host; opened {}",
+        stats["chunks_count"], state["opened"]
+    );
 
     if qemu {
         unplug_mid_recording_keeps_the_session(&mut dev);
@@ -140,7 +169,17 @@ fn records_from_vivid_through_vicodec_and_openh264_and_both_verify() {
 /// ffprobe's CSV line of the first video stream's `fields`, decoding every frame.
 fn ffprobe(path: &std::path::Path, fields: &str) -> String {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", &format!("stream={fields}"), "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            &format!("stream={fields}"),
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path)
         .output()
         .unwrap();
@@ -156,7 +195,11 @@ fn camera_connected(dev: &Device) -> Option<bool> {
 fn wait_connected(dev: &Device, want: bool, timeout: Duration) -> Duration {
     let t = std::time::Instant::now();
     while camera_connected(dev) != Some(want) {
-        assert!(t.elapsed() < timeout, "camera.connected never became {want}; console:\n{}", dev.qemu.as_ref().unwrap().console_tail(30));
+        assert!(
+            t.elapsed() < timeout,
+            "camera.connected never became {want}; console:\n{}",
+            dev.qemu.as_ref().unwrap().console_tail(30)
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     t.elapsed()
@@ -185,7 +228,13 @@ fn unplug_mid_recording_keeps_the_session(dev: &mut Device) {
     std::thread::sleep(Duration::from_secs(5));
     let stats = stop_session(dev, &sid);
     assert_eq!(camera(dev)["state"]["disconnects"].as_u64().unwrap_or(0), before + 1);
-    let (code, pl) = http("GET", &dev.gateway(&format!("/api/v1/sessions/{sid}/media/playlist.m3u8?access_token={}", dev.token)), None, None).unwrap();
+    let (code, pl) = http(
+        "GET",
+        &dev.gateway(&format!("/api/v1/sessions/{sid}/media/playlist.m3u8?access_token={}", dev.token)),
+        None,
+        None,
+    )
+    .unwrap();
     let pl = String::from_utf8_lossy(&pl).to_string();
     assert_eq!(code, 200, "{pl}");
     assert!(pl.contains("#EXT-X-DISCONTINUITY"), "no gap marked in the playlist:\n{pl}");

@@ -145,10 +145,14 @@ fn refused_bundles_power_cut_then_update_to_build_2() {
     let gw = dev.ports[4];
     let conn = partial_upload(&dev.host, gw, "/api/v1/update", &dev.token, &build2, len / 2).unwrap();
     let s = wait_status(&dev, "install in progress", INSTALL_TIMEOUT, |s| {
-        s["state"] == "receiving" && s["progress"]["payload_bytes_written"].as_u64().unwrap_or(0) > 0
+        s["state"] == "receiving"
+            && s["progress"]["payload_bytes_written"].as_u64().unwrap_or(0) > 0
             && s["progress"]["bytes_received"].as_u64().unwrap_or(0) >= (len / 3) as u64
     });
-    println!("hil ota: power cut after {} of {} bytes received ({} into payload {})", s["progress"]["bytes_received"], len, s["progress"]["payload_bytes_written"], s["progress"]["payload"]);
+    println!(
+        "hil ota: power cut after {} of {} bytes received ({} into payload {})",
+        s["progress"]["bytes_received"], len, s["progress"]["payload_bytes_written"], s["progress"]["payload"]
+    );
     dev.qemu.as_mut().unwrap().kill();
     drop(conn);
     assert_eq!(fat_read(&disk, 1, "lucid.env").unwrap(), PRISTINE_ENV_A, "lucid.env after the power cut");
@@ -157,13 +161,21 @@ fn refused_bundles_power_cut_then_update_to_build_2() {
     let mut dev = Device::boot_qemu("ota-2", &disk, "raw").unwrap();
     dev.wait_healthy(BOOT_TIMEOUT).unwrap();
     let c = dev.qemu.as_ref().unwrap().console();
-    assert!(c.contains("lucid: slot a") && c.contains("lucid.slot=a") && !c.contains("lucid.slot=b"), "not slot a after the power cut");
+    assert!(
+        c.contains("lucid: slot a") && c.contains("lucid.slot=a") && !c.contains("lucid.slot=b"),
+        "not slot a after the power cut"
+    );
     let s = update_status(&dev);
-    assert_eq!((slot_of(&s), s["current"]["build"].as_u64(), s["trial_boot"].as_bool()), ("a", Some(1), Some(false)), "{s}");
+    assert_eq!(
+        (slot_of(&s), s["current"]["build"].as_u64(), s["trial_boot"].as_bool()),
+        ("a", Some(1), Some(false)),
+        "{s}"
+    );
     println!("hil ota: after the power cut the device booted slot a (build 1), no trial armed");
 
     // The real update.
-    let (code, body, install_time) = upload(&dev.gateway("/api/v1/update"), &dev.token, &build2, INSTALL_TIMEOUT).unwrap();
+    let (code, body, install_time) =
+        upload(&dev.gateway("/api/v1/update"), &dev.token, &build2, INSTALL_TIMEOUT).unwrap();
     assert_eq!(code, 200, "install: {}", String::from_utf8_lossy(&body));
     let r = json(&body).unwrap();
     assert_eq!(r["installed"]["slot"], "b", "{r}");
@@ -187,7 +199,11 @@ fn refused_bundles_power_cut_then_update_to_build_2() {
     let _ = std::fs::remove_file(&disk);
 
     let rootfs = payloads.join("rootfs.squashfs");
-    println!("hil ota: healthy /health {:.1} s after QEMU start (harness wait {:.1} s)", boot_time.as_secs_f64(), healthy.as_secs_f64());
+    println!(
+        "hil ota: healthy /health {:.1} s after QEMU start (harness wait {:.1} s)",
+        boot_time.as_secs_f64(),
+        healthy.as_secs_f64()
+    );
     println!(
         "hil ota: image {:.0} MiB, rootfs.squashfs {:.1} MiB, bundle {:.1} MiB ({} bytes)",
         mib(size(&pristine)),
@@ -214,7 +230,8 @@ fn a_bundle_whose_daemon_cannot_start_falls_back_to_slot_a() {
     let disk = scratch_copy(&image_path(), "ota-broken.img").unwrap();
     let dev = Device::boot_qemu("ota-broken", &disk, "raw").unwrap();
     dev.wait_healthy(BOOT_TIMEOUT).unwrap();
-    let (code, body, install_time) = upload(&dev.gateway("/api/v1/update"), &dev.token, &broken, INSTALL_TIMEOUT).unwrap();
+    let (code, body, install_time) =
+        upload(&dev.gateway("/api/v1/update"), &dev.token, &broken, INSTALL_TIMEOUT).unwrap();
     assert_eq!(code, 200, "install: {}", String::from_utf8_lossy(&body));
     let t = Instant::now();
     let q = dev.qemu.as_ref().unwrap();
@@ -226,7 +243,11 @@ fn a_bundle_whose_daemon_cannot_start_falls_back_to_slot_a() {
     dev.wait_healthy(BOOT_TIMEOUT).unwrap();
     let back = t.elapsed();
     let s = update_status(&dev);
-    assert_eq!((slot_of(&s), s["current"]["build"].as_u64(), s["trial_boot"].as_bool()), ("a", Some(1), Some(false)), "{s}");
+    assert_eq!(
+        (slot_of(&s), s["current"]["build"].as_u64(), s["trial_boot"].as_bool()),
+        ("a", Some(1), Some(false)),
+        "{s}"
+    );
     let c = q.console();
     assert_eq!(c.matches("lucid.slot=b").count(), 1, "slot b must have been tried exactly once");
     drop(dev);

@@ -271,7 +271,10 @@ pub struct BundleWriter<W: Write> {
 
 impl<W: Write> std::fmt::Debug for BundleWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BundleWriter").field("index", &self.index).field("written", &self.written).finish_non_exhaustive()
+        f.debug_struct("BundleWriter")
+            .field("index", &self.index)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
     }
 }
 
@@ -297,7 +300,11 @@ impl<W: Write> BundleWriter<W> {
             if self.written == p.size {
                 let actual = hex::encode(std::mem::replace(&mut self.hasher, Context::new(&SHA256)).finish().as_ref());
                 if actual != p.sha256 {
-                    return Err(BundleError::DigestMismatch { name: p.name.clone(), expected: p.sha256.clone(), actual });
+                    return Err(BundleError::DigestMismatch {
+                        name: p.name.clone(),
+                        expected: p.sha256.clone(),
+                        actual,
+                    });
                 }
                 self.index += 1;
                 self.written = 0;
@@ -397,7 +404,10 @@ pub struct BundleReader {
 
 impl std::fmt::Debug for BundleReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BundleReader").field("stage", &self.stage).field("consumed", &self.consumed).finish_non_exhaustive()
+        f.debug_struct("BundleReader")
+            .field("stage", &self.stage)
+            .field("consumed", &self.consumed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -594,9 +604,10 @@ impl BundleReader {
         let key_id_hex = hex::encode(&key_id);
         let signed_by = match &self.policy.keys {
             KeyPolicy::Trusted(keys) => {
-                let key = keys.iter().find(|k| k.name() == name && k.key_id() == key_id).ok_or_else(|| {
-                    BundleError::UntrustedKey { name: name.to_owned(), key_id: key_id_hex.clone() }
-                })?;
+                let key = keys
+                    .iter()
+                    .find(|k| k.name() == name && k.key_id() == key_id)
+                    .ok_or_else(|| BundleError::UntrustedKey { name: name.to_owned(), key_id: key_id_hex.clone() })?;
                 key.verify(signed, sig).map_err(|_| BundleError::BadSignature { name: name.to_owned() })?;
                 Some(name.to_owned())
             }
@@ -773,7 +784,10 @@ mod tests {
     }
 
     fn head_len(b: &[u8]) -> usize {
-        16 + u32::from_be_bytes(b[12..16].try_into().unwrap()) as usize + 1 + b[16 + u32::from_be_bytes(b[12..16].try_into().unwrap()) as usize] as usize + 68
+        16 + u32::from_be_bytes(b[12..16].try_into().unwrap()) as usize
+            + 1
+            + b[16 + u32::from_be_bytes(b[12..16].try_into().unwrap()) as usize] as usize
+            + 68
     }
 
     /// A rejection at the head: no Data event was ever produced.
@@ -807,7 +821,10 @@ mod tests {
         let mut x = bundle(&s)[..16].to_vec();
         x[12..16].copy_from_slice(&(MAX_MANIFEST_LEN + 1).to_be_bytes());
         let mut r = BundleReader::new(policy(&s));
-        assert_eq!(r.feed(&x).unwrap_err(), BundleError::ManifestTooLarge { len: MAX_MANIFEST_LEN + 1, max: MAX_MANIFEST_LEN });
+        assert_eq!(
+            r.feed(&x).unwrap_err(),
+            BundleError::ManifestTooLarge { len: MAX_MANIFEST_LEN + 1, max: MAX_MANIFEST_LEN }
+        );
         assert_eq!(r.feed(b"more").unwrap_err(), BundleError::Poisoned);
     }
 
@@ -848,7 +865,10 @@ mod tests {
         let (boot, rootfs) = payloads();
         let b = bundle_with(&s, manifest_for("raspberrypi4", 7, &boot, &rootfs), &boot, &rootfs);
         let o = read(policy(&s), &b);
-        assert_eq!(o.result, Err(BundleError::WrongBoard { bundle: "raspberrypi4".into(), device: "qemu-aarch64-virt".into() }));
+        assert_eq!(
+            o.result,
+            Err(BundleError::WrongBoard { bundle: "raspberrypi4".into(), device: "qemu-aarch64-virt".into() })
+        );
         assert!(rejected_before_data(&o));
         for build in [4, 5] {
             let b = bundle_with(&s, manifest_for("qemu-aarch64-virt", build, &boot, &rootfs), &boot, &rootfs);
@@ -935,7 +955,11 @@ mod tests {
             let mut x = b.clone();
             x[pos] ^= 0x40;
             let o = read(policy(&s), &x);
-            assert!(matches!(&o.result, Err(BundleError::DigestMismatch { name: n, .. }) if n == name), "{:?}", o.result);
+            assert!(
+                matches!(&o.result, Err(BundleError::DigestMismatch { name: n, .. }) if n == name),
+                "{:?}",
+                o.result
+            );
         }
     }
 

@@ -32,11 +32,7 @@ const RECORD_FIXED: usize = 121;
 pub enum FormatError {
     /// Fewer bytes than the layout needs.
     #[error("{what}: truncated, need {need} bytes, have {have}")]
-    Truncated {
-        what: &'static str,
-        need: usize,
-        have: usize,
-    },
+    Truncated { what: &'static str, need: usize, have: usize },
     /// Bytes after a complete record.
     #[error("{what}: {extra} trailing bytes")]
     TrailingBytes { what: &'static str, extra: usize },
@@ -58,11 +54,7 @@ pub enum FormatError {
     BadSessionId { reason: &'static str },
     /// Two length fields disagree, or a length disagrees with the bytes present.
     #[error("{what}: length {found}, expected {expected}")]
-    LengthMismatch {
-        what: &'static str,
-        expected: u64,
-        found: u64,
-    },
+    LengthMismatch { what: &'static str, expected: u64, found: u64 },
     /// A chunk or record larger than [`MAX_SEALED_CHUNK`].
     #[error("sealed length {len} is over the {max} byte limit")]
     TooLarge { len: u64, max: u64 },
@@ -133,17 +125,10 @@ pub fn validate_session_id(sid: &str) -> Result<(), FormatError> {
         return Err(FormatError::BadSessionId { reason: "empty" });
     }
     if sid.len() > MAX_SESSION_ID_LEN {
-        return Err(FormatError::BadSessionId {
-            reason: "longer than 64 bytes",
-        });
+        return Err(FormatError::BadSessionId { reason: "longer than 64 bytes" });
     }
-    if !sid
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(FormatError::BadSessionId {
-            reason: "character outside [A-Za-z0-9._-]",
-        });
+    if !sid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err(FormatError::BadSessionId { reason: "character outside [A-Za-z0-9._-]" });
     }
     Ok(())
 }
@@ -161,15 +146,11 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or(FormatError::Truncated {
-                what: self.what,
-                need: self.pos.saturating_add(n),
-                have: self.buf.len(),
-            })?;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or(FormatError::Truncated {
+            what: self.what,
+            need: self.pos.saturating_add(n),
+            have: self.buf.len(),
+        })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -201,17 +182,11 @@ impl<'a> Reader<'a> {
     fn preamble(&mut self, magic: [u8; 4]) -> Result<(Cipher, Flags), FormatError> {
         let found = self.array::<4>()?;
         if found != magic {
-            return Err(FormatError::BadMagic {
-                what: self.what,
-                found,
-            });
+            return Err(FormatError::BadMagic { what: self.what, found });
         }
         let version = self.u8()?;
         if version != FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                what: self.what,
-                version,
-            });
+            return Err(FormatError::UnsupportedVersion { what: self.what, version });
         }
         let id = self.u8()?;
         let cipher = Cipher::from_id(id).ok_or(FormatError::UnknownCipher(id))?;
@@ -224,9 +199,8 @@ impl<'a> Reader<'a> {
         let bytes = self.take(n)?;
         // validate_session_id only admits ASCII, so from_utf8 cannot fail after it; check
         // the bytes first to give the precise reason.
-        let sid = std::str::from_utf8(bytes).map_err(|_| FormatError::BadSessionId {
-            reason: "character outside [A-Za-z0-9._-]",
-        })?;
+        let sid = std::str::from_utf8(bytes)
+            .map_err(|_| FormatError::BadSessionId { reason: "character outside [A-Za-z0-9._-]" })?;
         validate_session_id(sid)?;
         Ok(sid.to_owned())
     }
@@ -266,9 +240,7 @@ impl ChunkHeader {
         }
         // Without compression the ciphertext length is implied by the plaintext length;
         // requiring it keeps one meaning for each header.
-        if !self.flags.contains(Flags::ZSTD)
-            && u64::from(self.cipher_len) != u64::from(self.plain_len) + 16
-        {
+        if !self.flags.contains(Flags::ZSTD) && u64::from(self.cipher_len) != u64::from(self.plain_len) + 16 {
             return Err(FormatError::LengthMismatch {
                 what: "header cipher_len of an uncompressed chunk",
                 expected: u64::from(self.plain_len) + 16,
@@ -384,19 +356,13 @@ impl ChunkRecord {
     pub fn validate(&self) -> Result<(), FormatError> {
         validate_session_id(&self.session_id)?;
         if self.media_end_us < self.media_start_us {
-            return Err(FormatError::MediaRange {
-                start: self.media_start_us,
-                end: self.media_end_us,
-            });
+            return Err(FormatError::MediaRange { start: self.media_start_us, end: self.media_end_us });
         }
         if !self.flags.contains(Flags::MEDIA) && self.frame_count != 0 {
             return Err(FormatError::FramesWithoutMedia(self.frame_count));
         }
         if self.sealed_len as usize > MAX_SEALED_CHUNK {
-            return Err(FormatError::TooLarge {
-                len: self.sealed_len.into(),
-                max: MAX_SEALED_CHUNK as u64,
-            });
+            return Err(FormatError::TooLarge { len: self.sealed_len.into(), max: MAX_SEALED_CHUNK as u64 });
         }
         Ok(())
     }
@@ -444,10 +410,7 @@ impl ChunkRecord {
             session_id: r.session_id()?,
         };
         if r.pos != bytes.len() {
-            return Err(FormatError::TrailingBytes {
-                what: "chunk record",
-                extra: bytes.len() - r.pos,
-            });
+            return Err(FormatError::TrailingBytes { what: "chunk record", extra: bytes.len() - r.pos });
         }
         record.validate()?;
         Ok(record)
@@ -491,10 +454,7 @@ impl ChunkRecord {
 /// Decodes a whole sealed chunk's header and checks the body length against it.
 pub(crate) fn sealed_header(sealed: &[u8]) -> Result<ChunkHeader, FormatError> {
     if sealed.len() > MAX_SEALED_CHUNK {
-        return Err(FormatError::TooLarge {
-            len: sealed.len() as u64,
-            max: MAX_SEALED_CHUNK as u64,
-        });
+        return Err(FormatError::TooLarge { len: sealed.len() as u64, max: MAX_SEALED_CHUNK as u64 });
     }
     let (header, hlen) = ChunkHeader::decode(sealed)?;
     let body = (sealed.len() - hlen) as u64;
@@ -561,10 +521,7 @@ mod tests {
     fn header_rejects_bad_input() {
         let good = header().encode();
         for cut in 0..good.len() {
-            assert!(matches!(
-                ChunkHeader::decode(&good[..cut]),
-                Err(FormatError::Truncated { .. })
-            ));
+            assert!(matches!(ChunkHeader::decode(&good[..cut]), Err(FormatError::Truncated { .. })));
         }
         let patch = |i: usize, v: u8| {
             let mut b = good.clone();
@@ -572,38 +529,17 @@ mod tests {
             ChunkHeader::decode(&b)
         };
         assert!(matches!(patch(0, b'X'), Err(FormatError::BadMagic { .. })));
-        assert!(matches!(
-            patch(4, 2),
-            Err(FormatError::UnsupportedVersion { version: 2, .. })
-        ));
+        assert!(matches!(patch(4, 2), Err(FormatError::UnsupportedVersion { version: 2, .. })));
         assert!(matches!(patch(5, 0), Err(FormatError::UnknownCipher(0))));
         assert!(matches!(patch(5, 3), Err(FormatError::UnknownCipher(3))));
-        assert!(matches!(
-            patch(6, 0x80),
-            Err(FormatError::UnknownFlags(0x8000))
-        ));
-        assert!(matches!(
-            patch(7, 0x0e),
-            Err(FormatError::UnknownFlags(0x08))
-        ));
-        assert!(matches!(
-            patch(28, 0),
-            Err(FormatError::BadSessionId { .. })
-        ));
+        assert!(matches!(patch(6, 0x80), Err(FormatError::UnknownFlags(0x8000))));
+        assert!(matches!(patch(7, 0x0e), Err(FormatError::UnknownFlags(0x08))));
+        assert!(matches!(patch(28, 0), Err(FormatError::BadSessionId { .. })));
         assert!(matches!(patch(28, 65), Err(FormatError::Truncated { .. })));
-        assert!(matches!(
-            patch(29, b'/'),
-            Err(FormatError::BadSessionId { .. })
-        ));
-        assert!(matches!(
-            patch(29, 0xff),
-            Err(FormatError::BadSessionId { .. })
-        ));
+        assert!(matches!(patch(29, b'/'), Err(FormatError::BadSessionId { .. })));
+        assert!(matches!(patch(29, 0xff), Err(FormatError::BadSessionId { .. })));
         // Uncompressed: cipher_len must be plain_len + 16.
-        assert!(matches!(
-            patch(27, 117),
-            Err(FormatError::LengthMismatch { .. })
-        ));
+        assert!(matches!(patch(27, 117), Err(FormatError::LengthMismatch { .. })));
     }
 
     #[test]
@@ -649,35 +585,20 @@ mod tests {
         }
         let mut long = good.clone();
         long.push(0);
-        assert!(matches!(
-            ChunkRecord::decode(&long),
-            Err(FormatError::TrailingBytes { extra: 1, .. })
-        ));
+        assert!(matches!(ChunkRecord::decode(&long), Err(FormatError::TrailingBytes { extra: 1, .. })));
         let patch = |i: usize, v: u8| {
             let mut b = good.clone();
             b[i] = v;
             ChunkRecord::decode(&b)
         };
         assert!(matches!(patch(3, b'2'), Err(FormatError::BadMagic { .. })));
-        assert!(matches!(
-            patch(4, 0),
-            Err(FormatError::UnsupportedVersion { .. })
-        ));
+        assert!(matches!(patch(4, 0), Err(FormatError::UnsupportedVersion { .. })));
         assert!(matches!(patch(7, 8), Err(FormatError::UnknownFlags(8))));
-        assert!(matches!(
-            patch(7, 0),
-            Err(FormatError::FramesWithoutMedia(60))
-        ));
-        assert!(matches!(
-            patch(121, b' '),
-            Err(FormatError::BadSessionId { .. })
-        ));
+        assert!(matches!(patch(7, 0), Err(FormatError::FramesWithoutMedia(60))));
+        assert!(matches!(patch(121, b' '), Err(FormatError::BadSessionId { .. })));
         let mut backwards = record();
         backwards.media_end_us = 0;
-        assert!(matches!(
-            ChunkRecord::decode(&backwards.encode()),
-            Err(FormatError::MediaRange { .. })
-        ));
+        assert!(matches!(ChunkRecord::decode(&backwards.encode()), Err(FormatError::MediaRange { .. })));
     }
 
     proptest! {

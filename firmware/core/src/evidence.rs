@@ -106,30 +106,21 @@ impl Section {
     }
 
     fn numbered(self) -> bool {
-        matches!(
-            self,
-            Section::Checkpoints | Section::Records | Section::Chunks
-        )
+        matches!(self, Section::Checkpoints | Section::Records | Section::Chunks)
     }
 }
 
 /// The path of entry `n` of a section (n is ignored for single-file sections). Numbers
 /// are 20 zero-padded digits so lexical order is numeric order in any tool.
 fn entry_path(section: Section, n: u64) -> String {
-    if section.numbered() {
-        format!("{}{n:020}{}", section.path(), section.suffix())
-    } else {
-        section.path().into()
-    }
+    if section.numbered() { format!("{}{n:020}{}", section.path(), section.suffix()) } else { section.path().into() }
 }
 
 /// The section and number of a path, or `None` if the path is not part of the layout.
 fn parse_path(path: &str) -> Option<(Section, u64)> {
     for section in &Section::ALL[..8] {
         if section.numbered() {
-            let digits = path
-                .strip_prefix(section.path())
-                .and_then(|r| r.strip_suffix(section.suffix()));
+            let digits = path.strip_prefix(section.path()).and_then(|r| r.strip_suffix(section.suffix()));
             if let Some(d) = digits {
                 if d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()) {
                     return d.parse().ok().map(|n| (*section, n));
@@ -170,31 +161,18 @@ pub struct EvidenceWriter<W: Write> {
 
 impl<W: Write> std::fmt::Debug for EvidenceWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EvidenceWriter")
-            .field("last", &self.last)
-            .finish_non_exhaustive()
+        f.debug_struct("EvidenceWriter").field("last", &self.last).finish_non_exhaustive()
     }
 }
 
 impl<W: Write> EvidenceWriter<W> {
     /// Starts a bundle and writes VERSION, device.vkey, manifest.json and its signature.
-    pub fn new(
-        out: W,
-        device_vkey: &str,
-        manifest: &SignedManifest,
-    ) -> Result<Self, EvidenceError> {
-        let mut w = EvidenceWriter {
-            tar: tar::Builder::new(out),
-            last: None,
-        };
+    pub fn new(out: W, device_vkey: &str, manifest: &SignedManifest) -> Result<Self, EvidenceError> {
+        let mut w = EvidenceWriter { tar: tar::Builder::new(out), last: None };
         w.append(Section::Version, 0, EVIDENCE_VERSION.as_bytes())?;
         w.append(Section::Vkey, 0, format!("{device_vkey}\n").as_bytes())?;
         w.append(Section::Manifest, 0, &manifest.bytes)?;
-        w.append(
-            Section::ManifestSig,
-            0,
-            manifest.signature_file().as_bytes(),
-        )?;
+        w.append(Section::ManifestSig, 0, manifest.signature_file().as_bytes())?;
         Ok(w)
     }
 
@@ -205,10 +183,8 @@ impl<W: Write> EvidenceWriter<W> {
 
     /// Adds a signed checkpoint note; checkpoints must come in ascending size.
     pub fn checkpoint(&mut self, note: &str) -> Result<(), EvidenceError> {
-        let size = note::unverified_size(note).map_err(|e| EvidenceError::BadEntry {
-            what: "checkpoint note",
-            reason: e.to_string(),
-        })?;
+        let size = note::unverified_size(note)
+            .map_err(|e| EvidenceError::BadEntry { what: "checkpoint note", reason: e.to_string() })?;
         self.append(Section::Checkpoints, size, note.as_bytes())
     }
 
@@ -220,10 +196,8 @@ impl<W: Write> EvidenceWriter<W> {
     /// Adds a sealed chunk, filed under the index in its header; chunks must come in
     /// ascending index, after all records.
     pub fn chunk(&mut self, sealed: &[u8]) -> Result<(), EvidenceError> {
-        let header = chunk::sealed_header(sealed).map_err(|e| EvidenceError::BadEntry {
-            what: "sealed chunk",
-            reason: e.to_string(),
-        })?;
+        let header = chunk::sealed_header(sealed)
+            .map_err(|e| EvidenceError::BadEntry { what: "sealed chunk", reason: e.to_string() })?;
         self.append(Section::Chunks, header.index, sealed)
     }
 
@@ -342,11 +316,7 @@ pub enum VerifyError {
     CheckpointSizeMismatch { path_size: u64, note_size: u64 },
     /// A checkpoint of another log.
     #[error("checkpoint {size} has origin {origin:?}, expected {expected:?}")]
-    WrongOrigin {
-        size: u64,
-        origin: String,
-        expected: String,
-    },
+    WrongOrigin { size: u64, origin: String, expected: String },
     /// A record does not decode.
     #[error("record {index}: {source}")]
     MalformedRecord {
@@ -456,8 +426,7 @@ pub fn verify_evidence<R: Read>(r: R) -> Result<EvidenceReport, VerifyError> {
                 return Err(VerifyError::ExtensionHeader { kind, offset });
             }
             let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let (section, n) = parse_path(&path)
-                .ok_or_else(|| VerifyError::UnknownEntry { path: path.clone() })?;
+            let (section, n) = parse_path(&path).ok_or_else(|| VerifyError::UnknownEntry { path: path.clone() })?;
             if entry.header().entry_type() != tar::EntryType::Regular {
                 return Err(VerifyError::NotRegularFile { path });
             }
@@ -474,10 +443,7 @@ pub fn verify_evidence<R: Read>(r: R) -> Result<EvidenceReport, VerifyError> {
             }
             end = entry.raw_file_position() + size.div_ceil(BLOCK) * BLOCK;
             let mut data = Vec::with_capacity(size as usize);
-            (&mut entry)
-                .take(max + 1)
-                .read_to_end(&mut data)
-                .map_err(archive_err)?;
+            (&mut entry).take(max + 1).read_to_end(&mut data).map_err(archive_err)?;
             v.advance(section)?;
             v.entry(section, n, &path, data)?;
         }
@@ -533,9 +499,7 @@ fn check_end_of_archive<R: Read>(input: &mut Counted<R>, end: u64) -> Result<(),
         }
     }
     if let Some(i) = block.iter().position(|&b| b != 0) {
-        return Err(VerifyError::DataAfterEnd {
-            offset: end + BLOCK + i as u64,
-        });
+        return Err(VerifyError::DataAfterEnd { offset: end + BLOCK + i as u64 });
     }
     // Zero padding may run to the end of the record the marker ends in.
     let limit = input.read.div_ceil(RECORD) * RECORD;
@@ -547,9 +511,7 @@ fn check_end_of_archive<R: Read>(input: &mut Counted<R>, end: u64) -> Result<(),
             return Ok(());
         }
         if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
-            return Err(VerifyError::DataAfterEnd {
-                offset: at + i as u64,
-            });
+            return Err(VerifyError::DataAfterEnd { offset: at + i as u64 });
         }
         if input.read > limit {
             return Err(VerifyError::DataAfterEnd { offset: limit });
@@ -588,16 +550,11 @@ struct Verification {
 }
 
 fn malformed(section: Section, reason: impl ToString) -> VerifyError {
-    VerifyError::MalformedEntry {
-        path: section.path().into(),
-        reason: reason.to_string(),
-    }
+    VerifyError::MalformedEntry { path: section.path().into(), reason: reason.to_string() }
 }
 
 fn missing(section: Section) -> VerifyError {
-    VerifyError::MissingEntry {
-        path: section.path().into(),
-    }
+    VerifyError::MissingEntry { path: section.path().into() }
 }
 
 impl Verification {
@@ -612,10 +569,7 @@ impl Verification {
             Section::Manifest => self.manifest_bytes.is_some(),
             Section::ManifestSig => self.signature.is_some(),
             Section::Init => self.init_seen,
-            Section::Checkpoints => self
-                .checkpoints
-                .binary_search_by_key(&n, |c| c.size)
-                .is_ok(),
+            Section::Checkpoints => self.checkpoints.binary_search_by_key(&n, |c| c.size).is_ok(),
             Section::Records => self.records.binary_search_by_key(&n, |r| r.index).is_ok(),
             Section::Chunks => self.chunk_seen.get(n as usize) == Some(&true),
             Section::End => false,
@@ -624,9 +578,7 @@ impl Verification {
 
     fn head(&self) -> &Head {
         // advance() verifies the head before any later section is processed.
-        self.head
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("head verified before use"))
+        self.head.as_ref().unwrap_or_else(|| unreachable!("head verified before use"))
     }
 
     /// Runs the exit checks of every section before `to`, in order. Each check needs
@@ -653,19 +605,11 @@ impl Verification {
         Ok(())
     }
 
-    fn entry(
-        &mut self,
-        section: Section,
-        n: u64,
-        path: &str,
-        data: Vec<u8>,
-    ) -> Result<(), VerifyError> {
+    fn entry(&mut self, section: Section, n: u64, path: &str, data: Vec<u8>) -> Result<(), VerifyError> {
         match section {
             Section::Version => {
                 if data != EVIDENCE_VERSION.as_bytes() {
-                    return Err(VerifyError::UnsupportedVersion {
-                        found: String::from_utf8_lossy(&data).into(),
-                    });
+                    return Err(VerifyError::UnsupportedVersion { found: String::from_utf8_lossy(&data).into() });
                 }
                 self.version = true;
             }
@@ -674,14 +618,12 @@ impl Verification {
                     .ok()
                     .and_then(|t| t.strip_suffix('\n'))
                     .ok_or_else(|| malformed(section, "not UTF-8 text ending in a newline"))?;
-                let verifier = Verifier::from_vkey(text)
-                    .map_err(|source| VerifyError::BadDeviceKey { source })?;
+                let verifier = Verifier::from_vkey(text).map_err(|source| VerifyError::BadDeviceKey { source })?;
                 self.vkey = Some((text.to_owned(), verifier));
             }
             Section::Manifest => self.manifest_bytes = Some(data),
             Section::ManifestSig => {
-                self.signature =
-                    Some(manifest::parse_signature_file(&data).map_err(|e| malformed(section, e))?);
+                self.signature = Some(manifest::parse_signature_file(&data).map_err(|e| malformed(section, e))?);
             }
             Section::Init => {
                 if self.head().init_blake3 != Some(*blake3::hash(&data).as_bytes()) {
@@ -699,37 +641,22 @@ impl Verification {
 
     fn verify_head(&mut self) -> Result<(), VerifyError> {
         let (vkey_text, verifier) = self.vkey.clone().ok_or_else(|| missing(Section::Vkey))?;
-        let bytes = self
-            .manifest_bytes
-            .as_deref()
-            .ok_or_else(|| missing(Section::Manifest))?;
-        let sig = self
-            .signature
-            .ok_or_else(|| missing(Section::ManifestSig))?;
+        let bytes = self.manifest_bytes.as_deref().ok_or_else(|| missing(Section::Manifest))?;
+        let sig = self.signature.ok_or_else(|| missing(Section::ManifestSig))?;
         let manifest = manifest::verify_manifest(bytes, &sig, &verifier).map_err(|e| match e {
             ManifestError::BadSignature => VerifyError::BadManifestSignature,
             other => malformed(Section::Manifest, other),
         })?;
         if manifest.device_vkey != vkey_text {
-            return Err(VerifyError::DeviceKeyMismatch {
-                manifest: manifest.device_vkey,
-                bundle: vkey_text,
-            });
+            return Err(VerifyError::DeviceKeyMismatch { manifest: manifest.device_vkey, bundle: vkey_text });
         }
         let key_id = verifier.device_id();
         if manifest.device_id != key_id {
-            return Err(VerifyError::DeviceIdMismatch {
-                manifest: manifest.device_id,
-                key: key_id,
-            });
+            return Err(VerifyError::DeviceIdMismatch { manifest: manifest.device_id, key: key_id });
         }
-        chunk::validate_session_id(&manifest.session_id)
-            .map_err(|e| malformed(Section::Manifest, e))?;
+        chunk::validate_session_id(&manifest.session_id).map_err(|e| malformed(Section::Manifest, e))?;
         if manifest.chunk_count > MAX_LOG_SIZE {
-            return Err(VerifyError::LogTooLarge {
-                chunk_count: manifest.chunk_count,
-                max: MAX_LOG_SIZE,
-            });
+            return Err(VerifyError::LogTooLarge { chunk_count: manifest.chunk_count, max: MAX_LOG_SIZE });
         }
         let inconsistent = |reason| Err(VerifyError::ManifestInconsistent { reason });
         if manifest.tree_size != manifest.chunk_count {
@@ -749,48 +676,28 @@ impl Verification {
             },
         };
         let origin = note::session_origin(&manifest.device_id, &manifest.session_id);
-        self.head = Some(Head {
-            verifier,
-            manifest,
-            origin,
-            init_blake3,
-            root,
-        });
+        self.head = Some(Head { verifier, manifest, origin, init_blake3, root });
         Ok(())
     }
 
     fn checkpoint(&mut self, path_size: u64, path: &str, data: Vec<u8>) -> Result<(), VerifyError> {
-        let text = String::from_utf8(data).map_err(|_| VerifyError::MalformedEntry {
-            path: path.into(),
-            reason: "not UTF-8".into(),
-        })?;
+        let text = String::from_utf8(data)
+            .map_err(|_| VerifyError::MalformedEntry { path: path.into(), reason: "not UTF-8".into() })?;
         let head = self.head();
-        let cp = head.verifier.verify_checkpoint(&text).map_err(|source| {
-            VerifyError::BadCheckpointSignature {
-                size: path_size,
-                source,
-            }
-        })?;
+        let cp = head
+            .verifier
+            .verify_checkpoint(&text)
+            .map_err(|source| VerifyError::BadCheckpointSignature { size: path_size, source })?;
         if cp.size != path_size {
-            return Err(VerifyError::CheckpointSizeMismatch {
-                path_size,
-                note_size: cp.size,
-            });
+            return Err(VerifyError::CheckpointSizeMismatch { path_size, note_size: cp.size });
         }
         if cp.origin != head.origin {
-            return Err(VerifyError::WrongOrigin {
-                size: cp.size,
-                origin: cp.origin,
-                expected: head.origin.clone(),
-            });
+            return Err(VerifyError::WrongOrigin { size: cp.size, origin: cp.origin, expected: head.origin.clone() });
         }
         // Refused now rather than once the records are in, so the checkpoints kept stay
         // within the capped log: sizes ascend and none exceeds the tree size.
         if cp.size > head.manifest.tree_size {
-            return Err(VerifyError::CheckpointBeyondLog {
-                size: cp.size,
-                tree_size: head.manifest.tree_size,
-            });
+            return Err(VerifyError::CheckpointBeyondLog { size: cp.size, tree_size: head.manifest.tree_size });
         }
         self.checkpoints.push(cp);
         self.last_note = Some(text);
@@ -798,26 +705,16 @@ impl Verification {
     }
 
     fn record(&mut self, index: u64, data: &[u8]) -> Result<(), VerifyError> {
-        let record = ChunkRecord::decode(data)
-            .map_err(|source| VerifyError::MalformedRecord { index, source })?;
+        let record = ChunkRecord::decode(data).map_err(|source| VerifyError::MalformedRecord { index, source })?;
         if record.index != index {
-            return Err(VerifyError::MisplacedRecord {
-                path_index: index,
-                record_index: record.index,
-            });
+            return Err(VerifyError::MisplacedRecord { path_index: index, record_index: record.index });
         }
         let manifest = &self.head().manifest;
         if record.session_id != manifest.session_id {
-            return Err(VerifyError::ForeignRecord {
-                index,
-                session_id: record.session_id,
-            });
+            return Err(VerifyError::ForeignRecord { index, session_id: record.session_id });
         }
         if index >= manifest.chunk_count {
-            return Err(VerifyError::ExtraRecord {
-                index,
-                chunk_count: manifest.chunk_count,
-            });
+            return Err(VerifyError::ExtraRecord { index, chunk_count: manifest.chunk_count });
         }
         self.records.push(record);
         Ok(())
@@ -827,29 +724,15 @@ impl Verification {
     fn verify_log(&mut self) -> Result<(), VerifyError> {
         // Records arrive in strictly ascending order, so the first position whose index
         // differs is the first gap.
-        if let Some(pos) = self
-            .records
-            .iter()
-            .enumerate()
-            .position(|(i, r)| r.index != i as u64)
-        {
+        if let Some(pos) = self.records.iter().enumerate().position(|(i, r)| r.index != i as u64) {
             return Err(VerifyError::MissingRecord { index: pos as u64 });
         }
         let head = self.head();
         let found = self.records.len() as u64;
         if found < head.manifest.chunk_count {
-            return Err(VerifyError::Truncated {
-                expected: head.manifest.chunk_count,
-                found,
-            });
+            return Err(VerifyError::Truncated { expected: head.manifest.chunk_count, found });
         }
-        let tree = MerkleTree::from_leaves(
-            &self
-                .records
-                .iter()
-                .map(ChunkRecord::leaf_hash)
-                .collect::<Vec<_>>(),
-        );
+        let tree = MerkleTree::from_leaves(&self.records.iter().map(ChunkRecord::leaf_hash).collect::<Vec<_>>());
         // Every checkpoint size is at most the tree size (checked on arrival), which the
         // records now reach.
         for cp in &self.checkpoints {
@@ -859,20 +742,14 @@ impl Verification {
         }
         for pair in self.checkpoints.windows(2) {
             let (a, b) = (&pair[0], &pair[1]);
-            let ok = tree.consistency_proof(a.size, b.size).is_ok_and(|proof| {
-                merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &proof).is_ok()
-            });
+            let ok = tree
+                .consistency_proof(a.size, b.size)
+                .is_ok_and(|proof| merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &proof).is_ok());
             if !ok {
-                return Err(VerifyError::Inconsistent {
-                    from: a.size,
-                    to: b.size,
-                });
+                return Err(VerifyError::Inconsistent { from: a.size, to: b.size });
             }
         }
-        let last_cp = self
-            .checkpoints
-            .last()
-            .ok_or_else(|| missing(Section::Checkpoints))?;
+        let last_cp = self.checkpoints.last().ok_or_else(|| missing(Section::Checkpoints))?;
         if self.last_note.as_deref() != Some(head.manifest.final_checkpoint.as_str())
             || last_cp.size != head.manifest.tree_size
         {
@@ -887,30 +764,18 @@ impl Verification {
     }
 
     fn chunk(&mut self, index: u64, sealed: &[u8]) -> Result<(), VerifyError> {
-        let header = chunk::sealed_header(sealed)
-            .map_err(|source| VerifyError::MalformedChunk { index, source })?;
+        let header = chunk::sealed_header(sealed).map_err(|source| VerifyError::MalformedChunk { index, source })?;
         if header.session_id != self.head().manifest.session_id {
-            return Err(VerifyError::ForeignChunk {
-                index,
-                session_id: header.session_id,
-            });
+            return Err(VerifyError::ForeignChunk { index, session_id: header.session_id });
         }
         if header.index != index {
-            return Err(VerifyError::MisplacedChunk {
-                path_index: index,
-                header_index: header.index,
-            });
+            return Err(VerifyError::MisplacedChunk { path_index: index, header_index: header.index });
         }
-        let record = self
-            .records
-            .get(index as usize)
-            .ok_or(VerifyError::ChunkWithoutRecord { index })?;
-        record
-            .matches_sealed(sealed)
-            .map_err(|source| match source {
-                FormatError::DigestMismatch => VerifyError::ChunkDigestMismatch { index },
-                source => VerifyError::ChunkRecordMismatch { index, source },
-            })?;
+        let record = self.records.get(index as usize).ok_or(VerifyError::ChunkWithoutRecord { index })?;
+        record.matches_sealed(sealed).map_err(|source| match source {
+            FormatError::DigestMismatch => VerifyError::ChunkDigestMismatch { index },
+            source => VerifyError::ChunkRecordMismatch { index, source },
+        })?;
         self.chunk_seen[index as usize] = true;
         Ok(())
     }
@@ -919,23 +784,15 @@ impl Verification {
     /// the final checkpoint.
     fn verify_chunks_complete(&mut self) -> Result<(), VerifyError> {
         if let Some(index) = self.chunk_seen.iter().position(|seen| !seen) {
-            return Err(VerifyError::MissingChunk {
-                index: index as u64,
-            });
+            return Err(VerifyError::MissingChunk { index: index as u64 });
         }
-        let tree = self
-            .tree
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("log verified before chunks"));
-        let final_cp = self
-            .checkpoints
-            .last()
-            .ok_or_else(|| missing(Section::Checkpoints))?;
+        let tree = self.tree.as_ref().unwrap_or_else(|| unreachable!("log verified before chunks"));
+        let final_cp = self.checkpoints.last().ok_or_else(|| missing(Section::Checkpoints))?;
         for (i, leaf) in tree.leaves().iter().enumerate() {
             let i = i as u64;
-            let ok = tree.inclusion_proof(i, final_cp.size).is_ok_and(|proof| {
-                merkle::verify_inclusion(leaf, i, final_cp.size, &proof, &final_cp.root).is_ok()
-            });
+            let ok = tree
+                .inclusion_proof(i, final_cp.size)
+                .is_ok_and(|proof| merkle::verify_inclusion(leaf, i, final_cp.size, &proof, &final_cp.root).is_ok());
             if !ok {
                 return Err(VerifyError::InclusionFailed { index: i });
             }
@@ -944,9 +801,7 @@ impl Verification {
     }
 
     fn report(self) -> Result<EvidenceReport, VerifyError> {
-        let head = self
-            .head
-            .unwrap_or_else(|| unreachable!("head verified at the end"));
+        let head = self.head.unwrap_or_else(|| unreachable!("head verified at the end"));
         Ok(EvidenceReport {
             session_id: head.manifest.session_id.clone(),
             device_id: head.manifest.device_id.clone(),
@@ -972,9 +827,7 @@ mod tests {
     }
 
     fn find(e: &[(String, Vec<u8>)], path: &str) -> usize {
-        e.iter()
-            .position(|(p, _)| p == path)
-            .unwrap_or_else(|| panic!("no {path}"))
+        e.iter().position(|(p, _)| p == path).unwrap_or_else(|| panic!("no {path}"))
     }
 
     #[test]
@@ -1003,10 +856,7 @@ mod tests {
             ]
         );
         assert_eq!(paths[8], "lucid-evidence/records/00000000000000000000.rec");
-        assert_eq!(
-            paths[28],
-            "lucid-evidence/chunks/00000000000000000000.sealed"
-        );
+        assert_eq!(paths[28], "lucid-evidence/chunks/00000000000000000000.sealed");
         assert_eq!(paths.len(), 48);
         // A round trip through the test's own tar writer changes nothing.
         assert_eq!(tar_of(&entries(&bundle)), bundle);
@@ -1024,10 +874,7 @@ mod tests {
         let i = find(&e, &entry_path(Section::Chunks, 7));
         let last = e[i].1.len() - 20;
         e[i].1[last] ^= 0x04;
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::ChunkDigestMismatch { index: 7 })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::ChunkDigestMismatch { index: 7 })));
     }
 
     #[test]
@@ -1035,16 +882,10 @@ mod tests {
         let mut e = entries(&fixture().bundle());
         let i = find(&e, &entry_path(Section::Records, 15));
         e[i].1[60] ^= 0x01; // inside the plaintext BLAKE3: still decodes
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::RootMismatch { size: 20 })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::RootMismatch { size: 20 })));
         let i = find(&e, &entry_path(Section::Records, 3));
         e[i].1[60] ^= 0x01;
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::RootMismatch { size: 5 })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::RootMismatch { size: 5 })));
     }
 
     #[test]
@@ -1055,10 +896,7 @@ mod tests {
         let root_line = e[i].1.iter().position(|&b| b == b'=').unwrap() - 5;
         e[i].1[root_line] ^= 0x01;
         let err = verify_entries(&e).unwrap_err();
-        assert!(
-            matches!(err, VerifyError::BadCheckpointSignature { size: 12, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, VerifyError::BadCheckpointSignature { size: 12, .. }), "{err}");
     }
 
     #[test]
@@ -1067,10 +905,7 @@ mod tests {
         let i = find(&e, Section::Manifest.path());
         let mid = e[i].1.len() / 2;
         e[i].1[mid] ^= 0x01;
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::BadManifestSignature)
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::BadManifestSignature)));
     }
 
     #[test]
@@ -1088,51 +923,28 @@ mod tests {
         e.remove(find(&e, &entry_path(Section::Records, 19)));
         e.remove(find(&e, &entry_path(Section::Chunks, 19)));
         let err = verify_entries(&e).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                VerifyError::Truncated {
-                    expected: 20,
-                    found: 19
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, VerifyError::Truncated { expected: 20, found: 19 }), "{err}");
         // A record taken from the middle is a gap, named by index.
         let mut e = entries(&fixture().bundle());
         e.remove(find(&e, &entry_path(Section::Records, 4)));
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::MissingRecord { index: 4 })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::MissingRecord { index: 4 })));
     }
 
     #[test]
     fn swapped_chunks() {
         let base = entries(&fixture().bundle());
-        let (a, b) = (
-            find(&base, &entry_path(Section::Chunks, 3)),
-            find(&base, &entry_path(Section::Chunks, 4)),
-        );
+        let (a, b) = (find(&base, &entry_path(Section::Chunks, 3)), find(&base, &entry_path(Section::Chunks, 4)));
         // Reordered in the archive.
         let mut e = base.clone();
         e.swap(a, b);
         let err = verify_entries(&e).unwrap_err();
-        assert!(
-            matches!(&err, VerifyError::OutOfOrder { path } if path.ends_with("00000000000000000003.sealed"))
-        );
+        assert!(matches!(&err, VerifyError::OutOfOrder { path } if path.ends_with("00000000000000000003.sealed")));
         // Contents exchanged under the right names.
         let mut e = base.clone();
         let tmp = e[a].1.clone();
         e[a].1 = e[b].1.clone();
         e[b].1 = tmp;
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::MisplacedChunk {
-                path_index: 3,
-                header_index: 4
-            })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::MisplacedChunk { path_index: 3, header_index: 4 })));
     }
 
     #[test]
@@ -1140,9 +952,7 @@ mod tests {
         let mut e = entries(&fixture().bundle());
         let i = find(&e, &entry_path(Section::Records, 2));
         e.insert(i + 1, e[i].clone());
-        assert!(
-            matches!(verify_entries(&e), Err(VerifyError::DuplicateEntry { path }) if path.ends_with("02.rec"))
-        );
+        assert!(matches!(verify_entries(&e), Err(VerifyError::DuplicateEntry { path }) if path.ends_with("02.rec")));
         // Far from the original (as lucidd's integration test does): still a duplicate,
         // for every kind of entry.
         let base = entries(&fixture().bundle());
@@ -1155,10 +965,7 @@ mod tests {
         ] {
             let mut e = base.clone();
             e.push(base[find(&base, &path)].clone());
-            assert!(
-                matches!(verify_entries(&e), Err(VerifyError::DuplicateEntry { path: p }) if p == path),
-                "{path}"
-            );
+            assert!(matches!(verify_entries(&e), Err(VerifyError::DuplicateEntry { path: p }) if p == path), "{path}");
         }
     }
 
@@ -1176,17 +983,13 @@ mod tests {
         // An extra chunk past the log has no record.
         let mut e = entries(&f.bundle());
         e.push((entry_path(Section::Chunks, 20), f.seal_extra(20)));
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::ChunkWithoutRecord { index: 20 })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::ChunkWithoutRecord { index: 20 })));
     }
 
     #[test]
     fn checkpoint_signed_by_another_key() {
         let f = fixture();
-        let intruder =
-            Fixture::with_key("sess-1", 1, &[1], f.key.as_bytes(), &Fixture::fresh_pkcs8());
+        let intruder = Fixture::with_key("sess-1", 1, &[1], f.key.as_bytes(), &Fixture::fresh_pkcs8());
         let cp = f.checkpoint(12);
         let forged = note::sign_checkpoint(&cp, &intruder.signer).unwrap();
         let mut e = entries(&f.bundle());
@@ -1194,10 +997,7 @@ mod tests {
         e[i].1 = forged.into_bytes();
         assert!(matches!(
             verify_entries(&e),
-            Err(VerifyError::BadCheckpointSignature {
-                size: 12,
-                source: NoteError::NoSignature { .. }
-            })
+            Err(VerifyError::BadCheckpointSignature { size: 12, source: NoteError::NoSignature { .. } })
         ));
     }
 
@@ -1206,65 +1006,40 @@ mod tests {
         let base = entries(&fixture().bundle());
         let mut e = base.clone();
         e.push(("lucid-evidence/notes.txt".into(), b"hi".to_vec()));
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::UnknownEntry { .. })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::UnknownEntry { .. })));
 
         let mut e = base.clone();
         e.remove(find(&e, Section::Init.path()));
-        assert!(
-            matches!(verify_entries(&e), Err(VerifyError::MissingEntry { path }) if path.ends_with("init.mp4"))
-        );
+        assert!(matches!(verify_entries(&e), Err(VerifyError::MissingEntry { path }) if path.ends_with("init.mp4")));
 
         let mut e = base.clone();
         e.remove(find(&e, Section::ManifestSig.path()));
-        assert!(
-            matches!(verify_entries(&e), Err(VerifyError::MissingEntry { path }) if path.ends_with(".sig"))
-        );
+        assert!(matches!(verify_entries(&e), Err(VerifyError::MissingEntry { path }) if path.ends_with(".sig")));
 
         let mut e = base.clone();
         let i = find(&e, Section::Version.path());
         e[i].1 = b"lucid-evidence 2\n".to_vec();
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::UnsupportedVersion { .. })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::UnsupportedVersion { .. })));
 
         let mut e = base.clone();
         let i = find(&e, Section::Init.path());
         e[i].1[0] ^= 1;
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::InitSegmentMismatch)
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::InitSegmentMismatch)));
 
         // Another device's key in device.vkey: the manifest no longer verifies.
         let mut e = base.clone();
         let i = find(&e, Section::Vkey.path());
         let other = Fixture::with_key("sess-1", 1, &[1], &[9; 32], &Fixture::fresh_pkcs8());
         e[i].1 = format!("{}\n", other.signer.vkey()).into_bytes();
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::BadManifestSignature)
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::BadManifestSignature)));
 
         // The last checkpoint dropped: the log is longer than its final signed head.
         let mut e = base.clone();
         e.remove(find(&e, &entry_path(Section::Checkpoints, 20)));
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::FinalCheckpointMismatch)
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::FinalCheckpointMismatch)));
 
-        assert!(matches!(
-            verify_evidence(&b"not a tar"[..]),
-            Err(VerifyError::Archive { .. })
-        ));
-        assert!(matches!(
-            verify_evidence(&[0u8; 1024][..]),
-            Err(VerifyError::MissingEntry { .. })
-        ));
+        assert!(matches!(verify_evidence(&b"not a tar"[..]), Err(VerifyError::Archive { .. })));
+        assert!(matches!(verify_evidence(&[0u8; 1024][..]), Err(VerifyError::MissingEntry { .. })));
     }
 
     #[test]
@@ -1273,10 +1048,7 @@ mod tests {
         let mut e = base.clone();
         let i = find(&e, &entry_path(Section::Chunks, 0));
         e[i].1 = vec![0; MAX_SEALED_CHUNK + 1];
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::EntryTooLarge { .. })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::EntryTooLarge { .. })));
 
         let mut bytes = tar_of(&base);
         // Turn the first entry (VERSION) into a directory; fix its checksum.
@@ -1284,10 +1056,7 @@ mod tests {
         h.set_entry_type(tar::EntryType::Directory);
         h.set_cksum();
         bytes[..512].copy_from_slice(h.as_bytes());
-        assert!(matches!(
-            verify_evidence(&bytes[..]),
-            Err(VerifyError::NotRegularFile { .. })
-        ));
+        assert!(matches!(verify_evidence(&bytes[..]), Err(VerifyError::NotRegularFile { .. })));
     }
 
     /// A reader that counts the bytes the verifier pulls from it.
@@ -1322,15 +1091,10 @@ mod tests {
             h.set_mode(0o644);
             h.set_cksum();
             let read = std::rc::Rc::new(std::cell::Cell::new(0));
-            let input = Meter {
-                inner: io::Read::chain(&h.as_bytes()[..], io::repeat(b'a').take(size)),
-                read: read.clone(),
-            };
+            let input =
+                Meter { inner: io::Read::chain(&h.as_bytes()[..], io::repeat(b'a').take(size)), read: read.clone() };
             let err = verify_evidence(input).unwrap_err();
-            assert!(
-                matches!(err, VerifyError::ExtensionHeader { kind, offset: 0 } if kind == name),
-                "{name}: {err}"
-            );
+            assert!(matches!(err, VerifyError::ExtensionHeader { kind, offset: 0 } if kind == name), "{name}: {err}");
             assert!(read.get() <= 64 << 10, "{name}: read {} bytes", read.get());
         }
     }
@@ -1348,10 +1112,7 @@ mod tests {
         let mut hidden = bundle.clone();
         hidden.extend_from_slice(b"\0\0hidden");
         let err = verify_evidence(&hidden[..]).unwrap_err();
-        assert!(
-            matches!(err, VerifyError::DataAfterEnd { offset } if offset == marker + 1026),
-            "{err}"
-        );
+        assert!(matches!(err, VerifyError::DataAfterEnd { offset } if offset == marker + 1026), "{err}");
         // A whole second archive appended: tar tools stop at the first marker.
         let mut appended = bundle.clone();
         appended.extend_from_slice(&tar_of(&[("lucid-evidence/VERSION".into(), b"x".to_vec())]));
@@ -1370,10 +1131,7 @@ mod tests {
         // Zeros past the record: the file goes on where no tar tool looks.
         let mut long = padded.clone();
         long.extend_from_slice(&[0; 512]);
-        assert!(matches!(
-            verify_evidence(&long[..]),
-            Err(VerifyError::DataAfterEnd { .. })
-        ));
+        assert!(matches!(verify_evidence(&long[..]), Err(VerifyError::DataAfterEnd { .. })));
         // No marker, or half of one.
         for cut in [1024, 512] {
             let short = &bundle[..bundle.len() - cut];
@@ -1413,50 +1171,25 @@ mod tests {
         let mut e = entries(&f.bundle());
         e.retain(|(p, _)| !p.contains("/records/") && !p.contains("/chunks/"));
         e.push((entry_path(Section::Checkpoints, 21), note.into_bytes()));
-        assert!(matches!(
-            verify_entries(&e),
-            Err(VerifyError::CheckpointBeyondLog {
-                size: 21,
-                tree_size: 20
-            })
-        ));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::CheckpointBeyondLog { size: 21, tree_size: 20 })));
     }
 
     #[test]
     fn writer_refuses_out_of_order_entries() {
         let f = fixture();
-        let mut w =
-            EvidenceWriter::new(Vec::new(), &f.signer.vkey(), &f.signed_manifest()).unwrap();
+        let mut w = EvidenceWriter::new(Vec::new(), &f.signer.vkey(), &f.signed_manifest()).unwrap();
         w.record(&f.records[1]).unwrap();
-        assert!(matches!(
-            w.record(&f.records[0]),
-            Err(EvidenceError::OutOfOrder { .. })
-        ));
-        assert!(matches!(
-            w.record(&f.records[1]),
-            Err(EvidenceError::OutOfOrder { .. })
-        ));
-        assert!(matches!(
-            w.checkpoint(&f.notes[0]),
-            Err(EvidenceError::OutOfOrder { .. })
-        ));
-        assert!(matches!(
-            w.init_segment(b"x"),
-            Err(EvidenceError::OutOfOrder { .. })
-        ));
+        assert!(matches!(w.record(&f.records[0]), Err(EvidenceError::OutOfOrder { .. })));
+        assert!(matches!(w.record(&f.records[1]), Err(EvidenceError::OutOfOrder { .. })));
+        assert!(matches!(w.checkpoint(&f.notes[0]), Err(EvidenceError::OutOfOrder { .. })));
+        assert!(matches!(w.init_segment(b"x"), Err(EvidenceError::OutOfOrder { .. })));
         w.chunk(&f.sealed[0]).unwrap();
-        assert!(matches!(
-            w.chunk(b"junk"),
-            Err(EvidenceError::BadEntry { .. })
-        ));
+        assert!(matches!(w.chunk(b"junk"), Err(EvidenceError::BadEntry { .. })));
     }
 
     #[test]
     fn paths_parse_strictly() {
-        assert_eq!(
-            parse_path("lucid-evidence/chunks/00000000000000000012.sealed"),
-            Some((Section::Chunks, 12))
-        );
+        assert_eq!(parse_path("lucid-evidence/chunks/00000000000000000012.sealed"), Some((Section::Chunks, 12)));
         for bad in [
             "lucid-evidence/chunks/12.sealed",
             "lucid-evidence/chunks/0000000000000000001x.sealed",
@@ -1467,9 +1200,6 @@ mod tests {
         ] {
             assert_eq!(parse_path(bad), None, "{bad}");
         }
-        assert_eq!(
-            entry_path(Section::Records, 7),
-            "lucid-evidence/records/00000000000000000007.rec"
-        );
+        assert_eq!(entry_path(Section::Records, 7), "lucid-evidence/records/00000000000000000007.rec");
     }
 }

@@ -18,19 +18,14 @@ const FUZZ_KEY_SEED: [u8; 32] = *b"lucid fuzz key, never a real one";
 
 /// PKCS#8 v1 of an Ed25519 seed (RFC 8410's fixed prefix, then the seed).
 fn pkcs8_v1(seed: &[u8; 32]) -> Vec<u8> {
-    let mut der = vec![
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
-    ];
+    let mut der = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
     der.extend_from_slice(seed);
     der
 }
 
 fn seed_dir() -> PathBuf {
-    std::env::var_os("LUCID_FUZZ_SEEDS").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds"),
-        PathBuf::from,
-    )
+    std::env::var_os("LUCID_FUZZ_SEEDS")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds"), PathBuf::from)
 }
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -68,11 +63,7 @@ fn write_fuzz_seeds() {
     for (name, f) in [("camera", &camera), ("data", &data)] {
         let m = f.signed_manifest();
         write("manifest", &format!("{name}.json"), &m.bytes);
-        write(
-            "manifest",
-            &format!("{name}.sig"),
-            m.signature_file().as_bytes(),
-        );
+        write("manifest", &format!("{name}.sig"), m.signature_file().as_bytes());
     }
 
     // An OTA bundle signed by the key the bundle target trusts ("lucid-fuzz"), for the

@@ -40,20 +40,12 @@ mod hex;
 mod testutil;
 
 pub use bundle::{
-    BundleError, BundleEvent, BundleManifest, BundlePolicy, BundleReader, BundleWriter, KeyPolicy,
-    PayloadHasher, PayloadInfo, VerifiedManifest,
+    BundleError, BundleEvent, BundleManifest, BundlePolicy, BundleReader, BundleWriter, KeyPolicy, PayloadHasher,
+    PayloadInfo, VerifiedManifest,
 };
-pub use chunk::{
-    ChunkHeader, ChunkRecord, Flags, FormatError, MAX_SEALED_CHUNK, validate_session_id,
-};
+pub use chunk::{ChunkHeader, ChunkRecord, Flags, FormatError, MAX_SEALED_CHUNK, validate_session_id};
 pub use evidence::{EvidenceError, EvidenceReport, EvidenceWriter, VerifyError, verify_evidence};
-pub use manifest::{
-    Manifest, ManifestError, SessionKind, SignedManifest, sign_manifest, verify_manifest,
-};
+pub use manifest::{Manifest, ManifestError, SessionKind, SignedManifest, sign_manifest, verify_manifest};
 pub use merkle::{Hash, MerkleError, MerkleTree};
-pub use note::{
-    Checkpoint, NoteError, Signer, Verifier, device_id_from_public_key, sign_checkpoint,
-};
-pub use seal::{
-    Cipher, DataKey, Kek, SealError, open_chunk, seal_chunk, unwrap_data_key, wrap_data_key,
-};
+pub use note::{Checkpoint, NoteError, Signer, Verifier, device_id_from_public_key, sign_checkpoint};
+pub use seal::{Cipher, DataKey, Kek, SealError, open_chunk, seal_chunk, unwrap_data_key, wrap_data_key};

@@ -112,20 +112,13 @@ impl SignedManifest {
 /// Parses a signature file (base64 of 64 bytes, then exactly one newline).
 pub fn parse_signature_file(text: &[u8]) -> Result<[u8; 64], ManifestError> {
     let bad = |reason| ManifestError::MalformedSignatureFile { reason };
-    let body = text
-        .strip_suffix(b"\n")
-        .ok_or(bad("does not end with a newline"))?;
+    let body = text.strip_suffix(b"\n").ok_or(bad("does not end with a newline"))?;
     let raw = B64.decode(body).map_err(|_| bad("not standard base64"))?;
-    raw.as_slice()
-        .try_into()
-        .map_err(|_| bad("not a 64-byte signature"))
+    raw.as_slice().try_into().map_err(|_| bad("not a 64-byte signature"))
 }
 
 /// Serializes and signs a manifest.
-pub fn sign_manifest(
-    manifest: &Manifest,
-    signer: &Signer,
-) -> Result<SignedManifest, ManifestError> {
+pub fn sign_manifest(manifest: &Manifest, signer: &Signer) -> Result<SignedManifest, ManifestError> {
     if manifest.format != MANIFEST_FORMAT {
         return Err(ManifestError::UnsupportedFormat(manifest.format.clone()));
     }
@@ -136,14 +129,8 @@ pub fn sign_manifest(
 
 /// Verifies the signature over the exact bytes first (so nothing unauthenticated is
 /// parsed), then parses and checks the format.
-pub fn verify_manifest(
-    bytes: &[u8],
-    signature: &[u8; 64],
-    verifier: &Verifier,
-) -> Result<Manifest, ManifestError> {
-    verifier
-        .verify(bytes, signature)
-        .map_err(|_| ManifestError::BadSignature)?;
+pub fn verify_manifest(bytes: &[u8], signature: &[u8; 64], verifier: &Verifier) -> Result<Manifest, ManifestError> {
+    verifier.verify(bytes, signature).map_err(|_| ManifestError::BadSignature)?;
     let manifest: Manifest = serde_json::from_slice(bytes)?;
     if manifest.format != MANIFEST_FORMAT {
         return Err(ManifestError::UnsupportedFormat(manifest.format));
@@ -185,11 +172,7 @@ mod tests {
     use ring::rand::SystemRandom;
 
     fn signer() -> Signer {
-        Signer::from_pkcs8(
-            "dev",
-            &Signer::generate_pkcs8(&SystemRandom::new()).unwrap(),
-        )
-        .unwrap()
+        Signer::from_pkcs8("dev", &Signer::generate_pkcs8(&SystemRandom::new()).unwrap()).unwrap()
     }
 
     #[test]
@@ -198,28 +181,15 @@ mod tests {
         let m = sample(&s);
         let signed = sign_manifest(&m, &s).unwrap();
         assert_eq!(signed.bytes, serde_json::to_vec_pretty(&m).unwrap());
-        assert!(
-            std::str::from_utf8(&signed.bytes)
-                .unwrap()
-                .contains("\"kind\": \"camera\"")
-        );
+        assert!(std::str::from_utf8(&signed.bytes).unwrap().contains("\"kind\": \"camera\""));
         let sig = parse_signature_file(signed.signature_file().as_bytes()).unwrap();
-        assert_eq!(
-            verify_manifest(&signed.bytes, &sig, &s.verifier()).unwrap(),
-            m
-        );
+        assert_eq!(verify_manifest(&signed.bytes, &sig, &s.verifier()).unwrap(), m);
 
         let mut tampered = signed.bytes.clone();
         let pos = tampered.len() / 2;
         tampered[pos] ^= 0x01;
-        assert!(matches!(
-            verify_manifest(&tampered, &sig, &s.verifier()),
-            Err(ManifestError::BadSignature)
-        ));
-        assert!(matches!(
-            verify_manifest(&signed.bytes, &sig, &signer().verifier()),
-            Err(ManifestError::BadSignature)
-        ));
+        assert!(matches!(verify_manifest(&tampered, &sig, &s.verifier()), Err(ManifestError::BadSignature)));
+        assert!(matches!(verify_manifest(&signed.bytes, &sig, &signer().verifier()), Err(ManifestError::BadSignature)));
     }
 
     #[test]
@@ -227,10 +197,7 @@ mod tests {
         let s = signer();
         let mut m = sample(&s);
         m.format = "lucid-manifest-2".into();
-        assert!(matches!(
-            sign_manifest(&m, &s),
-            Err(ManifestError::UnsupportedFormat(_))
-        ));
+        assert!(matches!(sign_manifest(&m, &s), Err(ManifestError::UnsupportedFormat(_))));
         // Signed but of another format, or unknown fields: rejected after the signature.
         let bytes = serde_json::to_vec_pretty(&m).unwrap();
         assert!(matches!(
@@ -238,17 +205,9 @@ mod tests {
             Err(ManifestError::UnsupportedFormat(_))
         ));
         let extra = br#"{"format":"lucid-manifest-1","surprise":1}"#;
-        assert!(matches!(
-            verify_manifest(extra, &s.sign(extra), &s.verifier()),
-            Err(ManifestError::Json(_))
-        ));
+        assert!(matches!(verify_manifest(extra, &s.sign(extra), &s.verifier()), Err(ManifestError::Json(_))));
         let good = sign_manifest(&sample(&s), &s).unwrap().signature_file();
-        for bad in [
-            good.trim_end().to_owned(),
-            format!("{good}\n"),
-            "AAAA\n".to_owned(),
-            "!!\n".to_owned(),
-        ] {
+        for bad in [good.trim_end().to_owned(), format!("{good}\n"), "AAAA\n".to_owned(), "!!\n".to_owned()] {
             assert!(parse_signature_file(bad.as_bytes()).is_err(), "{bad:?}");
         }
     }

@@ -90,9 +90,7 @@ pub struct MerkleTree {
 impl MerkleTree {
     /// An empty tree.
     pub fn new() -> Self {
-        Self {
-            levels: vec![Vec::new()],
-        }
+        Self { levels: vec![Vec::new()] }
     }
 
     /// A tree holding `leaves` in order.
@@ -147,10 +145,7 @@ impl MerkleTree {
 
     fn check_size(&self, size: u64) -> Result<(), MerkleError> {
         if size > self.len() {
-            return Err(MerkleError::SizeOutOfRange {
-                size,
-                available: self.len(),
-            });
+            return Err(MerkleError::SizeOutOfRange { size, available: self.len() });
         }
         Ok(())
     }
@@ -238,13 +233,7 @@ fn split(n: u64) -> u64 {
 
 /// Verifies that `leaf` is at `index` in the tree of `size` leaves with head `root`
 /// (RFC 9162 §2.1.3.2).
-pub fn verify_inclusion(
-    leaf: &Hash,
-    index: u64,
-    size: u64,
-    proof: &[Hash],
-    root: &Hash,
-) -> Result<(), MerkleError> {
+pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> Result<(), MerkleError> {
     if index >= size {
         return Err(MerkleError::IndexOutOfRange { index, size });
     }
@@ -281,13 +270,7 @@ pub fn verify_inclusion(
 /// Verifies that the tree of `m` leaves with head `root_m` is a prefix of the tree of
 /// `n` leaves with head `root_n` (RFC 9162 §2.1.4.2). For `m == 0` the proof must be
 /// empty and `root_m` the empty root; for `m == n` it must be empty and the roots equal.
-pub fn verify_consistency(
-    m: u64,
-    n: u64,
-    root_m: &Hash,
-    root_n: &Hash,
-    proof: &[Hash],
-) -> Result<(), MerkleError> {
+pub fn verify_consistency(m: u64, n: u64, root_m: &Hash, root_n: &Hash, proof: &[Hash]) -> Result<(), MerkleError> {
     if m > n {
         return Err(MerkleError::ShrinkingTree { m, n });
     }
@@ -297,16 +280,8 @@ pub fn verify_consistency(
         }
         // m == 0: the empty tree is a prefix of every tree, but its head must be the
         // empty root. m == n: the same tree, so the same head.
-        let ok = if m == 0 {
-            *root_m == empty_root() && (n > 0 || *root_n == *root_m)
-        } else {
-            *root_m == *root_n
-        };
-        return if ok {
-            Ok(())
-        } else {
-            Err(MerkleError::RootMismatch)
-        };
+        let ok = if m == 0 { *root_m == empty_root() && (n > 0 || *root_n == *root_m) } else { *root_m == *root_n };
+        return if ok { Ok(()) } else { Err(MerkleError::RootMismatch) };
     }
     if proof.is_empty() {
         return Err(MerkleError::ProofLength);
@@ -405,11 +380,7 @@ mod tests {
                 "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
             ],
         ),
-        (
-            2,
-            3,
-            &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
-        ),
+        (2, 3, &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
         (
             1,
             5,
@@ -476,24 +447,10 @@ mod tests {
         let leaves = vector_leaves();
         let tree = MerkleTree::from_leaves(&leaves);
         for (n, want) in ROOTS.iter().enumerate() {
-            assert_eq!(
-                hex::encode(&root(&leaves[..n])),
-                *want,
-                "root of {n} leaves"
-            );
-            assert_eq!(
-                hex::encode(&tree.root(n as u64).unwrap()),
-                *want,
-                "cached root of {n}"
-            );
+            assert_eq!(hex::encode(&root(&leaves[..n])), *want, "root of {n} leaves");
+            assert_eq!(hex::encode(&tree.root(n as u64).unwrap()), *want, "cached root of {n}");
         }
-        assert_eq!(
-            tree.root(9),
-            Err(MerkleError::SizeOutOfRange {
-                size: 9,
-                available: 8
-            })
-        );
+        assert_eq!(tree.root(9), Err(MerkleError::SizeOutOfRange { size: 9, available: 8 }));
     }
 
     #[test]
@@ -539,16 +496,11 @@ mod tests {
         // A proof with extra hashes must fail rather than be truncated.
         let mut long = inclusion_proof(&leaves, 0, 8).unwrap();
         long.push(parse(ROOTS[8]));
-        assert_eq!(
-            verify_inclusion(&leaves[0], 0, 8, &long, &parse(ROOTS[8])),
-            Err(MerkleError::ProofLength)
-        );
+        assert_eq!(verify_inclusion(&leaves[0], 0, 8, &long, &parse(ROOTS[8])), Err(MerkleError::ProofLength));
     }
 
     fn leaves_for(n: usize, seed: u64) -> Vec<Hash> {
-        (0..n as u64)
-            .map(|i| leaf_hash(&[i.to_be_bytes(), seed.to_be_bytes()].concat()))
-            .collect()
+        (0..n as u64).map(|i| leaf_hash(&[i.to_be_bytes(), seed.to_be_bytes()].concat())).collect()
     }
 
     fn flip(h: &Hash, bit: usize) -> Hash {

@@ -55,14 +55,8 @@ pub enum NoteError {
 /// Checks a key name or checkpoint origin: non-empty, no whitespace, no control
 /// characters, no '+' (which separates vkey fields).
 pub fn validate_name(name: &str) -> Result<(), NoteError> {
-    if name.is_empty()
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '+')
-    {
-        return Err(NoteError::BadName {
-            name: name.to_owned(),
-        });
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control() || c == '+') {
+        return Err(NoteError::BadName { name: name.to_owned() });
     }
     Ok(())
 }
@@ -82,10 +76,7 @@ pub fn key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
 /// The device id: `"lucid-"` and the first 8 bytes of SHA-256(public key) in lowercase
 /// hex. Derived, never configured, so it cannot be claimed without the key.
 pub fn device_id_from_public_key(public_key: &[u8; 32]) -> String {
-    format!(
-        "lucid-{}",
-        hex::encode(&digest(&SHA256, public_key).as_ref()[..8])
-    )
+    format!("lucid-{}", hex::encode(&digest(&SHA256, public_key).as_ref()[..8]))
 }
 
 /// The checkpoint origin of a session: `lucid/<device id>/<session id>`.
@@ -108,12 +99,7 @@ impl Checkpoint {
     /// The C2SP tlog-checkpoint body: origin, decimal size and base64 root, each
     /// followed by a newline. Lucid writes no extension lines.
     pub fn body(&self) -> String {
-        format!(
-            "{}\n{}\n{}\n",
-            self.origin,
-            self.size,
-            B64.encode(self.root)
-        )
+        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
     }
 
     /// Parses a body strictly: exactly three lines, canonical decimal, canonical base64
@@ -121,9 +107,7 @@ impl Checkpoint {
     /// them, so their presence means the note is not ours.
     fn parse_body(body: &str) -> Result<Checkpoint, NoteError> {
         let bad = |reason| NoteError::BadCheckpoint { reason };
-        let text = body
-            .strip_suffix('\n')
-            .ok_or(bad("body does not end with a newline"))?;
+        let text = body.strip_suffix('\n').ok_or(bad("body does not end with a newline"))?;
         let lines: Vec<&str> = text.split('\n').collect();
         let [origin, size, root] = lines[..] else {
             return Err(bad("body is not exactly origin, size and root lines"));
@@ -135,24 +119,13 @@ impl Checkpoint {
         if size.len() > 1 && size.starts_with('0') {
             return Err(bad("size has a leading zero"));
         }
-        let size: u64 = size
-            .parse()
-            .map_err(|_| bad("size does not fit in 64 bits"))?;
-        let raw = B64
-            .decode(root)
-            .map_err(|_| bad("root is not standard base64"))?;
-        let root: Hash = raw
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("root is not 32 bytes"))?;
+        let size: u64 = size.parse().map_err(|_| bad("size does not fit in 64 bits"))?;
+        let raw = B64.decode(root).map_err(|_| bad("root is not standard base64"))?;
+        let root: Hash = raw.as_slice().try_into().map_err(|_| bad("root is not 32 bytes"))?;
         if B64.encode(root) != lines[2] {
             return Err(bad("root base64 is not canonical"));
         }
-        Ok(Checkpoint {
-            origin: origin.to_owned(),
-            size,
-            root,
-        })
+        Ok(Checkpoint { origin: origin.to_owned(), size, root })
     }
 }
 
@@ -172,40 +145,27 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer")
-            .field("vkey", &self.vkey())
-            .finish_non_exhaustive()
+        f.debug_struct("Signer").field("vkey", &self.vkey()).finish_non_exhaustive()
     }
 }
 
 impl Signer {
     /// A fresh Ed25519 key as a PKCS#8 v2 document, for the daemon to store.
     pub fn generate_pkcs8(rng: &dyn SecureRandom) -> Result<Vec<u8>, NoteError> {
-        Ed25519KeyPair::generate_pkcs8(rng)
-            .map(|d| d.as_ref().to_vec())
-            .map_err(|_| NoteError::Rng)
+        Ed25519KeyPair::generate_pkcs8(rng).map(|d| d.as_ref().to_vec()).map_err(|_| NoteError::Rng)
     }
 
     /// A signer named `name` from a PKCS#8 (v1 or v2) Ed25519 document.
     pub fn from_pkcs8(name: &str, pkcs8: &[u8]) -> Result<Signer, NoteError> {
         validate_name(name)?;
-        let keypair =
-            Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).map_err(|e| NoteError::BadKey {
-                reason: e.to_string(),
-            })?;
-        let public_key: [u8; 32] =
-            keypair
-                .public_key()
-                .as_ref()
-                .try_into()
-                .map_err(|_| NoteError::BadKey {
-                    reason: "public key is not 32 bytes".into(),
-                })?;
-        Ok(Signer {
-            name: name.to_owned(),
-            keypair,
-            public_key,
-        })
+        let keypair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+            .map_err(|e| NoteError::BadKey { reason: e.to_string() })?;
+        let public_key: [u8; 32] = keypair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .map_err(|_| NoteError::BadKey { reason: "public key is not 32 bytes".into() })?;
+        Ok(Signer { name: name.to_owned(), keypair, public_key })
     }
 
     /// The key name.
@@ -230,10 +190,7 @@ impl Signer {
 
     /// The matching verifier.
     pub fn verifier(&self) -> Verifier {
-        Verifier {
-            name: self.name.clone(),
-            public_key: self.public_key,
-        }
+        Verifier { name: self.name.clone(), public_key: self.public_key }
     }
 
     /// A detached Ed25519 signature over `msg` (used for manifests).
@@ -253,11 +210,7 @@ pub fn sign_checkpoint(checkpoint: &Checkpoint, signer: &Signer) -> Result<Strin
     let mut blob = Vec::with_capacity(68);
     blob.extend_from_slice(&signer.key_id());
     blob.extend_from_slice(&sig);
-    Ok(format!(
-        "{body}\n{SIG_PREFIX}{} {}\n",
-        signer.name,
-        B64.encode(blob)
-    ))
+    Ok(format!("{body}\n{SIG_PREFIX}{} {}\n", signer.name, B64.encode(blob)))
 }
 
 /// Splits a signed note into its body (with its final newline) and signature block.
@@ -268,9 +221,7 @@ fn split_note(note: &str) -> Result<(&str, &str), NoteError> {
     }
     // The body's lines are never empty, so the last blank line separates the body from
     // the signatures.
-    let split = note
-        .rfind("\n\n")
-        .ok_or(bad("no blank line before the signatures"))?;
+    let split = note.rfind("\n\n").ok_or(bad("no blank line before the signatures"))?;
     let (body, sigs) = (&note[..split + 1], &note[split + 2..]);
     if sigs.is_empty() {
         return Err(bad("no signature lines"));
@@ -297,26 +248,16 @@ fn parse_sig_lines(sigs: &str) -> Result<Vec<SigLine<'_>>, NoteError> {
     lines
         .into_iter()
         .map(|line| {
-            let rest = line
-                .strip_prefix(SIG_PREFIX)
-                .ok_or(bad("signature line does not start with an em dash"))?;
-            let (name, b64) = rest
-                .split_once(' ')
-                .ok_or(bad("signature line has no key name"))?;
+            let rest = line.strip_prefix(SIG_PREFIX).ok_or(bad("signature line does not start with an em dash"))?;
+            let (name, b64) = rest.split_once(' ').ok_or(bad("signature line has no key name"))?;
             validate_name(name).map_err(|_| bad("signature key name is invalid"))?;
-            let blob = B64
-                .decode(b64)
-                .map_err(|_| bad("signature is not standard base64"))?;
+            let blob = B64.decode(b64).map_err(|_| bad("signature is not standard base64"))?;
             if blob.len() < 5 {
                 return Err(bad("signature is shorter than a key id and one byte"));
             }
             let mut key_id = [0u8; 4];
             key_id.copy_from_slice(&blob[..4]);
-            Ok(SigLine {
-                name,
-                key_id,
-                sig: blob[4..].to_vec(),
-            })
+            Ok(SigLine { name, key_id, sig: blob[4..].to_vec() })
         })
         .collect()
 }
@@ -332,10 +273,7 @@ impl Verifier {
     /// A verifier from a name and public key.
     pub fn from_public_key(name: &str, public_key: [u8; 32]) -> Result<Verifier, NoteError> {
         validate_name(name)?;
-        Ok(Verifier {
-            name: name.to_owned(),
-            public_key,
-        })
+        Ok(Verifier { name: name.to_owned(), public_key })
     }
 
     /// Parses verifier key text `<name>+<8 hex key id>+<base64(0x01 ‖ public key)>`,
@@ -349,22 +287,15 @@ impl Verifier {
             return Err(bad("not three '+'-separated fields"));
         };
         validate_name(name).map_err(|_| bad("invalid key name"))?;
-        let key = B64
-            .decode(key_b64)
-            .map_err(|_| bad("key is not standard base64"))?;
+        let key = B64.decode(key_b64).map_err(|_| bad("key is not standard base64"))?;
         if key.len() != 33 || key[0] != ALG_ED25519 {
             return Err(bad("key is not 0x01 followed by a 32-byte Ed25519 key"));
         }
-        let public_key: [u8; 32] = key[1..]
-            .try_into()
-            .map_err(|_| bad("key is not 32 bytes"))?;
+        let public_key: [u8; 32] = key[1..].try_into().map_err(|_| bad("key is not 32 bytes"))?;
         if id_hex != hex::encode(&key_id(name, &public_key)) {
             return Err(bad("key id does not match the name and key"));
         }
-        Ok(Verifier {
-            name: name.to_owned(),
-            public_key,
-        })
+        Ok(Verifier { name: name.to_owned(), public_key })
     }
 
     /// The key name.
@@ -387,12 +318,7 @@ impl Verifier {
         let mut key = Vec::with_capacity(33);
         key.push(ALG_ED25519);
         key.extend_from_slice(&self.public_key);
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex::encode(&self.key_id()),
-            B64.encode(key)
-        )
+        format!("{}+{}+{}", self.name, hex::encode(&self.key_id()), B64.encode(key))
     }
 
     /// The device id of this key.
@@ -404,9 +330,7 @@ impl Verifier {
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), NoteError> {
         UnparsedPublicKey::new(&ED25519, &self.public_key)
             .verify(msg, sig)
-            .map_err(|_| NoteError::BadSignature {
-                name: self.name.clone(),
-            })
+            .map_err(|_| NoteError::BadSignature { name: self.name.clone() })
     }
 
     /// Verifies a signed checkpoint note and returns the checkpoint. Requires at least
@@ -424,9 +348,7 @@ impl Verifier {
             }
         }
         if !verified {
-            return Err(NoteError::NoSignature {
-                name: self.name.clone(),
-            });
+            return Err(NoteError::NoSignature { name: self.name.clone() });
         }
         Checkpoint::parse_body(body)
     }
@@ -443,11 +365,7 @@ mod tests {
     }
 
     fn checkpoint() -> Checkpoint {
-        Checkpoint {
-            origin: "lucid/lucid-0011223344556677/sess-1".into(),
-            size: 20,
-            root: [0x5a; 32],
-        }
+        Checkpoint { origin: "lucid/lucid-0011223344556677/sess-1".into(), size: 20, root: [0x5a; 32] }
     }
 
     #[test]
@@ -457,15 +375,10 @@ mod tests {
         let note = sign_checkpoint(&cp, &s).unwrap();
         let root_b64 = B64.encode([0x5a; 32]);
         let (body, rest) = note.split_once("\n\n").unwrap();
-        assert_eq!(
-            format!("{body}\n"),
-            format!("lucid/lucid-0011223344556677/sess-1\n20\n{root_b64}\n")
-        );
+        assert_eq!(format!("{body}\n"), format!("lucid/lucid-0011223344556677/sess-1\n20\n{root_b64}\n"));
         assert!(rest.starts_with("\u{2014} lucid-dev "));
         assert!(rest.ends_with('\n'));
-        let blob = B64
-            .decode(rest.trim_end().rsplit(' ').next().unwrap())
-            .unwrap();
+        let blob = B64.decode(rest.trim_end().rsplit(' ').next().unwrap()).unwrap();
         assert_eq!(blob.len(), 68);
         assert_eq!(blob[..4], s.key_id());
         let v = Verifier::from_vkey(&s.vkey()).unwrap();
@@ -483,21 +396,12 @@ mod tests {
         input.extend_from_slice(&pk);
         let hash = digest(&SHA256, &input);
         assert_eq!(s.key_id(), hash.as_ref()[..4]);
-        let id_hex: String = hash.as_ref()[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let id_hex: String = hash.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
         let mut typed = vec![1u8];
         typed.extend_from_slice(&pk);
-        assert_eq!(
-            s.vkey(),
-            format!("example.com/device+{id_hex}+{}", B64.encode(typed))
-        );
+        assert_eq!(s.vkey(), format!("example.com/device+{id_hex}+{}", B64.encode(typed)));
         let dev_hash = digest(&SHA256, &pk);
-        let dev: String = dev_hash.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let dev: String = dev_hash.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(device_id_from_public_key(&pk), format!("lucid-{dev}"));
         assert_eq!(device_id_from_public_key(&pk).len(), 6 + 16);
     }
@@ -544,10 +448,7 @@ mod tests {
         for (i, replacement) in variants {
             let mut l = lines.clone();
             l[i] = &replacement;
-            assert!(
-                v.verify_checkpoint(&l.join("\n")).is_err(),
-                "line {i} -> {replacement:?}"
-            );
+            assert!(v.verify_checkpoint(&l.join("\n")).is_err(), "line {i} -> {replacement:?}");
         }
     }
 
@@ -556,10 +457,7 @@ mod tests {
         let s = signer("dev");
         let other = signer("dev"); // same name, different key
         let note = sign_checkpoint(&checkpoint(), &s).unwrap();
-        assert!(matches!(
-            other.verifier().verify_checkpoint(&note),
-            Err(NoteError::NoSignature { .. })
-        ));
+        assert!(matches!(other.verifier().verify_checkpoint(&note), Err(NoteError::NoSignature { .. })));
         // A co-signature from another key is ignored, in either order.
         let cosig = sign_checkpoint(&checkpoint(), &signer("witness")).unwrap();
         let cosig_line = cosig.split("\n\n").nth(1).unwrap();
@@ -567,15 +465,10 @@ mod tests {
         assert_eq!(s.verifier().verify_checkpoint(&both).unwrap(), checkpoint());
         // A bad signature that claims to be ours rejects the note even next to a good one.
         let forged_line = sign_checkpoint(&checkpoint(), &other).unwrap();
-        let mut blob = B64
-            .decode(forged_line.trim_end().rsplit(' ').next().unwrap())
-            .unwrap();
+        let mut blob = B64.decode(forged_line.trim_end().rsplit(' ').next().unwrap()).unwrap();
         blob[..4].copy_from_slice(&s.key_id());
         let both = format!("{note}\u{2014} dev {}\n", B64.encode(blob));
-        assert!(matches!(
-            s.verifier().verify_checkpoint(&both),
-            Err(NoteError::BadSignature { .. })
-        ));
+        assert!(matches!(s.verifier().verify_checkpoint(&both), Err(NoteError::BadSignature { .. })));
     }
 
     #[test]
@@ -603,12 +496,7 @@ mod tests {
         ] {
             assert!(v.verify_checkpoint(&sign_body(&body)).is_err(), "{body:?}");
         }
-        assert_eq!(
-            v.verify_checkpoint(&sign_body(&format!("o\n0\n{root}\n")))
-                .unwrap()
-                .size,
-            0
-        );
+        assert_eq!(v.verify_checkpoint(&sign_body(&format!("o\n0\n{root}\n"))).unwrap().size, 0);
         let good = sign_checkpoint(&checkpoint(), &s).unwrap();
         for bad in [
             good.trim_end().to_owned(),
@@ -620,25 +508,9 @@ mod tests {
         ] {
             assert!(v.verify_checkpoint(&bad).is_err(), "{bad:?}");
         }
-        assert!(
-            sign_checkpoint(
-                &Checkpoint {
-                    origin: "a b".into(),
-                    size: 1,
-                    root: [0; 32]
-                },
-                &s
-            )
-            .is_err()
-        );
+        assert!(sign_checkpoint(&Checkpoint { origin: "a b".into(), size: 1, root: [0; 32] }, &s).is_err());
         assert!(Signer::from_pkcs8("dev", b"not a key").is_err());
-        assert!(
-            Signer::from_pkcs8(
-                "a+b",
-                &Signer::generate_pkcs8(&SystemRandom::new()).unwrap()
-            )
-            .is_err()
-        );
+        assert!(Signer::from_pkcs8("a+b", &Signer::generate_pkcs8(&SystemRandom::new()).unwrap()).is_err());
     }
 
     #[test]

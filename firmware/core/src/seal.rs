@@ -58,20 +58,14 @@ impl Cipher {
 
     /// The cipher for a manifest name, if known.
     pub fn from_name(name: &str) -> Option<Cipher> {
-        [Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm]
-            .into_iter()
-            .find(|c| c.name() == name)
+        [Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm].into_iter().find(|c| c.name() == name)
     }
 
     /// AES-256-GCM when this CPU has AES instructions (constant time and fast),
     /// ChaCha20-Poly1305 otherwise (software AES is slow, and table-based AES leaks
     /// timing). Reading CPU features is the one host query this crate makes.
     pub fn preferred_for_this_cpu() -> Cipher {
-        if has_aes_instructions() {
-            Cipher::Aes256Gcm
-        } else {
-            Cipher::ChaCha20Poly1305
-        }
+        if has_aes_instructions() { Cipher::Aes256Gcm } else { Cipher::ChaCha20Poly1305 }
     }
 
     fn algorithm(self) -> &'static ring::aead::Algorithm {
@@ -107,10 +101,7 @@ pub enum SealError {
     Format(#[from] FormatError),
     /// The header names a different cipher than the one asked for.
     #[error("header says {header} but sealing was asked for {requested}")]
-    CipherMismatch {
-        header: &'static str,
-        requested: &'static str,
-    },
+    CipherMismatch { header: &'static str, requested: &'static str },
     /// `header.cipher_len` is not the payload length plus the tag.
     #[error("header cipher_len {header} but payload + tag is {actual}")]
     CipherLenMismatch { header: u64, actual: u64 },
@@ -122,11 +113,7 @@ pub enum SealError {
     Authentication { session_id: String, index: u64 },
     /// An unwrapped payload's length disagrees with the header's plaintext length.
     #[error("chunk {index}: opened {actual} bytes, header says {header}")]
-    PlainLenMismatch {
-        index: u64,
-        header: u64,
-        actual: u64,
-    },
+    PlainLenMismatch { index: u64, header: u64, actual: u64 },
     /// The wrapped key has the wrong length or format byte.
     #[error("malformed wrapped key: {reason}")]
     MalformedWrappedKey { reason: &'static str },
@@ -207,33 +194,19 @@ fn aead_key(cipher: Cipher, key: &[u8; 32]) -> LessSafeKey {
 
 /// Seals `payload` (already compressed if `header.flags` says ZSTD) and returns
 /// `header ‖ ciphertext ‖ tag`, with the encoded header as associated data.
-pub fn seal_chunk(
-    key: &DataKey,
-    cipher: Cipher,
-    header: &ChunkHeader,
-    payload: &[u8],
-) -> Result<Vec<u8>, SealError> {
+pub fn seal_chunk(key: &DataKey, cipher: Cipher, header: &ChunkHeader, payload: &[u8]) -> Result<Vec<u8>, SealError> {
     header.validate()?;
     if header.cipher != cipher {
-        return Err(SealError::CipherMismatch {
-            header: header.cipher.name(),
-            requested: cipher.name(),
-        });
+        return Err(SealError::CipherMismatch { header: header.cipher.name(), requested: cipher.name() });
     }
     let actual = payload.len() as u64 + TAG_LEN as u64;
     if u64::from(header.cipher_len) != actual {
-        return Err(SealError::CipherLenMismatch {
-            header: header.cipher_len.into(),
-            actual,
-        });
+        return Err(SealError::CipherLenMismatch { header: header.cipher_len.into(), actual });
     }
     let encoded = header.encode();
     let len = encoded.len() + payload.len() + TAG_LEN;
     if len > MAX_SEALED_CHUNK {
-        return Err(SealError::TooLarge {
-            len,
-            max: MAX_SEALED_CHUNK,
-        });
+        return Err(SealError::TooLarge { len, max: MAX_SEALED_CHUNK });
     }
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&encoded);
@@ -263,14 +236,10 @@ pub fn open_chunk(key: &DataKey, sealed: &[u8]) -> Result<(ChunkHeader, Vec<u8>)
     let nonce = Nonce::assume_unique_for_key(chunk_nonce(header.epoch, header.index));
     let plain_len = aead_key(header.cipher, &key.0)
         .open_in_place(nonce, Aad::from(&sealed[..hlen]), &mut body)
-        .map_err(|_| SealError::Authentication {
-            session_id: header.session_id.clone(),
-            index: header.index,
-        })?
+        .map_err(|_| SealError::Authentication { session_id: header.session_id.clone(), index: header.index })?
         .len();
     body.truncate(plain_len);
-    if !header.flags.contains(crate::chunk::Flags::ZSTD) && body.len() != header.plain_len as usize
-    {
+    if !header.flags.contains(crate::chunk::Flags::ZSTD) && body.len() != header.plain_len as usize {
         return Err(SealError::PlainLenMismatch {
             index: header.index,
             header: header.plain_len.into(),
@@ -288,12 +257,7 @@ fn wrap_aad(session_id: &str) -> Vec<u8> {
 /// with AAD `"lucid-dek-v1\0" ‖ session id`, 61 bytes. The nonce is random because a
 /// KEK wraps few keys (one per session), far below the 2^32 random-nonce limit of
 /// NIST SP 800-38D.
-pub fn wrap_data_key(
-    kek: &Kek,
-    dek: &DataKey,
-    session_id: &str,
-    rng: &dyn SecureRandom,
-) -> Result<Vec<u8>, SealError> {
+pub fn wrap_data_key(kek: &Kek, dek: &DataKey, session_id: &str, rng: &dyn SecureRandom) -> Result<Vec<u8>, SealError> {
     crate::chunk::validate_session_id(session_id)?;
     let mut nonce = [0u8; 12];
     rng.fill(&mut nonce).map_err(|_| SealError::Rng)?;
@@ -315,27 +279,17 @@ pub fn wrap_data_key(
 /// Unwraps a key made by [`wrap_data_key`] for the same session.
 pub fn unwrap_data_key(kek: &Kek, wrapped: &[u8], session_id: &str) -> Result<DataKey, SealError> {
     if wrapped.len() != WRAPPED_KEY_LEN {
-        return Err(SealError::MalformedWrappedKey {
-            reason: "length is not 61 bytes",
-        });
+        return Err(SealError::MalformedWrappedKey { reason: "length is not 61 bytes" });
     }
     if wrapped[0] != WRAP_FORMAT {
-        return Err(SealError::MalformedWrappedKey {
-            reason: "unknown format byte",
-        });
+        return Err(SealError::MalformedWrappedKey { reason: "unknown format byte" });
     }
     let mut nonce = [0u8; 12];
     nonce.copy_from_slice(&wrapped[1..13]);
     let mut body = wrapped[13..].to_vec();
-    let unwrap_err = || SealError::Unwrap {
-        session_id: session_id.to_owned(),
-    };
+    let unwrap_err = || SealError::Unwrap { session_id: session_id.to_owned() };
     let opened = aead_key(Cipher::ChaCha20Poly1305, &kek.0)
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(wrap_aad(session_id)),
-            &mut body,
-        )
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(wrap_aad(session_id)), &mut body)
         .map_err(|_| unwrap_err())?;
     let mut key = [0u8; 32];
     key.copy_from_slice(opened);
@@ -379,10 +333,7 @@ mod tests {
 
     #[test]
     fn nonce_layout() {
-        assert_eq!(
-            chunk_nonce(0x01020304, 0x05060708090a0b0c),
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-        );
+        assert_eq!(chunk_nonce(0x01020304, 0x05060708090a0b0c), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
     }
 
     #[test]
@@ -402,43 +353,21 @@ mod tests {
             for i in 0..sealed.len() {
                 let mut bad = sealed.clone();
                 bad[i] ^= 0x01;
-                assert!(
-                    open_chunk(&key, &bad).is_err(),
-                    "{cipher:?}: flipped byte {i} still opened"
-                );
+                assert!(open_chunk(&key, &bad).is_err(), "{cipher:?}: flipped byte {i} still opened");
             }
-            assert!(matches!(
-                open_chunk(&other, &sealed),
-                Err(SealError::Authentication { .. })
-            ));
+            assert!(matches!(open_chunk(&other, &sealed), Err(SealError::Authentication { .. })));
 
             // The same ciphertext relabelled for another session or index fails: the
             // header is the AAD, and the index is also in the nonce.
             let ct = &sealed[h.encode().len()..];
-            for moved in [
-                header(cipher, "sess-2", 7, &payload),
-                header(cipher, "sess-1", 8, &payload),
-            ] {
+            for moved in [header(cipher, "sess-2", 7, &payload), header(cipher, "sess-1", 8, &payload)] {
                 let forged = [moved.encode(), ct.to_vec()].concat();
-                assert!(matches!(
-                    open_chunk(&key, &forged),
-                    Err(SealError::Authentication { .. })
-                ));
+                assert!(matches!(open_chunk(&key, &forged), Err(SealError::Authentication { .. })));
             }
             // Wrong cipher asked for, or a wrong cipher_len, is refused before sealing.
-            let wrong = if cipher == Cipher::Aes256Gcm {
-                Cipher::ChaCha20Poly1305
-            } else {
-                Cipher::Aes256Gcm
-            };
-            assert!(matches!(
-                seal_chunk(&key, wrong, &h, &payload),
-                Err(SealError::CipherMismatch { .. })
-            ));
-            assert!(matches!(
-                seal_chunk(&key, cipher, &h, &payload[1..]),
-                Err(SealError::CipherLenMismatch { .. })
-            ));
+            let wrong = if cipher == Cipher::Aes256Gcm { Cipher::ChaCha20Poly1305 } else { Cipher::Aes256Gcm };
+            assert!(matches!(seal_chunk(&key, wrong, &h, &payload), Err(SealError::CipherMismatch { .. })));
+            assert!(matches!(seal_chunk(&key, cipher, &h, &payload[1..]), Err(SealError::CipherLenMismatch { .. })));
             // Truncations are format errors, not panics.
             for cut in 0..sealed.len() {
                 assert!(open_chunk(&key, &sealed[..cut]).is_err());
@@ -463,10 +392,7 @@ mod tests {
         let key = DataKey::from_bytes([7; 32]);
         let payload = vec![0u8; MAX_SEALED_CHUNK];
         let h = header(Cipher::ChaCha20Poly1305, "s", 0, &payload);
-        assert!(matches!(
-            seal_chunk(&key, h.cipher, &h, &payload),
-            Err(SealError::TooLarge { .. })
-        ));
+        assert!(matches!(seal_chunk(&key, h.cipher, &h, &payload), Err(SealError::TooLarge { .. })));
     }
 
     #[test]
@@ -478,28 +404,14 @@ mod tests {
         assert_eq!(wrapped.len(), WRAPPED_KEY_LEN);
         assert_eq!(wrapped.len(), 61);
         assert_eq!(wrapped[0], 1);
-        assert_eq!(
-            unwrap_data_key(&kek, &wrapped, "sess-1")
-                .unwrap()
-                .as_bytes(),
-            dek.as_bytes()
-        );
-        assert!(matches!(
-            unwrap_data_key(&kek, &wrapped, "sess-2"),
-            Err(SealError::Unwrap { .. })
-        ));
+        assert_eq!(unwrap_data_key(&kek, &wrapped, "sess-1").unwrap().as_bytes(), dek.as_bytes());
+        assert!(matches!(unwrap_data_key(&kek, &wrapped, "sess-2"), Err(SealError::Unwrap { .. })));
         let other = Kek::generate(&rng).unwrap();
-        assert!(matches!(
-            unwrap_data_key(&other, &wrapped, "sess-1"),
-            Err(SealError::Unwrap { .. })
-        ));
+        assert!(matches!(unwrap_data_key(&other, &wrapped, "sess-1"), Err(SealError::Unwrap { .. })));
         for i in 0..wrapped.len() {
             let mut bad = wrapped.clone();
             bad[i] ^= 0x80;
-            assert!(
-                unwrap_data_key(&kek, &bad, "sess-1").is_err(),
-                "flipped byte {i}"
-            );
+            assert!(unwrap_data_key(&kek, &bad, "sess-1").is_err(), "flipped byte {i}");
         }
         assert!(unwrap_data_key(&kek, &wrapped[..60], "sess-1").is_err());
         assert_eq!(format!("{dek:?}"), "DataKey(..)");

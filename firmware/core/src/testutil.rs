@@ -28,9 +28,7 @@ pub(crate) struct Fixture {
 }
 
 fn payload(index: u64) -> Vec<u8> {
-    (0..100 + 37 * index)
-        .map(|b| (b as u8) ^ (index as u8))
-        .collect()
+    (0..100 + 37 * index).map(|b| (b as u8) ^ (index as u8)).collect()
 }
 
 impl Fixture {
@@ -68,11 +66,7 @@ impl Fixture {
             key: DataKey::from_bytes(*key),
             sid: sid.into(),
             camera,
-            init: if camera {
-                b"ftyp....moov....init".to_vec()
-            } else {
-                Vec::new()
-            },
+            init: if camera { b"ftyp....moov....init".to_vec() } else { Vec::new() },
             sealed: Vec::new(),
             records: Vec::new(),
             notes: Vec::new(),
@@ -104,11 +98,7 @@ impl Fixture {
         let p = payload(index);
         let header = ChunkHeader {
             cipher: Cipher::ChaCha20Poly1305,
-            flags: if self.camera {
-                Flags::MEDIA
-            } else {
-                Flags::empty()
-            },
+            flags: if self.camera { Flags::MEDIA } else { Flags::empty() },
             epoch: if index < 10 { 1 } else { 2 },
             index,
             plain_len: p.len() as u32,
@@ -135,11 +125,7 @@ impl Fixture {
             device_vkey: self.signer.vkey(),
             session_id: self.sid.clone(),
             name: "Test session".into(),
-            kind: if self.camera {
-                SessionKind::Camera
-            } else {
-                SessionKind::Data
-            },
+            kind: if self.camera { SessionKind::Camera } else { SessionKind::Data },
             status: "complete".into(),
             created_at: "2025-01-02T03:04:05Z".into(),
             started_at: Some("2025-01-02T03:04:06Z".into()),
@@ -154,9 +140,7 @@ impl Fixture {
             width: self.camera.then_some(1280),
             height: self.camera.then_some(720),
             fps: self.camera.then_some(30),
-            init_segment_blake3: self
-                .camera
-                .then(|| hex::encode(blake3::hash(&self.init).as_bytes())),
+            init_segment_blake3: self.camera.then(|| hex::encode(blake3::hash(&self.init).as_bytes())),
             epochs: vec![1, 2],
         }
     }
@@ -167,8 +151,7 @@ impl Fixture {
 
     /// The bundle as the daemon would write it.
     pub fn bundle(&self) -> Vec<u8> {
-        let mut w =
-            EvidenceWriter::new(Vec::new(), &self.signer.vkey(), &self.signed_manifest()).unwrap();
+        let mut w = EvidenceWriter::new(Vec::new(), &self.signer.vkey(), &self.signed_manifest()).unwrap();
         if self.camera {
             w.init_segment(&self.init).unwrap();
         }
@@ -206,8 +189,7 @@ pub(crate) fn entries(bundle: &[u8]) -> Vec<(String, Vec<u8>)> {
 pub(crate) fn tar_of(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, data) in entries {
-        b.append(&tar_header(path, data.len() as u64).unwrap(), &data[..])
-            .unwrap();
+        b.append(&tar_header(path, data.len() as u64).unwrap(), &data[..]).unwrap();
     }
     b.into_inner().unwrap()
 }

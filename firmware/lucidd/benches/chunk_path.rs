@@ -9,19 +9,16 @@ use std::time::{Duration, Instant};
 
 use lucid_core::chunk::{ChunkHeader, Flags};
 use lucid_core::seal::{self, Cipher, DataKey};
-use lucid_media::{Chunker, ChunkerConfig, EncoderConfig, OpenH264Encoder, TestPattern, TestPatternConfig, VideoEncoder};
+use lucid_media::{
+    Chunker, ChunkerConfig, EncoderConfig, OpenH264Encoder, TestPattern, TestPatternConfig, VideoEncoder,
+};
 use lucidd::engine::{ChunkInfo, Engine, Kind};
 
 fn fragments(width: u32, height: u32, fps: u32, seconds: u32, bitrate: u32) -> Vec<lucid_media::MediaChunk> {
     let mut src = TestPattern::new(TestPatternConfig { width, height, fps, paced: false }).unwrap();
-    let mut enc = OpenH264Encoder::new(EncoderConfig {
-        width,
-        height,
-        fps,
-        bitrate_bps: bitrate,
-        keyframe_interval_frames: fps,
-    })
-    .unwrap();
+    let mut enc =
+        OpenH264Encoder::new(EncoderConfig { width, height, fps, bitrate_bps: bitrate, keyframe_interval_frames: fps })
+            .unwrap();
     let mut ch = Chunker::new(ChunkerConfig {
         target_duration_us: 1_000_000,
         max_fragment_bytes: lucidd::engine::MAX_PART,
@@ -75,7 +72,12 @@ struct Buf {
 fn run(label: &str, bufs: &[Buf]) {
     let total: usize = bufs.iter().map(|b| b.data.len()).sum();
     let mb = total as f64 / 1e6;
-    println!("\n== {label}: {} chunks, {:.2} MB, mean {:.0} KB/chunk", bufs.len(), mb, total as f64 / bufs.len() as f64 / 1e3);
+    println!(
+        "\n== {label}: {} chunks, {:.2} MB, mean {:.0} KB/chunk",
+        bufs.len(),
+        mb,
+        total as f64 / bufs.len() as f64 / 1e3
+    );
 
     // Floor: AEAD + BLAKE3 alone on the same buffers, both ciphers.
     for cipher in [Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm] {
@@ -155,7 +157,13 @@ fn main() {
     let big: Vec<Buf> = (0..40)
         .map(|i| Buf {
             data: pseudo_random(2_000_000, i),
-            info: ChunkInfo { media: true, media_start_us: i * 1_000_000, media_end_us: (i + 1) * 1_000_000, frames: 30, ..Default::default() },
+            info: ChunkInfo {
+                media: true,
+                media_start_us: i * 1_000_000,
+                media_end_us: (i + 1) * 1_000_000,
+                frames: 30,
+                ..Default::default()
+            },
         })
         .collect();
     run("2 MB chunks (a 16 Mbit/s camera), incompressible", &big);

@@ -78,7 +78,13 @@ pub struct CameraConfig {
 
 impl Default for CameraConfig {
     fn default() -> Self {
-        CameraConfig { device: String::new(), encoder: EncoderChoice::Auto, codec: CodecChoice::H264, encoder_device: String::new(), buffers: 6 }
+        CameraConfig {
+            device: String::new(),
+            encoder: EncoderChoice::Auto,
+            codec: CodecChoice::H264,
+            encoder_device: String::new(),
+            buffers: 6,
+        }
     }
 }
 

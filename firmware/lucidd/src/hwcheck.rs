@@ -19,7 +19,15 @@ pub fn list() -> anyhow::Result<()> {
     }
     for f in &found {
         let fmt = |v: &[FourCc]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
-        println!("{}\t{}\t{}\t{:?}\tcapture={}\toutput={}", f.path.display(), f.driver, f.card, f.role, fmt(&f.capture), fmt(&f.output));
+        println!(
+            "{}\t{}\t{}\t{:?}\tcapture={}\toutput={}",
+            f.path.display(),
+            f.driver,
+            f.card,
+            f.role,
+            fmt(&f.capture),
+            fmt(&f.output)
+        );
     }
     if let Some(c) = v4l2::find_camera(&found) {
         println!("camera: {}", c.path.display());
@@ -110,8 +118,15 @@ pub fn decode(a: &DecodeArgs) -> anyhow::Result<()> {
     let grey = vec![128u8; ref_y.len()];
     let y0 = luma(&pictures[0].0, &pictures[0].1, w, h).unwrap_or_default();
     let baseline = psnr(&y0, &grey);
-    println!("psnr: luma vs camera reference min {min:.1} dB, mean {mean:.1} dB over {} pictures (flat grey baseline {baseline:.1} dB)", values.len());
-    anyhow::ensure!(min >= a.min_psnr, "lowest PSNR {min:.1} dB is under {} dB: the decoded pictures do not match the camera", a.min_psnr);
+    println!(
+        "psnr: luma vs camera reference min {min:.1} dB, mean {mean:.1} dB over {} pictures (flat grey baseline {baseline:.1} dB)",
+        values.len()
+    );
+    anyhow::ensure!(
+        min >= a.min_psnr,
+        "lowest PSNR {min:.1} dB is under {} dB: the decoded pictures do not match the camera",
+        a.min_psnr
+    );
     println!("OK: every picture decodes and matches the camera");
     Ok(())
 }

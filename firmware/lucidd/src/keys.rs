@@ -65,7 +65,10 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, KeyError> {
             let mode = f.metadata().map_err(io(path))?.permissions().mode();
             if mode & 0o077 != 0 {
                 // A secret readable by others is a misconfiguration worth refusing loudly.
-                return Err(KeyError::Bad { path: path.to_owned(), msg: format!("mode {:o} is not 0600", mode & 0o777) });
+                return Err(KeyError::Bad {
+                    path: path.to_owned(),
+                    msg: format!("mode {:o} is not 0600", mode & 0o777),
+                });
             }
             let mut v = Vec::new();
             f.read_to_end(&mut v).map_err(io(path))?;
@@ -94,23 +97,24 @@ pub fn load_or_create(data_dir: &Path, configured_token: Option<&str>) -> Result
     let pkcs8 = match read_file(&id_path)? {
         Some(b) => b,
         None => {
-            let b = Signer::generate_pkcs8(&rng).map_err(|e| KeyError::Bad { path: id_path.clone(), msg: e.to_string() })?;
+            let b = Signer::generate_pkcs8(&rng)
+                .map_err(|e| KeyError::Bad { path: id_path.clone(), msg: e.to_string() })?;
             write_secret(&id_path, &b)?;
             b
         }
     };
     // The key name needs the device id, which needs the public key: load once to learn it.
-    let probe = Signer::from_pkcs8("lucid", &pkcs8).map_err(|e| KeyError::Bad { path: id_path.clone(), msg: e.to_string() })?;
+    let probe =
+        Signer::from_pkcs8("lucid", &pkcs8).map_err(|e| KeyError::Bad { path: id_path.clone(), msg: e.to_string() })?;
     let device_id = lucid_core::note::device_id_from_public_key(&probe.public_key());
-    let signer =
-        Signer::from_pkcs8(&device_id, &pkcs8).map_err(|e| KeyError::Bad { path: id_path.clone(), msg: e.to_string() })?;
+    let signer = Signer::from_pkcs8(&device_id, &pkcs8)
+        .map_err(|e| KeyError::Bad { path: id_path.clone(), msg: e.to_string() })?;
 
     let kek_path = dir.join("kek");
     let kek_bytes: [u8; 32] = match read_file(&kek_path)? {
-        Some(b) => b
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::Bad { path: kek_path.clone(), msg: "not 32 bytes".into() })?,
+        Some(b) => {
+            b.as_slice().try_into().map_err(|_| KeyError::Bad { path: kek_path.clone(), msg: "not 32 bytes".into() })?
+        }
         None => {
             let b = random_bytes::<32>(&rng)?;
             write_secret(&kek_path, &b)?;

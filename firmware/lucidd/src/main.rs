@@ -107,7 +107,8 @@ enum BundleCmd {
 fn bundle_time() -> anyhow::Result<String> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(s) => {
-            let secs: i64 = s.trim().parse().map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH is not a number: {s:?}"))?;
+            let secs: i64 =
+                s.trim().parse().map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH is not a number: {s:?}"))?;
             Ok(lucidd::util::micros_to_rfc3339(secs * 1_000_000))
         }
         Err(_) => Ok(lucidd::util::now_rfc3339()),
@@ -309,7 +310,10 @@ fn init_logging(journald: bool) {
         }
         eprintln!("lucidd: journald is not reachable; logging to stderr");
     }
-    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -330,12 +334,14 @@ fn main() -> ExitCode {
         Cmd::Hw(cmd) => {
             let r = match cmd {
                 HwCmd::List => lucidd::hwcheck::list(),
-                HwCmd::Decode { input, decoder, reference, min_psnr } => lucidd::hwcheck::decode(&lucidd::hwcheck::DecodeArgs {
-                    input,
-                    decoder,
-                    reference: reference.map(|r| if r == "auto" { None } else { Some(PathBuf::from(r)) }),
-                    min_psnr,
-                }),
+                HwCmd::Decode { input, decoder, reference, min_psnr } => {
+                    lucidd::hwcheck::decode(&lucidd::hwcheck::DecodeArgs {
+                        input,
+                        decoder,
+                        reference: reference.map(|r| if r == "auto" { None } else { Some(PathBuf::from(r)) }),
+                        min_psnr,
+                    })
+                }
             };
             match r {
                 Ok(()) => ExitCode::SUCCESS,
@@ -350,7 +356,11 @@ fn main() -> ExitCode {
                 let m = &r.manifest;
                 println!("session      {} ({:?}, {})", r.session_id, m.kind, m.name);
                 println!("device       {}", r.device_id);
-                println!("recorded     {} .. {}", m.started_at.as_deref().unwrap_or("-"), m.stopped_at.as_deref().unwrap_or("-"));
+                println!(
+                    "recorded     {} .. {}",
+                    m.started_at.as_deref().unwrap_or("-"),
+                    m.stopped_at.as_deref().unwrap_or("-")
+                );
                 println!("chunks       {} (every one sealed, recorded and included)", r.chunk_count);
                 println!("checkpoints  {} (signatures, roots and consistency checked)", r.checkpoints_checked);
                 println!("root         {}", r.root_hex);

@@ -123,7 +123,8 @@ impl Store {
 
     fn with_opener(path: &Path, opener: Opener) -> Result<Store, StoreError> {
         let db = opener().map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
-        let store = Store { db: RwLock::new(Some(db)), opener, poisoned: AtomicBool::new(false), path: path.to_owned() };
+        let store =
+            Store { db: RwLock::new(Some(db)), opener, poisoned: AtomicBool::new(false), path: path.to_owned() };
         let g = store.handle()?;
         let db = live(&g)?;
         let txn = db!(store, "begin_write", db.begin_write())?;
@@ -188,18 +189,17 @@ impl Store {
             let mut meta = db!(self, "open meta", txn.open_table(META))?;
             let cur = match db!(self, "read epoch", meta.get("epoch"))? {
                 Some(v) => {
-                    let b: [u8; 4] = v.value().try_into().map_err(|_| StoreError::Corrupt {
-                        key: "meta/epoch".into(),
-                        msg: "not 4 bytes".into(),
-                    })?;
+                    let b: [u8; 4] = v
+                        .value()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt { key: "meta/epoch".into(), msg: "not 4 bytes".into() })?;
                     u32::from_be_bytes(b)
                 }
                 None => 0,
             };
-            let next = cur.checked_add(1).ok_or_else(|| StoreError::Corrupt {
-                key: "meta/epoch".into(),
-                msg: "epoch exhausted".into(),
-            })?;
+            let next = cur
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Corrupt { key: "meta/epoch".into(), msg: "epoch exhausted".into() })?;
             db!(self, "write epoch", meta.insert("epoch", &next.to_be_bytes()[..]))?;
             next
         };
@@ -225,7 +225,8 @@ impl Store {
 
     /// Stores a device setting durably (one committed transaction).
     pub fn put_setting<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt { key: format!("meta/{key}"), msg: e.to_string() })?;
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StoreError::Corrupt { key: format!("meta/{key}"), msg: e.to_string() })?;
         let g = self.handle()?;
         let db = live(&g)?;
         let txn = db!(self, "begin_write", db.begin_write())?;

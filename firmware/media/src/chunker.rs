@@ -30,12 +30,7 @@ pub struct ChunkerConfig {
 impl Default for ChunkerConfig {
     fn default() -> Self {
         // 4 MiB is ~16x a 1 s chunk at 2 Mbit/s: only a runaway encoder reaches it.
-        Self {
-            target_duration_us: 1_000_000,
-            max_fragment_bytes: 4 << 20,
-            first_sequence: 1,
-            codec: Codec::H264,
-        }
+        Self { target_duration_us: 1_000_000, max_fragment_bytes: 4 << 20, first_sequence: 1, codec: Codec::H264 }
     }
 }
 
@@ -75,22 +70,14 @@ pub enum ChunkError {
     },
     #[error("first keyframe at {pts_us} µs carries no SPS/PPS; cannot build the init segment")]
     MissingParameterSets { pts_us: u64 },
-    #[error(
-        "SPS/PPS changed at {pts_us} µs; the init segment no longer applies (start a new chunker)"
-    )]
+    #[error("SPS/PPS changed at {pts_us} µs; the init segment no longer applies (start a new chunker)")]
     ParameterSetsChanged { pts_us: u64 },
-    #[error(
-        "access unit pts {pts_us} µs is not after the previous {prev_us} µs (call gap() if the source restarted)"
-    )]
+    #[error("access unit pts {pts_us} µs is not after the previous {prev_us} µs (call gap() if the source restarted)")]
     NonMonotonicPts { prev_us: u64, pts_us: u64 },
     #[error(
         "GOP of {frames} frames needs {bytes} bytes, over the {limit}-byte fragment limit; GOP dropped, waiting for the next keyframe"
     )]
-    GopTooLarge {
-        frames: u32,
-        bytes: usize,
-        limit: usize,
-    },
+    GopTooLarge { frames: u32, bytes: usize, limit: usize },
     #[error("muxing chunk: {0}")]
     Mux(#[from] Fmp4Error),
 }
@@ -132,21 +119,14 @@ const FALLBACK_FRAME_US: u64 = 33_333;
 impl Chunker {
     pub fn new(cfg: ChunkerConfig) -> Result<Self, ChunkError> {
         if cfg.target_duration_us == 0 {
-            return Err(ChunkError::InvalidConfig(
-                "target_duration_us must be > 0".into(),
-            ));
+            return Err(ChunkError::InvalidConfig("target_duration_us must be > 0".into()));
         }
         // A keyframe-only fragment needs the box overhead plus a real picture.
         if cfg.max_fragment_bytes < 1024 {
-            return Err(ChunkError::InvalidConfig(format!(
-                "max_fragment_bytes {} < 1024",
-                cfg.max_fragment_bytes
-            )));
+            return Err(ChunkError::InvalidConfig(format!("max_fragment_bytes {} < 1024", cfg.max_fragment_bytes)));
         }
         if cfg.first_sequence == 0 {
-            return Err(ChunkError::InvalidConfig(
-                "first_sequence must be > 0 (mfhd)".into(),
-            ));
+            return Err(ChunkError::InvalidConfig("first_sequence must be > 0 (mfhd)".into()));
         }
         Ok(Self {
             cfg,
@@ -255,26 +235,18 @@ impl Chunker {
         // Map onto the chunker timeline. After a gap the source may have restarted at 0, so
         // the first keyframe continues from the end of the last chunk.
         let offset = if self.resync && au.keyframe {
-            self.last_end_us
-                .map_or(0, |end| i128::from(end) - i128::from(au.pts_us))
+            self.last_end_us.map_or(0, |end| i128::from(end) - i128::from(au.pts_us))
         } else {
             self.pts_offset
         };
-        let pts = u64::try_from(i128::from(au.pts_us) + offset).map_err(|_| {
-            ChunkError::NonMonotonicPts {
-                prev_us: self.last_pts.unwrap_or(0),
-                pts_us: au.pts_us,
-            }
-        })?;
+        let pts = u64::try_from(i128::from(au.pts_us) + offset)
+            .map_err(|_| ChunkError::NonMonotonicPts { prev_us: self.last_pts.unwrap_or(0), pts_us: au.pts_us })?;
         // At a resync the previous pts may belong to a dropped GOP; the rebased pts starts at
         // the end of the last emitted chunk, which is after everything emitted.
         if let (false, Some(prev)) = (self.resync, self.last_pts)
             && pts <= prev
         {
-            return Err(ChunkError::NonMonotonicPts {
-                prev_us: prev,
-                pts_us: pts,
-            });
+            return Err(ChunkError::NonMonotonicPts { prev_us: prev, pts_us: pts });
         }
         // Accepted: commit timeline state.
         if !self.resync
@@ -293,8 +265,7 @@ impl Chunker {
             self.wants_keyframe = false;
             if let Some(first_pts) = self.pending.first().map(|a| a.pts_us) {
                 let long_enough = pts - first_pts >= self.cfg.target_duration_us;
-                let would_overflow =
-                    self.pending_fragment_len() + self.per_sample() + sample_len > limit;
+                let would_overflow = self.pending_fragment_len() + self.per_sample() + sample_len > limit;
                 if long_enough || would_overflow || self.size_pressure() {
                     self.emit(self.pending.len(), pts)?;
                 }
@@ -311,11 +282,7 @@ impl Chunker {
             }
         }
 
-        if self.overhead(self.pending.len() + 1)
-            + self.pending_lens.iter().sum::<usize>()
-            + sample_len
-            > limit
-        {
+        if self.overhead(self.pending.len() + 1) + self.pending_lens.iter().sum::<usize>() + sample_len > limit {
             return Err(self.drop_current_gop(sample_len));
         }
         self.pending.push(au);
@@ -329,8 +296,7 @@ impl Chunker {
     /// Pending group above 75% of the limit: ask for an IDR so the cut can come early,
     /// leaving a quarter of the budget for frames encoded before the IDR arrives.
     fn size_pressure(&self) -> bool {
-        !self.pending.is_empty()
-            && self.pending_fragment_len() > self.cfg.max_fragment_bytes / 4 * 3
+        !self.pending.is_empty() && self.pending_fragment_len() > self.cfg.max_fragment_bytes / 4 * 3
     }
 
     /// The current GOP cannot fit even alone: drop it (and the frame that broke it), wait
@@ -433,9 +399,7 @@ impl Chunker {
     /// after the last frame.
     fn flush_pending(&mut self) -> Result<(), ChunkError> {
         if let Some(last) = self.pending.last() {
-            let end = last
-                .pts_us
-                .saturating_add(self.last_delta_us.unwrap_or(FALLBACK_FRAME_US));
+            let end = last.pts_us.saturating_add(self.last_delta_us.unwrap_or(FALLBACK_FRAME_US));
             self.emit(self.pending.len(), end)?;
         }
         Ok(())
@@ -477,13 +441,7 @@ mod tests {
 
     /// A real IDR (with SPS/PPS) from OpenH264, reused as a template for fake streams.
     fn real_idr() -> AccessUnit {
-        let mut src = TestPattern::new(TestPatternConfig {
-            width: 160,
-            height: 120,
-            fps: 15,
-            paced: false,
-        })
-        .unwrap();
+        let mut src = TestPattern::new(TestPatternConfig { width: 160, height: 120, fps: 15, paced: false }).unwrap();
         let mut enc = OpenH264Encoder::new(EncoderConfig::new(160, 120, 15)).unwrap();
         enc.encode(&src.next_frame().unwrap()).unwrap().remove(0)
     }
@@ -492,20 +450,11 @@ mod tests {
     fn p_frame(pts_us: u64, len: usize) -> AccessUnit {
         let mut data = vec![0, 0, 0, 1, 0x41];
         data.extend(std::iter::repeat_n(0x5a, len));
-        AccessUnit {
-            data,
-            pts_us,
-            wall_us: 1_700_000_000_000_000 + pts_us as i64,
-            keyframe: false,
-        }
+        AccessUnit { data, pts_us, wall_us: 1_700_000_000_000_000 + pts_us as i64, keyframe: false }
     }
 
     fn idr_at(template: &AccessUnit, pts_us: u64) -> AccessUnit {
-        AccessUnit {
-            pts_us,
-            wall_us: 1_700_000_000_000_000 + pts_us as i64,
-            ..template.clone()
-        }
+        AccessUnit { pts_us, wall_us: 1_700_000_000_000_000 + pts_us as i64, ..template.clone() }
     }
 
     fn drain(c: &mut Chunker) -> Vec<MediaChunk> {
@@ -517,22 +466,14 @@ mod tests {
     #[test]
     fn cuts_only_at_keyframes_after_target_and_keeps_time_contiguous() {
         let idr = real_idr();
-        let mut c = Chunker::new(ChunkerConfig {
-            target_duration_us: 1_000_000,
-            ..Default::default()
-        })
-        .unwrap();
+        let mut c = Chunker::new(ChunkerConfig { target_duration_us: 1_000_000, ..Default::default() }).unwrap();
         // Two leading P frames are dropped; then GOPs of 6 frames (0.6 s).
         c.push(p_frame(0, 10)).unwrap();
         c.push(p_frame(F, 10)).unwrap();
         assert_eq!(c.dropped_access_units(), 2);
         assert!(c.init_segment().is_none() && c.wants_keyframe());
         for i in 2..40u64 {
-            let au = if (i - 2) % 6 == 0 {
-                idr_at(&idr, i * F)
-            } else {
-                p_frame(i * F, 50)
-            };
+            let au = if (i - 2) % 6 == 0 { idr_at(&idr, i * F) } else { p_frame(i * F, 50) };
             c.push(au).unwrap();
         }
         c.finish().unwrap();
@@ -540,10 +481,7 @@ mod tests {
         assert!(c.init_segment().is_some());
         assert!(c.codec_string().unwrap().starts_with("avc1.42"));
         // GOPs start at frames 2, 8, 14, ...: a chunk needs >= 1 s, so two GOPs (1.2 s) each.
-        assert_eq!(
-            chunks.iter().map(|c| c.frame_count).collect::<Vec<_>>(),
-            vec![12, 12, 12, 2]
-        );
+        assert_eq!(chunks.iter().map(|c| c.frame_count).collect::<Vec<_>>(), vec![12, 12, 12, 2]);
         assert_eq!(chunks.iter().map(|c| c.frame_count).sum::<u32>(), 38);
         assert_eq!(chunks[0].media_start_us, 2 * F);
         for w in chunks.windows(2) {
@@ -552,11 +490,7 @@ mod tests {
         }
         assert_eq!(chunks[0].sequence, 1);
         assert_eq!(chunks.last().unwrap().media_end_us, 40 * F);
-        assert!(
-            chunks
-                .iter()
-                .all(|c| c.bytes == c.fragment.len() && !c.gap_before)
-        );
+        assert!(chunks.iter().all(|c| c.bytes == c.fragment.len() && !c.gap_before));
     }
 
     #[test]
@@ -589,16 +523,9 @@ mod tests {
             }
         }
         let wanted_at = wanted_at.expect("wants_keyframe before the limit");
-        assert!(
-            wanted_at > limit * 3 / 4 && wanted_at < limit,
-            "asked at {wanted_at} bytes"
-        );
+        assert!(wanted_at > limit * 3 / 4 && wanted_at < limit, "asked at {wanted_at} bytes");
         match err.expect("GopTooLarge") {
-            ChunkError::GopTooLarge {
-                bytes,
-                limit: l,
-                frames,
-            } => {
+            ChunkError::GopTooLarge { bytes, limit: l, frames } => {
                 assert!(bytes > limit && l == limit && frames > 1);
             }
             e => panic!("unexpected {e}"),
@@ -629,11 +556,7 @@ mod tests {
         .unwrap();
         // Two normal GOPs (0.3 s each), then a runaway GOP, then normal again.
         for i in 0..6u64 {
-            let au = if i % 3 == 0 {
-                idr_at(&idr, i * F)
-            } else {
-                p_frame(i * F, 100)
-            };
+            let au = if i % 3 == 0 { idr_at(&idr, i * F) } else { p_frame(i * F, 100) };
             c.push(au).unwrap();
         }
         c.push(idr_at(&idr, 6 * F)).unwrap();
@@ -650,10 +573,7 @@ mod tests {
         c.push(p_frame((i + 3) * F, 10)).unwrap();
         c.finish().unwrap();
         let chunks = drain(&mut c);
-        assert_eq!(
-            chunks.iter().map(|c| c.frame_count).collect::<Vec<_>>(),
-            vec![3, 3, 2]
-        );
+        assert_eq!(chunks.iter().map(|c| c.frame_count).collect::<Vec<_>>(), vec![3, 3, 2]);
         assert!(!chunks[1].gap_before && chunks[2].gap_before);
         for w in chunks.windows(2) {
             assert_eq!(w[0].media_end_us, w[1].media_start_us);
@@ -676,11 +596,7 @@ mod tests {
         let mut chunks = Vec::new();
         // Cooperative encoder: answers wants_keyframe with an IDR on the next frame.
         while i < 60 {
-            let au = if i == 0 || c.wants_keyframe() {
-                idr_at(&idr, i * F)
-            } else {
-                p_frame(i * F, 1500)
-            };
+            let au = if i == 0 || c.wants_keyframe() { idr_at(&idr, i * F) } else { p_frame(i * F, 1500) };
             c.push(au).unwrap();
             chunks.extend(drain(&mut c));
             i += 1;
@@ -701,21 +617,16 @@ mod tests {
         })
         .unwrap();
         for i in 0..100u64 {
-            let au = if i % 3 == 0 {
-                idr_at(&idr, i * F)
-            } else {
-                p_frame(i * F, 1000)
-            };
+            let au = if i % 3 == 0 { idr_at(&idr, i * F) } else { p_frame(i * F, 1000) };
             c.push(au).unwrap();
         }
         c.finish().unwrap();
         let chunks = drain(&mut c);
         assert!(chunks.len() > 2);
         assert!(
-            chunks
-                .iter()
-                .all(|ch| ch.bytes <= limit && ch.frame_count % 3 == 0
-                    || ch.sequence == chunks.last().unwrap().sequence)
+            chunks.iter().all(
+                |ch| ch.bytes <= limit && ch.frame_count % 3 == 0 || ch.sequence == chunks.last().unwrap().sequence
+            )
         );
         assert_eq!(chunks.iter().map(|c| c.frame_count).sum::<u32>(), 100);
     }
@@ -767,73 +678,28 @@ mod tests {
     fn rejects_bad_input() {
         let idr = real_idr();
         let mut c = Chunker::new(ChunkerConfig::default()).unwrap();
-        let no_sps = AccessUnit {
-            data: vec![0, 0, 1, 0x65, 1, 2],
-            pts_us: 0,
-            wall_us: 0,
-            keyframe: true,
-        };
-        assert!(matches!(
-            c.push(no_sps),
-            Err(ChunkError::MissingParameterSets { .. })
-        ));
-        assert!(matches!(
-            c.push(AccessUnit {
-                data: vec![],
-                ..idr.clone()
-            }),
-            Err(ChunkError::EmptyAccessUnit { .. })
-        ));
+        let no_sps = AccessUnit { data: vec![0, 0, 1, 0x65, 1, 2], pts_us: 0, wall_us: 0, keyframe: true };
+        assert!(matches!(c.push(no_sps), Err(ChunkError::MissingParameterSets { .. })));
+        assert!(matches!(c.push(AccessUnit { data: vec![], ..idr.clone() }), Err(ChunkError::EmptyAccessUnit { .. })));
         c.push(idr_at(&idr, 5 * F)).unwrap();
-        assert!(matches!(
-            c.push(p_frame(5 * F, 1)),
-            Err(ChunkError::NonMonotonicPts { .. })
-        ));
+        assert!(matches!(c.push(p_frame(5 * F, 1)), Err(ChunkError::NonMonotonicPts { .. })));
         let mut changed = idr_at(&idr, 6 * F);
         // Flip a byte inside the PPS (the NAL after the SPS).
         let nals = h264::split_annexb(&idr.data);
-        let pps_pos = idr
-            .data
-            .windows(nals[1].len())
-            .position(|w| w == nals[1])
-            .unwrap();
+        let pps_pos = idr.data.windows(nals[1].len()).position(|w| w == nals[1]).unwrap();
         changed.data[pps_pos + 1] ^= 0x01;
-        assert!(matches!(
-            c.push(changed),
-            Err(ChunkError::ParameterSetsChanged { .. })
-        ));
-        assert!(
-            Chunker::new(ChunkerConfig {
-                target_duration_us: 0,
-                ..Default::default()
-            })
-            .is_err()
-        );
-        assert!(
-            Chunker::new(ChunkerConfig {
-                max_fragment_bytes: 10,
-                ..Default::default()
-            })
-            .is_err()
-        );
-        assert!(
-            Chunker::new(ChunkerConfig {
-                first_sequence: 0,
-                ..Default::default()
-            })
-            .is_err()
-        );
+        assert!(matches!(c.push(changed), Err(ChunkError::ParameterSetsChanged { .. })));
+        assert!(Chunker::new(ChunkerConfig { target_duration_us: 0, ..Default::default() }).is_err());
+        assert!(Chunker::new(ChunkerConfig { max_fragment_bytes: 10, ..Default::default() }).is_err());
+        assert!(Chunker::new(ChunkerConfig { first_sequence: 0, ..Default::default() }).is_err());
     }
 
     #[test]
     fn fwht_chunks_are_the_raw_frames_cut_at_intra_frames() {
         use crate::fwht::{split_stream, test_frame};
-        let mut c = Chunker::new(ChunkerConfig {
-            target_duration_us: 300_000,
-            codec: Codec::Fwht,
-            ..Default::default()
-        })
-        .unwrap();
+        let mut c =
+            Chunker::new(ChunkerConfig { target_duration_us: 300_000, codec: Codec::Fwht, ..Default::default() })
+                .unwrap();
         let au = |i: u64, intra: bool| AccessUnit {
             data: test_frame(32, 16, intra, &[i as u8; 7]),
             pts_us: i * F,

@@ -6,8 +6,8 @@
 //! sizes and versions stay consistent.
 
 use mp4_atom::{
-    Avc1, Avcc, Dinf, Dref, Encode, Ftyp, Hdlr, Mdat, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mvex,
-    Mvhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, Url, Visual, Vmhd,
+    Avc1, Avcc, Dinf, Dref, Encode, Ftyp, Hdlr, Mdat, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mvex, Mvhd, Stbl, Stco, Stsd,
+    Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, Url, Visual, Vmhd,
 };
 
 use crate::encode::AccessUnit;
@@ -48,15 +48,8 @@ pub enum Fmp4Error {
     BadTimescale,
     #[error("fragment {sequence}: no access units")]
     EmptyFragment { sequence: u32 },
-    #[error(
-        "fragment {sequence}: sample {index} has pts {pts_us} µs not after the previous {prev_us} µs"
-    )]
-    NonMonotonic {
-        sequence: u32,
-        index: usize,
-        prev_us: u64,
-        pts_us: u64,
-    },
+    #[error("fragment {sequence}: sample {index} has pts {pts_us} µs not after the previous {prev_us} µs")]
+    NonMonotonic { sequence: u32, index: usize, prev_us: u64, pts_us: u64 },
     #[error("fragment {sequence}: sample {index}: {source}")]
     BadSample {
         sequence: u32,
@@ -88,13 +81,7 @@ pub struct Fmp4Muxer {
 impl Fmp4Muxer {
     /// `sps`/`pps` are NAL units without start codes (header byte included); `timescale`
     /// is ticks per second for all media times (use `DEFAULT_TIMESCALE`).
-    pub fn new(
-        sps: &[u8],
-        pps: &[u8],
-        width: u32,
-        height: u32,
-        timescale: u32,
-    ) -> Result<Self, Fmp4Error> {
+    pub fn new(sps: &[u8], pps: &[u8], width: u32, height: u32, timescale: u32) -> Result<Self, Fmp4Error> {
         h264::parse_sps(sps)?;
         if pps.is_empty() {
             return Err(Fmp4Error::EmptyPps);
@@ -108,14 +95,7 @@ impl Fmp4Muxer {
         if timescale == 0 {
             return Err(Fmp4Error::BadTimescale);
         }
-        Ok(Self {
-            sps: sps.to_vec(),
-            pps: pps.to_vec(),
-            width: w,
-            height: h,
-            timescale,
-            nominal_frame_us: 33_333,
-        })
+        Ok(Self { sps: sps.to_vec(), pps: pps.to_vec(), width: w, height: h, timescale, nominal_frame_us: 33_333 })
     }
 
     /// Duration given to the last sample of a fragment when neither `end_pts_us` nor a
@@ -147,24 +127,11 @@ impl Fmp4Muxer {
         let ftyp = Ftyp {
             major_brand: b"iso6".into(),
             minor_version: 0,
-            compatible_brands: vec![
-                b"iso6".into(),
-                b"cmfc".into(),
-                b"mp41".into(),
-                b"avc1".into(),
-            ],
+            compatible_brands: vec![b"iso6".into(), b"cmfc".into(), b"mp41".into(), b"avc1".into()],
         };
-        let avcc = Avcc::new(&self.sps, &self.pps).map_err(|source| Fmp4Error::Atom {
-            what: "avcC",
-            source,
-        })?;
+        let avcc = Avcc::new(&self.sps, &self.pps).map_err(|source| Fmp4Error::Atom { what: "avcC", source })?;
         let avc1 = Avc1 {
-            visual: Visual {
-                data_reference_index: 1,
-                width: self.width,
-                height: self.height,
-                ..Default::default()
-            },
+            visual: Visual { data_reference_index: 1, width: self.width, height: self.height, ..Default::default() },
             avcc,
             ..Default::default()
         };
@@ -177,11 +144,7 @@ impl Fmp4Muxer {
                 ..Default::default()
             },
             mvex: Some(Mvex {
-                trex: vec![Trex {
-                    track_id: TRACK_ID,
-                    default_sample_description_index: 1,
-                    ..Default::default()
-                }],
+                trex: vec![Trex { track_id: TRACK_ID, default_sample_description_index: 1, ..Default::default() }],
                 ..Default::default()
             }),
             trak: vec![Trak {
@@ -194,31 +157,13 @@ impl Fmp4Muxer {
                     ..Default::default()
                 },
                 mdia: Mdia {
-                    mdhd: Mdhd {
-                        timescale: self.timescale,
-                        language: "und".into(),
-                        ..Default::default()
-                    },
-                    hdlr: Hdlr {
-                        handler: b"vide".into(),
-                        name: "Lucid video".into(),
-                    },
+                    mdhd: Mdhd { timescale: self.timescale, language: "und".into(), ..Default::default() },
+                    hdlr: Hdlr { handler: b"vide".into(), name: "Lucid video".into() },
                     minf: Minf {
                         vmhd: Some(Vmhd::default()),
-                        dinf: Dinf {
-                            dref: Dref {
-                                entries: vec![
-                                    Url {
-                                        location: String::new(),
-                                    }
-                                    .into(),
-                                ],
-                            },
-                        },
+                        dinf: Dinf { dref: Dref { entries: vec![Url { location: String::new() }.into()] } },
                         stbl: Stbl {
-                            stsd: Stsd {
-                                codecs: vec![avc1.into()],
-                            },
+                            stsd: Stsd { codecs: vec![avc1.into()] },
                             stco: Some(Stco::default()),
                             ..Default::default()
                         },
@@ -230,14 +175,8 @@ impl Fmp4Muxer {
             ..Default::default()
         };
         let mut out = Vec::with_capacity(1024);
-        ftyp.encode(&mut out).map_err(|source| Fmp4Error::Atom {
-            what: "ftyp",
-            source,
-        })?;
-        moov.encode(&mut out).map_err(|source| Fmp4Error::Atom {
-            what: "moov",
-            source,
-        })?;
+        ftyp.encode(&mut out).map_err(|source| Fmp4Error::Atom { what: "ftyp", source })?;
+        moov.encode(&mut out).map_err(|source| Fmp4Error::Atom { what: "moov", source })?;
         Ok(out)
     }
 
@@ -278,79 +217,44 @@ impl Fmp4Muxer {
                     pts_us: next_pts,
                 });
             }
-            let duration =
-                u32::try_from(self.ticks(next_pts) - self.ticks(au.pts_us)).map_err(|_| {
-                    Fmp4Error::Overflow {
-                        sequence: seq,
-                        what: "sample duration",
-                    }
-                })?;
+            let duration = u32::try_from(self.ticks(next_pts) - self.ticks(au.pts_us))
+                .map_err(|_| Fmp4Error::Overflow { sequence: seq, what: "sample duration" })?;
             let sample = h264::annexb_to_avcc(&au.data).map_err(|source| Fmp4Error::BadSample {
                 sequence: seq,
                 index: i,
                 source,
             })?;
-            let size = u32::try_from(sample.len()).map_err(|_| Fmp4Error::Overflow {
-                sequence: seq,
-                what: "sample size",
-            })?;
+            let size =
+                u32::try_from(sample.len()).map_err(|_| Fmp4Error::Overflow { sequence: seq, what: "sample size" })?;
             payload.extend_from_slice(&sample);
             entries.push(TrunEntry {
                 duration: Some(duration),
                 size: Some(size),
-                flags: Some(if au.keyframe {
-                    SYNC_SAMPLE_FLAGS
-                } else {
-                    NON_SYNC_SAMPLE_FLAGS
-                }),
+                flags: Some(if au.keyframe { SYNC_SAMPLE_FLAGS } else { NON_SYNC_SAMPLE_FLAGS }),
                 cts: None,
             });
         }
         let mut moof = Moof {
-            mfhd: Mfhd {
-                sequence_number: seq,
-            },
+            mfhd: Mfhd { sequence_number: seq },
             traf: vec![Traf {
                 // default-base-is-moof: data_offset counts from the start of this moof, so
                 // a fragment is self-contained wherever it is stored or served.
-                tfhd: Tfhd {
-                    track_id: TRACK_ID,
-                    default_base_is_moof: true,
-                    ..Default::default()
-                },
-                tfdt: Some(Tfdt {
-                    base_media_decode_time,
-                }),
-                trun: vec![Trun {
-                    data_offset: Some(0),
-                    samples: entries.into(),
-                }],
+                tfhd: Tfhd { track_id: TRACK_ID, default_base_is_moof: true, ..Default::default() },
+                tfdt: Some(Tfdt { base_media_decode_time }),
+                trun: vec![Trun { data_offset: Some(0), samples: entries.into() }],
                 ..Default::default()
             }],
         };
         // The data offset depends on the moof's own size: encode once to measure, then
         // again with the real offset (the size does not change, the field is fixed-width).
         let mut probe = Vec::new();
-        moof.encode(&mut probe).map_err(|source| Fmp4Error::Atom {
-            what: "moof",
-            source,
-        })?;
-        let data_offset = i32::try_from(probe.len() + 8).map_err(|_| Fmp4Error::Overflow {
-            sequence: seq,
-            what: "data_offset",
-        })?;
+        moof.encode(&mut probe).map_err(|source| Fmp4Error::Atom { what: "moof", source })?;
+        let data_offset =
+            i32::try_from(probe.len() + 8).map_err(|_| Fmp4Error::Overflow { sequence: seq, what: "data_offset" })?;
         moof.traf[0].trun[0].data_offset = Some(data_offset);
         let mut out = Vec::with_capacity(probe.len() + 8 + payload.len());
-        moof.encode(&mut out).map_err(|source| Fmp4Error::Atom {
-            what: "moof",
-            source,
-        })?;
-        Mdat { data: payload }
-            .encode(&mut out)
-            .map_err(|source| Fmp4Error::Atom {
-                what: "mdat",
-                source,
-            })?;
+        moof.encode(&mut out).map_err(|source| Fmp4Error::Atom { what: "moof", source })?;
+        Mdat { data: payload }.encode(&mut out).map_err(|source| Fmp4Error::Atom { what: "mdat", source })?;
         Ok(out)
     }
 }
@@ -369,9 +273,7 @@ mod tests {
             paced: false,
         })
         .unwrap();
-        let mut enc =
-            crate::encode::OpenH264Encoder::new(crate::encode::EncoderConfig::new(160, 120, 15))
-                .unwrap();
+        let mut enc = crate::encode::OpenH264Encoder::new(crate::encode::EncoderConfig::new(160, 120, 15)).unwrap();
         use crate::encode::VideoEncoder;
         use crate::source::FrameSource;
         let au = enc.encode(&src.next_frame().unwrap()).unwrap().remove(0);
@@ -382,12 +284,7 @@ mod tests {
     fn au(pts_us: u64, keyframe: bool, len: usize) -> AccessUnit {
         let mut data = vec![0, 0, 0, 1, if keyframe { 0x65 } else { 0x41 }];
         data.extend(std::iter::repeat_n(0xaa, len));
-        AccessUnit {
-            data,
-            pts_us,
-            wall_us: 0,
-            keyframe,
-        }
+        AccessUnit { data, pts_us, wall_us: 0, keyframe }
     }
 
     #[test]
@@ -403,11 +300,7 @@ mod tests {
         assert_eq!(moov.trak[0].mdia.mdhd.timescale, 90_000);
         assert!(moov.mvex.is_some());
 
-        let aus = [
-            au(1_000_000, true, 100),
-            au(1_066_666, false, 10),
-            au(1_133_333, false, 20),
-        ];
+        let aus = [au(1_000_000, true, 100), au(1_066_666, false, 10), au(1_133_333, false, 20)];
         let base = m.ticks(aus[0].pts_us);
         let frag = m.fragment(7, &aus, base, Some(1_200_000)).unwrap();
         let expected_len = fragment_overhead(3) + (4 + 101) + (4 + 11) + (4 + 21);
@@ -423,17 +316,11 @@ mod tests {
         let trun = &traf.trun[0];
         assert_eq!(trun.data_offset, Some(moof_len as i32 + 8));
         assert_eq!(&frag[moof_len + 8..moof_len + 12], &[0, 0, 0, 101]);
-        let TrunSamples::Explicit(entries) = &trun.samples else {
-            panic!("explicit samples")
-        };
+        let TrunSamples::Explicit(entries) = &trun.samples else { panic!("explicit samples") };
         let d: Vec<u32> = entries.iter().map(|e| e.duration.unwrap()).collect();
         // 1_000_000→90000, 1_066_666→95999, 1_133_333→101999, 1_200_000→108000
         assert_eq!(d, vec![5999, 6000, 6001]);
-        assert_eq!(
-            d.iter().sum::<u32>() as u64,
-            m.ticks(1_200_000) - base,
-            "no drift"
-        );
+        assert_eq!(d.iter().sum::<u32>() as u64, m.ticks(1_200_000) - base, "no drift");
         assert_eq!(entries[0].flags, Some(SYNC_SAMPLE_FLAGS));
         assert_eq!(entries[1].flags, Some(NON_SYNC_SAMPLE_FLAGS));
         assert_eq!(mdat.data.len(), 105 + 15 + 25);
@@ -443,36 +330,15 @@ mod tests {
     fn fragment_rejects_bad_input() {
         let (sps, pps) = sps_pps();
         let m = Fmp4Muxer::new(&sps, &pps, 160, 120, DEFAULT_TIMESCALE).unwrap();
-        assert!(matches!(
-            m.fragment(1, &[], 0, None),
-            Err(Fmp4Error::EmptyFragment { .. })
-        ));
+        assert!(matches!(m.fragment(1, &[], 0, None), Err(Fmp4Error::EmptyFragment { .. })));
         let backwards = [au(100, true, 1), au(50, false, 1)];
-        assert!(matches!(
-            m.fragment(1, &backwards, 0, None),
-            Err(Fmp4Error::NonMonotonic { .. })
-        ));
-        let garbage = [AccessUnit {
-            data: vec![1, 2, 3],
-            pts_us: 0,
-            wall_us: 0,
-            keyframe: true,
-        }];
-        assert!(matches!(
-            m.fragment(1, &garbage, 0, None),
-            Err(Fmp4Error::BadSample { .. })
-        ));
+        assert!(matches!(m.fragment(1, &backwards, 0, None), Err(Fmp4Error::NonMonotonic { .. })));
+        let garbage = [AccessUnit { data: vec![1, 2, 3], pts_us: 0, wall_us: 0, keyframe: true }];
+        assert!(matches!(m.fragment(1, &garbage, 0, None), Err(Fmp4Error::BadSample { .. })));
         // One sample, no end: nominal duration.
-        let one = m
-            .clone()
-            .with_nominal_frame_duration_us(50_000)
-            .fragment(1, &[au(0, true, 5)], 0, None)
-            .unwrap();
+        let one = m.clone().with_nominal_frame_duration_us(50_000).fragment(1, &[au(0, true, 5)], 0, None).unwrap();
         let moof = Moof::decode(&mut std::io::Cursor::new(&one)).unwrap();
-        assert_eq!(
-            moof.traf[0].trun[0].samples.get(0).unwrap().duration,
-            Some(4500)
-        );
+        assert_eq!(moof.traf[0].trun[0].samples.get(0).unwrap().duration, Some(4500));
         assert!(Fmp4Muxer::new(&[0x68, 1, 2, 3], &pps, 160, 120, 90_000).is_err());
         assert!(Fmp4Muxer::new(&sps, &[], 160, 120, 90_000).is_err());
         assert!(Fmp4Muxer::new(&sps, &pps, 70_000, 120, 90_000).is_err());

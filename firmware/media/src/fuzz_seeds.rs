@@ -16,10 +16,7 @@ use crate::source::{FrameSource, TestPattern, TestPatternConfig};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = std::env::var_os("LUCID_FUZZ_SEEDS")
-        .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds"),
-            PathBuf::from,
-        )
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds"), PathBuf::from)
         .join(target);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(name), bytes).unwrap();
@@ -35,12 +32,7 @@ fn record(out: &mut Vec<u8>, op: u8, step_ms: u8, bytes: &[u8]) {
 #[test]
 #[ignore = "writes fuzz/seeds; run by ./scripts/fuzz seeds"]
 fn write_fuzz_seeds() {
-    let cfg = TestPatternConfig {
-        width: 64,
-        height: 48,
-        fps: 10,
-        paced: false,
-    };
+    let cfg = TestPatternConfig { width: 64, height: 48, fps: 10, paced: false };
     let mut src = TestPattern::new(cfg).unwrap();
     let mut enc = OpenH264Encoder::new(EncoderConfig::new(64, 48, 10)).unwrap();
     let mut aus = Vec::new();
@@ -63,9 +55,7 @@ fn write_fuzz_seeds() {
     }
     write("chunker", "h264-8-frames", &h264);
 
-    let frames: Vec<Vec<u8>> = (0..4u8)
-        .map(|i| fwht::test_frame(64, 48, i % 2 == 0, &[i; 40]))
-        .collect();
+    let frames: Vec<Vec<u8>> = (0..4u8).map(|i| fwht::test_frame(64, 48, i % 2 == 0, &[i; 40])).collect();
     let mut stream = vec![1, 9];
     for (i, f) in frames.iter().enumerate() {
         record(&mut stream, u8::from(i % 2 == 0), 40, f);

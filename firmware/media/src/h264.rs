@@ -73,9 +73,7 @@ pub(crate) fn has_picture(annexb: &[u8]) -> bool {
 
 /// True when the access unit holds an IDR slice (a random-access point).
 pub fn is_idr(annexb: &[u8]) -> bool {
-    split_annexb(annexb)
-        .iter()
-        .any(|n| nal_type(n) == Some(NAL_IDR))
+    split_annexb(annexb).iter().any(|n| nal_type(n) == Some(NAL_IDR))
 }
 
 /// First SPS and PPS found in the access unit, if both are present.
@@ -96,11 +94,7 @@ fn kept_in_sample(nal: &[u8]) -> bool {
 /// Size the AVCC sample for `annexb` will have, without building it. The chunker uses this
 /// to predict fragment sizes exactly.
 pub(crate) fn avcc_len(annexb: &[u8]) -> usize {
-    split_annexb(annexb)
-        .iter()
-        .filter(|n| kept_in_sample(n))
-        .map(|n| 4 + n.len())
-        .sum()
+    split_annexb(annexb).iter().filter(|n| kept_in_sample(n)).map(|n| 4 + n.len()).sum()
 }
 
 /// Converts an Annex-B access unit to an AVCC sample: each NAL prefixed by its 4-byte
@@ -112,8 +106,7 @@ pub(crate) fn annexb_to_avcc(annexb: &[u8]) -> Result<Vec<u8>, H264Error> {
     }
     let mut out = Vec::with_capacity(annexb.len() + 16);
     for nal in nals.into_iter().filter(|n| kept_in_sample(n)) {
-        let len =
-            u32::try_from(nal.len()).map_err(|_| H264Error::NalTooLarge { len: nal.len() })?;
+        let len = u32::try_from(nal.len()).map_err(|_| H264Error::NalTooLarge { len: nal.len() })?;
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(nal);
     }
@@ -138,9 +131,7 @@ fn check_sps(sps: &[u8]) -> Result<(), H264Error> {
     }
     match nal_type(sps) {
         Some(NAL_SPS) => Ok(()),
-        t => Err(H264Error::NotSps {
-            nal_type: t.unwrap_or(0),
-        }),
+        t => Err(H264Error::NotSps { nal_type: t.unwrap_or(0) }),
     }
 }
 
@@ -163,10 +154,7 @@ struct BitReader<'a> {
 
 impl BitReader<'_> {
     fn bit(&mut self, field: &'static str) -> Result<u64, H264Error> {
-        let byte = self
-            .data
-            .get(self.pos / 8)
-            .ok_or(H264Error::SpsTruncated { field })?;
+        let byte = self.data.get(self.pos / 8).ok_or(H264Error::SpsTruncated { field })?;
         let b = (byte >> (7 - (self.pos % 8))) & 1;
         self.pos += 1;
         Ok(u64::from(b))
@@ -187,10 +175,7 @@ impl BitReader<'_> {
         while self.bit(field)? == 0 {
             zeros += 1;
             if zeros > 32 {
-                return Err(H264Error::SpsOutOfRange {
-                    field,
-                    value: zeros,
-                });
+                return Err(H264Error::SpsOutOfRange { field, value: zeros });
             }
         }
         Ok((1u64 << zeros) - 1 + self.bits(zeros as u32, field)?)
@@ -236,26 +221,17 @@ fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), H264Error
 pub(crate) fn parse_sps(sps: &[u8]) -> Result<SpsInfo, H264Error> {
     check_sps(sps)?;
     let data = rbsp(&sps[1..]);
-    let mut r = BitReader {
-        data: &data,
-        pos: 0,
-    };
+    let mut r = BitReader { data: &data, pos: 0 };
     let profile_idc = r.bits(8, "profile_idc")? as u8;
     let constraint_flags = r.bits(8, "constraint_flags")? as u8;
     let level_idc = r.bits(8, "level_idc")? as u8;
     r.ue("seq_parameter_set_id")?;
     let mut chroma_format_idc = 1;
     let mut separate_colour_plane = false;
-    if matches!(
-        profile_idc,
-        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
-    ) {
+    if matches!(profile_idc, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
         chroma_format_idc = r.ue("chroma_format_idc")?;
         if chroma_format_idc > 3 {
-            return Err(H264Error::SpsOutOfRange {
-                field: "chroma_format_idc",
-                value: chroma_format_idc,
-            });
+            return Err(H264Error::SpsOutOfRange { field: "chroma_format_idc", value: chroma_format_idc });
         }
         if chroma_format_idc == 3 {
             separate_colour_plane = r.bit("separate_colour_plane_flag")? == 1;
@@ -284,10 +260,7 @@ pub(crate) fn parse_sps(sps: &[u8]) -> Result<SpsInfo, H264Error> {
             r.se("offset_for_top_to_bottom_field")?;
             let n = r.ue("num_ref_frames_in_pic_order_cnt_cycle")?;
             if n > 255 {
-                return Err(H264Error::SpsOutOfRange {
-                    field: "num_ref_frames_in_pic_order_cnt_cycle",
-                    value: n,
-                });
+                return Err(H264Error::SpsOutOfRange { field: "num_ref_frames_in_pic_order_cnt_cycle", value: n });
             }
             for _ in 0..n {
                 r.se("offset_for_ref_frame")?;
@@ -295,10 +268,7 @@ pub(crate) fn parse_sps(sps: &[u8]) -> Result<SpsInfo, H264Error> {
         }
         2 => {}
         v => {
-            return Err(H264Error::SpsOutOfRange {
-                field: "pic_order_cnt_type",
-                value: v,
-            });
+            return Err(H264Error::SpsOutOfRange { field: "pic_order_cnt_type", value: v });
         }
     }
     r.ue("max_num_ref_frames")?;
@@ -318,46 +288,26 @@ pub(crate) fn parse_sps(sps: &[u8]) -> Result<SpsInfo, H264Error> {
         cb = r.ue("frame_crop_bottom_offset")?;
     }
     // Crop units depend on chroma subsampling (Table 6-1 and equations 7-19..7-22).
-    let chroma_array_type = if separate_colour_plane {
-        0
-    } else {
-        chroma_format_idc
-    };
+    let chroma_array_type = if separate_colour_plane { 0 } else { chroma_format_idc };
     let (sub_w, sub_h) = match chroma_format_idc {
         1 => (2, 2),
         2 => (2, 1),
         _ => (1, 1),
     };
-    let (crop_x, crop_y) = if chroma_array_type == 0 {
-        (1, 2 - frame_mbs_only)
-    } else {
-        (sub_w, sub_h * (2 - frame_mbs_only))
-    };
+    let (crop_x, crop_y) =
+        if chroma_array_type == 0 { (1, 2 - frame_mbs_only) } else { (sub_w, sub_h * (2 - frame_mbs_only)) };
     let coded_w = width_mbs * 16;
     let coded_h = height_map_units * 16 * (2 - frame_mbs_only);
     let crop_w = (cl + cr).saturating_mul(crop_x);
     let crop_h = (ct + cb).saturating_mul(crop_y);
     if crop_w >= coded_w || crop_h >= coded_h {
-        return Err(H264Error::SpsOutOfRange {
-            field: "frame_crop",
-            value: crop_w.max(crop_h),
-        });
+        return Err(H264Error::SpsOutOfRange { field: "frame_crop", value: crop_w.max(crop_h) });
     }
-    let width = u32::try_from(coded_w - crop_w).map_err(|_| H264Error::SpsOutOfRange {
-        field: "width",
-        value: coded_w,
-    })?;
-    let height = u32::try_from(coded_h - crop_h).map_err(|_| H264Error::SpsOutOfRange {
-        field: "height",
-        value: coded_h,
-    })?;
-    Ok(SpsInfo {
-        profile_idc,
-        constraint_flags,
-        level_idc,
-        width,
-        height,
-    })
+    let width =
+        u32::try_from(coded_w - crop_w).map_err(|_| H264Error::SpsOutOfRange { field: "width", value: coded_w })?;
+    let height =
+        u32::try_from(coded_h - crop_h).map_err(|_| H264Error::SpsOutOfRange { field: "height", value: coded_h })?;
+    Ok(SpsInfo { profile_idc, constraint_flags, level_idc, width, height })
 }
 
 #[cfg(test)]
@@ -368,13 +318,7 @@ mod tests {
 
     /// Real encoder output: `n` access units of the test pattern.
     fn encoded(width: u32, height: u32, n: usize) -> Vec<crate::encode::AccessUnit> {
-        let mut src = TestPattern::new(TestPatternConfig {
-            width,
-            height,
-            fps: 15,
-            paced: false,
-        })
-        .unwrap();
+        let mut src = TestPattern::new(TestPatternConfig { width, height, fps: 15, paced: false }).unwrap();
         let mut enc = OpenH264Encoder::new(EncoderConfig::new(width, height, 15)).unwrap();
         let mut aus = Vec::new();
         for _ in 0..n {
@@ -386,28 +330,18 @@ mod tests {
 
     #[test]
     fn split_handles_3_and_4_byte_start_codes_and_garbage_prefix() {
-        let data = [
-            0xff, 0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5, 0,
-        ];
+        let data = [0xff, 0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5, 0];
         let nals = split_annexb(&data);
-        assert_eq!(
-            nals,
-            vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4, 5][..]]
-        );
+        assert_eq!(nals, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4, 5][..]]);
         assert!(split_annexb(&[]).is_empty());
         assert!(split_annexb(&[0, 0, 1]).is_empty());
         assert!(is_idr(&data));
-        assert_eq!(
-            parameter_sets(&data),
-            Some((&[0x67, 1, 2][..], &[0x68, 3][..]))
-        );
+        assert_eq!(parameter_sets(&data), Some((&[0x67, 1, 2][..], &[0x68, 3][..])));
     }
 
     #[test]
     fn avcc_drops_parameter_sets_and_prefixes_lengths() {
-        let data = [
-            0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 1, 0x65, 4, 5,
-        ];
+        let data = [0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 1, 0x65, 4, 5];
         let avcc = annexb_to_avcc(&data).unwrap();
         assert_eq!(avcc, vec![0, 0, 0, 3, 0x65, 4, 5]);
         assert_eq!(avcc_len(&data), avcc.len());
@@ -432,23 +366,11 @@ mod tests {
             let first = &aus[0];
             assert!(first.keyframe);
             assert!(is_idr(&first.data));
-            let types: Vec<u8> = split_annexb(&first.data)
-                .iter()
-                .filter_map(|n| nal_type(n))
-                .collect();
-            let sps_pos = types
-                .iter()
-                .position(|&t| t == NAL_SPS)
-                .expect("SPS in IDR access unit");
-            let pps_pos = types
-                .iter()
-                .position(|&t| t == NAL_PPS)
-                .expect("PPS in IDR access unit");
+            let types: Vec<u8> = split_annexb(&first.data).iter().filter_map(|n| nal_type(n)).collect();
+            let sps_pos = types.iter().position(|&t| t == NAL_SPS).expect("SPS in IDR access unit");
+            let pps_pos = types.iter().position(|&t| t == NAL_PPS).expect("PPS in IDR access unit");
             let idr_pos = types.iter().position(|&t| t == NAL_IDR).expect("IDR slice");
-            assert!(
-                sps_pos < idr_pos && pps_pos < idr_pos,
-                "parameter sets precede the IDR: {types:?}"
-            );
+            assert!(sps_pos < idr_pos && pps_pos < idr_pos, "parameter sets precede the IDR: {types:?}");
             let (sps, _pps) = parameter_sets(&first.data).unwrap();
             let info = parse_sps(sps).unwrap();
             assert_eq!((info.width, info.height), (w, h), "cropped size from SPS");
@@ -456,13 +378,7 @@ mod tests {
             assert_eq!(info.profile_idc, 66);
             assert_ne!(info.constraint_flags & 0x40, 0);
             let cs = codec_string(sps).unwrap();
-            assert_eq!(
-                cs,
-                format!(
-                    "avc1.{:02x}{:02x}{:02x}",
-                    info.profile_idc, info.constraint_flags, info.level_idc
-                )
-            );
+            assert_eq!(cs, format!("avc1.{:02x}{:02x}{:02x}", info.profile_idc, info.constraint_flags, info.level_idc));
             // P frames: not IDR, no parameter sets, conversion keeps all slice bytes.
             for au in &aus[1..] {
                 assert!(!au.keyframe);

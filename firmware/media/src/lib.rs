@@ -64,13 +64,11 @@ impl Codec {
 }
 
 pub use chunker::{ChunkError, Chunker, ChunkerConfig, MediaChunk};
+pub use convert::to_i420;
 pub use encode::{AccessUnit, CameraH264, EncodeError, EncoderConfig, OpenH264Encoder, ToI420, VideoEncoder};
 pub use fmp4::{DEFAULT_TIMESCALE, Fmp4Error, Fmp4Muxer};
-pub use convert::to_i420;
 pub use h264::{H264Error, is_idr};
-pub use source::{
-    Frame, FrameSource, PixelFormat, SourceError, TestPattern, TestPatternConfig, VideoFormat,
-};
+pub use source::{Frame, FrameSource, PixelFormat, SourceError, TestPattern, TestPatternConfig, VideoFormat};
 
 /// glibc-only symbol needed by a static musl link of OpenH264's C++.
 ///

@@ -141,10 +141,7 @@ pub struct TestPattern {
 
 impl std::fmt::Debug for TestPattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestPattern")
-            .field("cfg", &self.cfg)
-            .field("next_slot", &self.next_slot)
-            .finish()
+        f.debug_struct("TestPattern").field("cfg", &self.cfg).field("next_slot", &self.next_slot).finish()
     }
 }
 
@@ -171,17 +168,9 @@ impl TestPattern {
             )));
         }
         if !(1..=120).contains(&cfg.fps) {
-            return Err(SourceError::InvalidConfig(format!(
-                "test pattern fps {} outside 1..=120",
-                cfg.fps
-            )));
+            return Err(SourceError::InvalidConfig(format!("test pattern fps {} outside 1..=120", cfg.fps)));
         }
-        Ok(Self {
-            cfg,
-            next_slot: 0,
-            started: None,
-            dropped: 0,
-        })
+        Ok(Self { cfg, next_slot: 0, started: None, dropped: 0 })
     }
 
     /// Frames skipped because the consumer fell behind real time (paced mode only).
@@ -197,11 +186,7 @@ impl TestPattern {
 
     fn render(&self, seq: u64, wall_us: i64) -> Vec<u8> {
         let (w, h) = (self.cfg.width as usize, self.cfg.height as usize);
-        let mut img = I420 {
-            w,
-            h,
-            data: vec![0; w * h * 3 / 2],
-        };
+        let mut img = I420 { w, h, data: vec![0; w * h * 3 / 2] };
         draw_bars(&mut img);
         draw_gradient_band(&mut img, seq);
         draw_moving_box(&mut img, seq);
@@ -222,9 +207,7 @@ impl FrameSource for TestPattern {
     }
 
     fn next_frame(&mut self) -> Result<Frame, SourceError> {
-        let (t0, wall0) = *self
-            .started
-            .get_or_insert_with(|| (Instant::now(), now_unix_us()));
+        let (t0, wall0) = *self.started.get_or_insert_with(|| (Instant::now(), now_unix_us()));
         let mut slot = self.next_slot;
         let wall_us;
         if self.cfg.paced {
@@ -236,33 +219,21 @@ impl FrameSource for TestPattern {
             } else {
                 // Late: a camera would have overwritten the missed buffers, so jump to the
                 // slot that is current now instead of bursting the backlog.
-                let current = u64::try_from(elapsed * u128::from(self.cfg.fps) / 1_000_000_000)
-                    .unwrap_or(u64::MAX);
+                let current = u64::try_from(elapsed * u128::from(self.cfg.fps) / 1_000_000_000).unwrap_or(u64::MAX);
                 if current > slot {
-                    tracing::debug!(
-                        skipped = current - slot,
-                        at_seq = current,
-                        "test pattern fell behind real time"
-                    );
+                    tracing::debug!(skipped = current - slot, at_seq = current, "test pattern fell behind real time");
                     self.dropped += current - slot;
                     slot = current;
                 }
             }
             wall_us = now_unix_us();
         } else {
-            wall_us =
-                wall0.saturating_add(i64::try_from(self.slot_ns(slot) / 1000).unwrap_or(i64::MAX));
+            wall_us = wall0.saturating_add(i64::try_from(self.slot_ns(slot) / 1000).unwrap_or(i64::MAX));
         }
         self.next_slot = slot + 1;
         // pts is the slot's due time: the ideal capture instant, jitter-free.
         let pts_us = u64::try_from(self.slot_ns(slot) / 1000).unwrap_or(u64::MAX);
-        Ok(Frame {
-            seq: slot,
-            pts_us,
-            wall_us,
-            format: self.format(),
-            data: self.render(slot, wall_us),
-        })
+        Ok(Frame { seq: slot, pts_us, wall_us, format: self.format(), data: self.render(slot, wall_us) })
     }
 
     fn dropped_frames(&self) -> u64 {
@@ -275,11 +246,7 @@ impl FrameSource for TestPattern {
             self.cfg.width,
             self.cfg.height,
             self.cfg.fps,
-            if self.cfg.paced {
-                "real time"
-            } else {
-                "unpaced"
-            }
+            if self.cfg.paced { "real time" } else { "unpaced" }
         )
     }
 }
@@ -300,12 +267,7 @@ impl I420 {
             self.data[start + x.min(x1)..start + x1].fill(yv);
         }
         let (cw, ch) = (self.w / 2, self.h / 2);
-        let (cx0, cy0, cx1, cy1) = (
-            (x / 2).min(cw),
-            (y / 2).min(ch),
-            x1.div_ceil(2).min(cw),
-            y1.div_ceil(2).min(ch),
-        );
+        let (cx0, cy0, cx1, cy1) = ((x / 2).min(cw), (y / 2).min(ch), x1.div_ceil(2).min(cw), y1.div_ceil(2).min(ch));
         let u_base = self.w * self.h;
         let v_base = u_base + cw * ch;
         for row in cy0..cy1 {
@@ -322,15 +284,8 @@ impl I420 {
 }
 
 /// 75% SMPTE-style bars in BT.601 limited range: white, yellow, cyan, green, magenta, red, blue.
-const BARS: [(u8, u8, u8); 7] = [
-    (180, 128, 128),
-    (162, 44, 142),
-    (131, 156, 44),
-    (112, 72, 58),
-    (84, 184, 198),
-    (65, 100, 212),
-    (35, 212, 114),
-];
+const BARS: [(u8, u8, u8); 7] =
+    [(180, 128, 128), (162, 44, 142), (131, 156, 44), (112, 72, 58), (84, 184, 198), (65, 100, 212), (35, 212, 114)];
 
 fn draw_bars(img: &mut I420) {
     let bar_h = img.h * 2 / 3;
@@ -364,29 +319,15 @@ fn draw_moving_box(img: &mut I420, seq: u64) {
     let x = if t < span { t } else { 2 * span - t } as usize;
     let y = img.h / 3;
     img.fill(x, y, size, size, (235, 128, 128));
-    img.fill(
-        x + size / 4,
-        y + size / 4,
-        size / 2,
-        size / 2,
-        (82, 90, 240),
-    );
+    img.fill(x + size / 4, y + size / 4, size / 2, size / 2, (82, 90, 240));
 }
 
 /// Formats the overlay lines: frame counter and UTC wall time (" UTC" only if `utc`).
 fn overlay_lines(seq: u64, wall_us: i64, utc: bool) -> (String, String) {
     let ms_of_day = wall_us.div_euclid(1000).rem_euclid(86_400_000);
-    let (h, m, s, ms) = (
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000,
-    );
+    let (h, m, s, ms) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000);
     let suffix = if utc { " UTC" } else { "" };
-    (
-        format!("#{seq:07}"),
-        format!("{h:02}:{m:02}:{s:02}.{ms:03}{suffix}"),
-    )
+    (format!("#{seq:07}"), format!("{h:02}:{m:02}:{s:02}.{ms:03}{suffix}"))
 }
 
 /// Glyph cell: 5x7 pixels plus 1 px spacing each way.
@@ -485,12 +426,7 @@ mod tests {
     use super::*;
 
     fn cfg(width: u32, height: u32, paced: bool) -> TestPatternConfig {
-        TestPatternConfig {
-            width,
-            height,
-            fps: 30,
-            paced,
-        }
+        TestPatternConfig { width, height, fps: 30, paced }
     }
 
     #[test]
@@ -498,33 +434,20 @@ mod tests {
         assert!(TestPattern::new(cfg(321, 240, false)).is_err());
         assert!(TestPattern::new(cfg(320, 241, false)).is_err());
         assert!(TestPattern::new(cfg(8, 8, false)).is_err());
-        assert!(
-            TestPattern::new(TestPatternConfig {
-                fps: 0,
-                ..cfg(320, 240, false)
-            })
-            .is_err()
-        );
+        assert!(TestPattern::new(TestPatternConfig { fps: 0, ..cfg(320, 240, false) }).is_err());
         assert!(TestPattern::new(cfg(160, 120, false)).is_ok());
     }
 
     #[test]
     fn unpaced_frames_have_synthetic_timestamps_and_right_size() {
-        let mut tp = TestPattern::new(TestPatternConfig {
-            fps: 15,
-            ..cfg(160, 120, false)
-        })
-        .unwrap();
+        let mut tp = TestPattern::new(TestPatternConfig { fps: 15, ..cfg(160, 120, false) }).unwrap();
         let f0 = tp.next_frame().unwrap();
         let f1 = tp.next_frame().unwrap();
         let f2 = tp.next_frame().unwrap();
         assert_eq!((f0.seq, f1.seq, f2.seq), (0, 1, 2));
         assert_eq!((f0.pts_us, f1.pts_us, f2.pts_us), (0, 66_666, 133_333));
         assert_eq!(f1.wall_us - f0.wall_us, 66_666);
-        assert_eq!(
-            f0.data.len(),
-            PixelFormat::I420.frame_len(160, 120).unwrap()
-        );
+        assert_eq!(f0.data.len(), PixelFormat::I420.frame_len(160, 120).unwrap());
         assert_eq!(f0.format, tp.format());
         assert_ne!(f0.data, f1.data, "pattern moves every frame");
         assert_eq!(tp.dropped_frames(), 0);
@@ -541,17 +464,12 @@ mod tests {
             let line1_h = (rh / 2).min(h as usize);
             let region = |f: &Frame| -> Vec<u8> {
                 (y..y + line1_h)
-                    .flat_map(|row| {
-                        f.data[row * w as usize + x..row * w as usize + x + rw].to_vec()
-                    })
+                    .flat_map(|row| f.data[row * w as usize + x..row * w as usize + x + rw].to_vec())
                     .collect()
             };
             let (r0, r1) = (region(&f0), region(&f1));
             let differing = r0.iter().zip(&r1).filter(|(a, b)| a != b).count();
-            assert!(
-                differing > 0,
-                "{w}x{h}: counter pixels must change between frame 0 and 1"
-            );
+            assert!(differing > 0, "{w}x{h}: counter pixels must change between frame 0 and 1");
             // The plate is drawn: text pixels (235) exist in the overlay.
             assert!(r0.contains(&235) && r0.contains(&16));
         }
@@ -575,31 +493,17 @@ mod tests {
 
     #[test]
     fn paced_source_runs_in_real_time_and_skips_when_late() {
-        let mut tp = TestPattern::new(TestPatternConfig {
-            width: 64,
-            height: 48,
-            fps: 50,
-            paced: true,
-        })
-        .unwrap();
+        let mut tp = TestPattern::new(TestPatternConfig { width: 64, height: 48, fps: 50, paced: true }).unwrap();
         let t = Instant::now();
         for _ in 0..5 {
             tp.next_frame().unwrap();
         }
         // Frames 0..4 are due at 0, 20, .., 80 ms.
-        assert!(
-            t.elapsed() >= Duration::from_millis(75),
-            "paced: {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() >= Duration::from_millis(75), "paced: {:?}", t.elapsed());
         // Stall for ~5 frame periods: the source must skip, not burst.
         std::thread::sleep(Duration::from_millis(110));
         let f = tp.next_frame().unwrap();
-        assert!(
-            f.seq >= 9,
-            "skipped ahead to current slot, got seq {}",
-            f.seq
-        );
+        assert!(f.seq >= 9, "skipped ahead to current slot, got seq {}", f.seq);
         assert!(tp.dropped_frames() >= 4, "dropped {}", tp.dropped_frames());
         assert_eq!(f.pts_us, f.seq * 20_000);
     }

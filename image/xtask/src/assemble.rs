@@ -131,10 +131,14 @@ pub fn build(o: &Options) -> Result<Outputs> {
     let rootdir = work.join("rootfs");
     build_rootfs(o, &board, &busybox, &rootdir, &lucid_toml, &release, keys.as_ref().map(|k| k.1.as_path()))?;
     let rootfs = work.join("rootfs.squashfs");
-    run(Command::new("mksquashfs")
-        .arg(&rootdir)
-        .arg(&rootfs)
-        .args(["-noappend", "-all-root", "-no-progress", "-quiet", "-comp", &board.rootfs.compression]))?;
+    run(Command::new("mksquashfs").arg(&rootdir).arg(&rootfs).args([
+        "-noappend",
+        "-all-root",
+        "-no-progress",
+        "-quiet",
+        "-comp",
+        &board.rootfs.compression,
+    ]))?;
 
     // Boot partitions, p1, data, the disk image, payloads, compressed copy, bundle.
     let files = BootFiles {
@@ -177,7 +181,14 @@ pub fn build(o: &Options) -> Result<Outputs> {
     if let Some(b) = &bundle {
         sizes.push((b.file_name().unwrap().to_string_lossy().into_owned(), std::fs::metadata(b)?.len()));
     }
-    Ok(Outputs { image, compressed, bundle, rootfs: out_dir.join("rootfs.squashfs"), boot: out_dir.join("boot.vfat"), sizes })
+    Ok(Outputs {
+        image,
+        compressed,
+        bundle,
+        rootfs: out_dir.join("rootfs.squashfs"),
+        boot: out_dir.join("boot.vfat"),
+        sizes,
+    })
 }
 
 /// `/etc/lucid/release`.
@@ -326,7 +337,13 @@ pub fn update_table(board: &Board) -> toml::Table {
 /// whether it has the `[update]` table: it is left out when only that table is refused
 /// (the daemon's OTA code not landed yet). Fails the build on any other rejection, or
 /// when a variant expects a rejection and the daemon accepts.
-pub(crate) fn check_config(lucidd: &Path, sysroot: Option<&Path>, work: &Path, board: &Board, text: &str) -> Result<(String, bool)> {
+pub(crate) fn check_config(
+    lucidd: &Path,
+    sysroot: Option<&Path>,
+    work: &Path,
+    board: &Board,
+    text: &str,
+) -> Result<(String, bool)> {
     let path = work.join("lucidd.toml");
     let try_it = |body: &str| -> Result<(bool, String)> {
         std::fs::write(&path, body)?;
@@ -394,26 +411,45 @@ pub(crate) fn ota_keys(dir: &Path, lucidd: &Path, sysroot: Option<&Path>) -> Res
     }
     std::fs::create_dir_all(dir)?;
     run(aarch64(lucidd, sysroot).args(["bundle", "keygen", "--name", "dev", "--out"]).arg(dir))?;
-    eprintln!("xtask: made DEVELOPMENT OTA keys in {} (set LUCID_OTA_KEY/LUCID_OTA_VKEY for production)", dir.display());
+    eprintln!(
+        "xtask: made DEVELOPMENT OTA keys in {} (set LUCID_OTA_KEY/LUCID_OTA_VKEY for production)",
+        dir.display()
+    );
     Ok(Some((k, v)))
 }
 
 fn has_bundle_command(lucidd: &Path, sysroot: Option<&Path>) -> bool {
-    aarch64(lucidd, sysroot)
-        .args(["bundle", "--help"])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    aarch64(lucidd, sysroot).args(["bundle", "--help"]).output().is_ok_and(|o| o.status.success())
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bundle(lucidd: &Path, sysroot: Option<&Path>, board: &Board, build: u64, out_dir: &Path, boot: &Path, rootfs: &Path, key: Option<&Path>) -> Result<Option<PathBuf>> {
+fn bundle(
+    lucidd: &Path,
+    sysroot: Option<&Path>,
+    board: &Board,
+    build: u64,
+    out_dir: &Path,
+    boot: &Path,
+    rootfs: &Path,
+    key: Option<&Path>,
+) -> Result<Option<PathBuf>> {
     let Some(key) = key else { return Ok(None) };
     if !has_bundle_command(lucidd, sysroot) {
         return Ok(None);
     }
     let path = out_dir.join(format!("{}-{}-{}.lucidota", board.name, board.full_version(), build));
     run(aarch64(lucidd, sysroot)
-        .args(["bundle", "create", "--board", &board.name, "--version", &board.full_version(), "--build", &build.to_string(), "--key"])
+        .args([
+            "bundle",
+            "create",
+            "--board",
+            &board.name,
+            "--version",
+            &board.full_version(),
+            "--build",
+            &build.to_string(),
+            "--key",
+        ])
         .arg(key)
         .arg("--boot")
         .arg(boot)
@@ -485,7 +521,15 @@ pub struct ModuleSet {
     pub dep: String,
 }
 
-pub(crate) fn build_initramfs(repo: &Path, board: &Board, kdir: &Path, kver: &str, busybox: &Path, dir: &Path, extra: &[Built]) -> Result<()> {
+pub(crate) fn build_initramfs(
+    repo: &Path,
+    board: &Board,
+    kdir: &Path,
+    kver: &str,
+    busybox: &Path,
+    dir: &Path,
+    extra: &[Built],
+) -> Result<()> {
     for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "newroot", "usr/bin", "usr/sbin"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
@@ -536,9 +580,32 @@ pub(crate) fn cpio_gz(dir: &Path, out: &Path) -> Result<()> {
     run(Command::new("sh").args(["-c", &script]))
 }
 
-fn build_rootfs(o: &Options, board: &Board, busybox: &Path, dir: &Path, toml: &str, release: &str, vkey: Option<&Path>) -> Result<()> {
+fn build_rootfs(
+    o: &Options,
+    board: &Board,
+    busybox: &Path,
+    dir: &Path,
+    toml: &str,
+    release: &str,
+    vkey: Option<&Path>,
+) -> Result<()> {
     copy_tree(&o.repo.join("image/rootfs"), dir)?;
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "data", "boot/ctl", "root", "etc/lucid/ota-keys", "var"] {
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "data",
+        "boot/ctl",
+        "root",
+        "etc/lucid/ota-keys",
+        "var",
+    ] {
         std::fs::create_dir_all(dir.join(d))?;
     }
     std::fs::copy(busybox, dir.join("bin/busybox"))?;
@@ -571,8 +638,29 @@ fn build_rootfs(o: &Options, board: &Board, busybox: &Path, dir: &Path, toml: &s
 /// `/etc/lucid/{lucidd.toml,release,board.env}`, the OTA key, `/etc/hostname`,
 /// `/etc/fstab`. The Debian build and `xtask rootfs-files` (Buildroot's post-build) both
 /// call it, so the two roots agree. Existing `/var` links (Buildroot's skeleton) are kept.
-pub(crate) fn install_generated(board: &Board, dir: &Path, toml: &str, release: &str, vkey: Option<&Path>) -> Result<()> {
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "data", "boot/ctl", "root", "etc/lucid/ota-keys", "var"] {
+pub(crate) fn install_generated(
+    board: &Board,
+    dir: &Path,
+    toml: &str,
+    release: &str,
+    vkey: Option<&Path>,
+) -> Result<()> {
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "data",
+        "boot/ctl",
+        "root",
+        "etc/lucid/ota-keys",
+        "var",
+    ] {
         std::fs::create_dir_all(dir.join(d))?;
     }
     for (l, t) in [("var/tmp", "/tmp"), ("var/run", "/run"), ("var/log", "/tmp")] {
@@ -732,14 +820,21 @@ pub fn fat_size_mib(dir: &Path, max_mib: u32) -> Result<u32> {
     let bytes = total(dir)?;
     let mib = (bytes + bytes / 10 + (4 << 20)).div_ceil(1 << 20);
     if mib > max_mib as u64 {
-        bail!("{} holds {bytes} bytes: a FAT for it needs {mib} MiB, more than the {max_mib} MiB partition", dir.display());
+        bail!(
+            "{} holds {bytes} bytes: a FAT for it needs {mib} MiB, more than the {max_mib} MiB partition",
+            dir.display()
+        );
     }
     Ok(mib as u32)
 }
 
 fn make_vfat(dir: &Path, out: &Path, size_mib: u32, label: &str) -> Result<()> {
     let _ = std::fs::remove_file(out);
-    run(Command::new("mkfs.vfat").args(["-C", "-n", label]).arg(out).arg((size_mib as u64 * 1024).to_string()).stdout(std::process::Stdio::null()))?;
+    run(Command::new("mkfs.vfat")
+        .args(["-C", "-n", label])
+        .arg(out)
+        .arg((size_mib as u64 * 1024).to_string())
+        .stdout(std::process::Stdio::null()))?;
     let entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     if entries.is_empty() {
         return Ok(());
@@ -896,7 +991,11 @@ mod tests {
         .unwrap();
         std::fs::write(d.path().join("modules.builtin"), "k/squashfs.ko\nk/vfat.ko\nk/nls_cp437.ko\nk/nls_ascii.ko\nk/crc32c_generic.ko\nk/ext4.ko\nk/virtio_blk.ko\nk/virtio_net.ko\n").unwrap();
         let b = crate::board::load(&repo(), "qemu-aarch64-virt", Some("camera")).unwrap();
-        let vicodec = Built { name: "vicodec".into(), ko: PathBuf::from("/cache/vicodec.ko"), depends: vec!["m2m".into(), "videodev".into()] };
+        let vicodec = Built {
+            name: "vicodec".into(),
+            ko: PathBuf::from("/cache/vicodec.ko"),
+            depends: vec!["m2m".into(), "videodev".into()],
+        };
         let set = resolve_modules(&b, d.path(), std::slice::from_ref(&vicodec)).unwrap();
         assert_eq!(set.load, ["virtio_pci", "i6300esb", "vivid", "vicodec"].map(String::from));
         assert_eq!(set.sources["updates/vicodec.ko"], PathBuf::from("/cache/vicodec.ko"));

@@ -254,7 +254,10 @@ impl Board {
                 }
             }
         }
-        if self.boot.firmware_package.is_some() && self.boot.firmware_files.is_empty() && self.boot.method == BootMethod::UbootEnv {
+        if self.boot.firmware_package.is_some()
+            && self.boot.firmware_files.is_empty()
+            && self.boot.method == BootMethod::UbootEnv
+        {
             return bad("a Pi with U-Boot needs firmware_files (bootcode.bin, start.elf...)".into());
         }
         if self.kernel.modules.is_empty() {
@@ -322,10 +325,18 @@ impl Board {
                 || src.is_absolute()
                 || src.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
             {
-                return bad(format!("kernel.out_of_tree.{}: source {:?} must be a plain relative path in the kernel tree", o.name, o.source));
+                return bad(format!(
+                    "kernel.out_of_tree.{}: source {:?} must be a plain relative path in the kernel tree",
+                    o.name, o.source
+                ));
             }
-            if !o.config.starts_with("CONFIG_") || !o.config.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
-                return bad(format!("kernel.out_of_tree.{}: config {:?} must be a Kconfig symbol, CONFIG_...", o.name, o.config));
+            if !o.config.starts_with("CONFIG_")
+                || !o.config.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                return bad(format!(
+                    "kernel.out_of_tree.{}: config {:?} must be a Kconfig symbol, CONFIG_...",
+                    o.name, o.config
+                ));
             }
             if !loaded(&o.name) {
                 return bad(format!(
@@ -366,16 +377,19 @@ fn load_table_inner(path: &Path, stack: &mut Vec<PathBuf>) -> Result<toml::Table
     }
     stack.push(canon.clone());
     let text = std::fs::read_to_string(path).map_err(|source| BoardError::Read { path: path.into(), source })?;
-    let mut own: toml::Table = toml::from_str(&text).map_err(|e| BoardError::Parse { path: path.into(), msg: e.to_string() })?;
+    let mut own: toml::Table =
+        toml::from_str(&text).map_err(|e| BoardError::Parse { path: path.into(), msg: e.to_string() })?;
     let mut merged = toml::Table::new();
     if let Some(inherit) = own.remove("inherit") {
-        let list = inherit
-            .as_array()
-            .ok_or_else(|| BoardError::Parse { path: path.into(), msg: "inherit must be an array of file names".into() })?;
+        let list = inherit.as_array().ok_or_else(|| BoardError::Parse {
+            path: path.into(),
+            msg: "inherit must be an array of file names".into(),
+        })?;
         for item in list {
-            let name = item
-                .as_str()
-                .ok_or_else(|| BoardError::Parse { path: path.into(), msg: "inherit entries must be strings".into() })?;
+            let name = item.as_str().ok_or_else(|| BoardError::Parse {
+                path: path.into(),
+                msg: "inherit entries must be strings".into(),
+            })?;
             let parent = canon.parent().unwrap_or(Path::new(".")).join(name);
             let t = load_table_inner(&parent, stack)?;
             merge(&mut merged, t);

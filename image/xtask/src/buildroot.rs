@@ -111,7 +111,9 @@ pub fn check(repo: &Path) -> Vec<String> {
         if b.boot.method == BootMethod::UbootEnv {
             let want = if is_pi { "rpi_arm64" } else { "qemu_arm64" };
             if get("BR2_TARGET_UBOOT").is_none() || get("BR2_TARGET_UBOOT_BOARD_DEFCONFIG").as_deref() != Some(want) {
-                p.push(format!("{at}: U-Boot boards need BR2_TARGET_UBOOT with BR2_TARGET_UBOOT_BOARD_DEFCONFIG=\"{want}\""));
+                p.push(format!(
+                    "{at}: U-Boot boards need BR2_TARGET_UBOOT with BR2_TARGET_UBOOT_BOARD_DEFCONFIG=\"{want}\""
+                ));
             }
             if get("BR2_PACKAGE_HOST_UBOOT_TOOLS").is_none() {
                 p.push(format!("{at}: boot.scr needs BR2_PACKAGE_HOST_UBOOT_TOOLS (mkimage)"));

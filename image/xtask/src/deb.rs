@@ -43,7 +43,9 @@ impl DebCache {
                 }
             }
         }
-        bail!("cannot resolve {name}: is arm64 added (`dpkg --add-architecture arm64`, apt-get update)? run ./scripts/setup")
+        bail!(
+            "cannot resolve {name}: is arm64 added (`dpkg --add-architecture arm64`, apt-get update)? run ./scripts/setup"
+        )
     }
 
     /// Download (once) and unpack (once) a package; returns the unpacked root.
@@ -55,7 +57,11 @@ impl DebCache {
                 eprintln!("xtask: apt-get download {real}");
                 let q = Self::qualified(&real);
                 run(Command::new("apt-get").args(["download", "-q", &q]).current_dir(self.dir.join("debs")))
-                    .with_context(|| format!("apt-get download {q} (is the non-free-firmware component enabled? run ./scripts/setup)"))?;
+                    .with_context(|| {
+                        format!(
+                            "apt-get download {q} (is the non-free-firmware component enabled? run ./scripts/setup)"
+                        )
+                    })?;
                 self.find_deb(&real)?.with_context(|| format!("apt-get download {q} left no .deb"))?
             }
         };

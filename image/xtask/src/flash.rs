@@ -75,7 +75,11 @@ pub fn image_kind(image: &Path) -> Result<ImageKind, FlashError> {
 /// followed), checked against sysfs: a whole disk, removable, nothing mounted.
 /// `check_dev_node`: whether to require a real block special file (off in tests).
 pub fn check_device(dev: &Path, sys: &SysPaths, check_dev_node: bool) -> Result<String, FlashError> {
-    let real = if check_dev_node { dev.canonicalize().map_err(|_| FlashError::NotBlockDevice(dev.into()))? } else { dev.to_path_buf() };
+    let real = if check_dev_node {
+        dev.canonicalize().map_err(|_| FlashError::NotBlockDevice(dev.into()))?
+    } else {
+        dev.to_path_buf()
+    };
     if check_dev_node {
         use std::os::unix::fs::FileTypeExt;
         let md = std::fs::metadata(&real).map_err(|_| FlashError::NotBlockDevice(dev.into()))?;
@@ -102,14 +106,19 @@ pub fn check_device(dev: &Path, sys: &SysPaths, check_dev_node: bool) -> Result<
     if removable.trim() != "1" {
         return Err(FlashError::NotRemovable(dev.into()));
     }
-    let mounts = std::fs::read_to_string(&sys.mounts).map_err(|e| FlashError::Io(format!("{}: {e}", sys.mounts.display())))?;
+    let mounts =
+        std::fs::read_to_string(&sys.mounts).map_err(|e| FlashError::Io(format!("{}: {e}", sys.mounts.display())))?;
     let prefix = format!("/dev/{name}");
     for line in mounts.lines() {
         let mut f = line.split_whitespace();
         let (Some(src), Some(at)) = (f.next(), f.next()) else { continue };
         // /dev/sdb, /dev/sdb1, /dev/mmcblk0p2 - but not /dev/sdbc.
         let rest = src.strip_prefix(&prefix);
-        let ours = rest.is_some_and(|r| r.is_empty() || r.chars().all(|c| c.is_ascii_digit()) || (r.starts_with('p') && r[1..].chars().all(|c| c.is_ascii_digit()) && r.len() > 1));
+        let ours = rest.is_some_and(|r| {
+            r.is_empty()
+                || r.chars().all(|c| c.is_ascii_digit())
+                || (r.starts_with('p') && r[1..].chars().all(|c| c.is_ascii_digit()) && r.len() > 1)
+        });
         if ours {
             return Err(FlashError::Mounted { dev: dev.into(), what: format!("{src} on {at}") });
         }
@@ -125,7 +134,11 @@ pub fn confirm(image: &Path, dev: &Path, name: &str, sys: &SysPaths, yes: bool) 
     if !std::io::stdin().is_terminal() {
         return Err(FlashError::NoTty);
     }
-    let size = std::fs::read_to_string(sys.sys_block.join(name).join("size")).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0) * 512;
+    let size = std::fs::read_to_string(sys.sys_block.join(name).join("size"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 512;
     let model = std::fs::read_to_string(sys.sys_block.join(name).join("device/model")).unwrap_or_default();
     eprint!(
         "Write {} to {} ({}, {:.1} GB)? Everything on it is lost. Type 'yes': ",
@@ -220,7 +233,11 @@ fn progress(what: &str, done: u64, total: u64, start: std::time::Instant) {
     let mb = done as f64 / 1e6;
     let rate = mb / start.elapsed().as_secs_f64().max(0.001);
     if total > 0 {
-        eprint!("\r{what}: {mb:.0} / {:.0} MB ({:.0}%), {rate:.1} MB/s   ", total as f64 / 1e6, 100.0 * done as f64 / total as f64);
+        eprint!(
+            "\r{what}: {mb:.0} / {:.0} MB ({:.0}%), {rate:.1} MB/s   ",
+            total as f64 / 1e6,
+            100.0 * done as f64 / total as f64
+        );
     } else {
         eprint!("\r{what}: {mb:.0} MB, {rate:.1} MB/s   ");
     }
@@ -281,7 +298,12 @@ mod tests {
     #[test]
     fn image_names_are_checked() {
         let d = tempfile::tempdir().unwrap();
-        for (n, k) in [("a.img", Some(ImageKind::Raw)), ("a.img.xz", Some(ImageKind::Xz)), ("a.img.zst", Some(ImageKind::Zstd)), ("a.iso", None)] {
+        for (n, k) in [
+            ("a.img", Some(ImageKind::Raw)),
+            ("a.img.xz", Some(ImageKind::Xz)),
+            ("a.img.zst", Some(ImageKind::Zstd)),
+            ("a.iso", None),
+        ] {
             let p = d.path().join(n);
             std::fs::write(&p, b"x").unwrap();
             assert_eq!(image_kind(&p).ok(), k, "{n}");

@@ -21,7 +21,14 @@ use crate::board;
 
 /// `xtask rootfs-files`: returns whether the `[update]` table went in (see
 /// `assemble::check_config`).
-pub fn rootfs_files(repo: &Path, board: &str, variant: Option<&str>, target: &Path, build: u64, keys_dir: &Path) -> Result<bool> {
+pub fn rootfs_files(
+    repo: &Path,
+    board: &str,
+    variant: Option<&str>,
+    target: &Path,
+    build: u64,
+    keys_dir: &Path,
+) -> Result<bool> {
     let b = board::load(repo, board, variant)?;
     let lucidd = target.join("usr/bin/lucidd");
     if !lucidd.exists() {
@@ -29,12 +36,15 @@ pub fn rootfs_files(repo: &Path, board: &str, variant: Option<&str>, target: &Pa
     }
     let work = tempfile_dir("rootfs-files")?;
     let r = (|| {
-        let (toml, with_update) = assemble::check_config(&lucidd, Some(target), &work, &b, &assemble::lucidd_config(&b)?)?;
+        let (toml, with_update) =
+            assemble::check_config(&lucidd, Some(target), &work, &b, &assemble::lucidd_config(&b)?)?;
         let keys = assemble::ota_keys(keys_dir, &lucidd, Some(target))?;
         let release = assemble::release_text(&b, build);
         assemble::install_generated(&b, target, &toml, &release, keys.as_ref().map(|k| k.1.as_path()))?;
         if !with_update {
-            eprintln!("xtask: NOTE: the daemon does not accept an [update] table yet; lucidd.toml was written without it");
+            eprintln!(
+                "xtask: NOTE: the daemon does not accept an [update] table yet; lucidd.toml was written without it"
+            );
         }
         Ok(with_update)
     })();
@@ -72,10 +82,13 @@ pub fn image(o: &Options) -> Result<assemble::Outputs> {
     // The rootfs was made by Buildroot from TARGET_DIR after post-build: its release file
     // must be this build's.
     let release = assemble::release_text(&b, o.build);
-    let installed = std::fs::read_to_string(target.join("etc/lucid/release"))
-        .with_context(|| format!("{}/etc/lucid/release: did post-build (`xtask rootfs-files`) run?", target.display()))?;
+    let installed = std::fs::read_to_string(target.join("etc/lucid/release")).with_context(|| {
+        format!("{}/etc/lucid/release: did post-build (`xtask rootfs-files`) run?", target.display())
+    })?;
     if installed != release {
-        bail!("TARGET_DIR's /etc/lucid/release is {installed:?}, this image is {release:?}: use the same --build (LUCID_BUILD) in both hooks");
+        bail!(
+            "TARGET_DIR's /etc/lucid/release is {installed:?}, this image is {release:?}: use the same --build (LUCID_BUILD) in both hooks"
+        );
     }
     let rootfs = bin.join("rootfs.squashfs");
     need(&rootfs, "BR2_TARGET_ROOTFS_SQUASHFS")?;
@@ -84,7 +97,8 @@ pub fn image(o: &Options) -> Result<assemble::Outputs> {
 
     // Device trees: the ones Buildroot built (BR2_LINUX_KERNEL_INTREE_DTS_NAME), named
     // like the manifest's (its directory, e.g. broadcom/, for U-Boot's dtbs/${fdtfile}).
-    let prefix = b.boot.device_trees.first().and_then(|d| Path::new(d).parent()).map(Path::to_path_buf).unwrap_or_default();
+    let prefix =
+        b.boot.device_trees.first().and_then(|d| Path::new(d).parent()).map(Path::to_path_buf).unwrap_or_default();
     let mut dtbs: Vec<(PathBuf, String)> = std::fs::read_dir(bin)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "dtb"))
@@ -95,7 +109,12 @@ pub fn image(o: &Options) -> Result<assemble::Outputs> {
         .collect();
     dtbs.sort_by(|a, b| a.1.cmp(&b.1));
     if dtbs.is_empty() && !b.boot.device_trees.is_empty() {
-        bail!("board {} needs device trees ({:?}) but {} has no *.dtb: BR2_LINUX_KERNEL_INTREE_DTS_NAME", b.name, b.boot.device_trees, bin.display());
+        bail!(
+            "board {} needs device trees ({:?}) but {} has no *.dtb: BR2_LINUX_KERNEL_INTREE_DTS_NAME",
+            b.name,
+            b.boot.device_trees,
+            bin.display()
+        );
     }
     let firmware_dir = match b.boot.firmware_package {
         Some(_) => {
@@ -134,7 +153,11 @@ pub fn image(o: &Options) -> Result<assemble::Outputs> {
     if let Some((_, vkey)) = &keys {
         let inst = target.join("etc/lucid/ota-keys").join(vkey.file_name().unwrap());
         if std::fs::read(&inst).ok() != Some(std::fs::read(vkey)?) {
-            bail!("{} is not {}: the bundle would be signed with a key the image does not trust (same --keys / LUCID_OTA_* in both hooks)", inst.display(), vkey.display());
+            bail!(
+                "{} is not {}: the bundle would be signed with a key the image does not trust (same --keys / LUCID_OTA_* in both hooks)",
+                inst.display(),
+                vkey.display()
+            );
         }
     }
     let files = BootFiles { kernel, dtbs, firmware_dir, uboot, initrd: initrd.clone() };
@@ -163,7 +186,14 @@ pub fn image(o: &Options) -> Result<assemble::Outputs> {
     for p in compressed.iter().chain(bundle.iter()) {
         sizes.push((p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::metadata(p)?.len()));
     }
-    Ok(assemble::Outputs { image, compressed, bundle, rootfs: out_dir.join("rootfs.squashfs"), boot: out_dir.join("boot.vfat"), sizes })
+    Ok(assemble::Outputs {
+        image,
+        compressed,
+        bundle,
+        rootfs: out_dir.join("rootfs.squashfs"),
+        boot: out_dir.join("boot.vfat"),
+        sizes,
+    })
 }
 
 fn need(p: &Path, option: &str) -> Result<()> {
@@ -215,7 +245,9 @@ mod tests {
     use std::process::Command;
 
     fn cache() -> DebCache {
-        let dir = std::env::var_os("LUCID_IMAGE_CACHE").map(PathBuf::from).unwrap_or_else(|| crate::repo_root().join("out/cache"));
+        let dir = std::env::var_os("LUCID_IMAGE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::repo_root().join("out/cache"));
         DebCache::new(dir).unwrap()
     }
 
@@ -234,7 +266,12 @@ mod tests {
 
     fn fat_list(img: &Path, offset: u64) -> String {
         run_output(
-            Command::new("mdir").arg("-b").arg("-i").arg(format!("{}@@{offset}", img.display())).arg("::/").env("MTOOLS_SKIP_CHECK", "1"),
+            Command::new("mdir")
+                .arg("-b")
+                .arg("-i")
+                .arg(format!("{}@@{offset}", img.display()))
+                .arg("::/")
+                .env("MTOOLS_SKIP_CHECK", "1"),
         )
         .unwrap()
     }
@@ -246,7 +283,12 @@ mod tests {
             .filter(|l| l.contains(": start="))
             .map(|l| {
                 let field = |k: &str| l.split(k).nth(1).unwrap().split(',').next().unwrap().trim().to_owned();
-                (field("start=").parse().unwrap(), field("size=").parse().unwrap(), field("type="), l.contains("bootable"))
+                (
+                    field("start=").parse().unwrap(),
+                    field("size=").parse().unwrap(),
+                    field("type="),
+                    l.contains("bootable"),
+                )
             })
             .collect()
     }
@@ -255,7 +297,10 @@ mod tests {
         let repo = crate::repo_root();
         let b = board::load(&repo, name, None).unwrap();
         let lucidd = repo.join("target/aarch64-unknown-linux-musl/release/lucidd");
-        assert!(lucidd.exists(), "needs the static lucidd: cargo build --release --target aarch64-unknown-linux-musl -p lucidd");
+        assert!(
+            lucidd.exists(),
+            "needs the static lucidd: cargo build --release --target aarch64-unknown-linux-musl -p lucidd"
+        );
         let c = cache();
         let kroot = c.unpack(&b.kernel.package).unwrap();
         let kver = kernel_version(&kroot).unwrap();
@@ -271,7 +316,8 @@ mod tests {
         std::fs::create_dir_all(target.join("bin")).unwrap();
         std::fs::create_dir_all(target.join("usr/bin")).unwrap();
         std::fs::create_dir_all(target.join("lib/modules")).unwrap();
-        std::fs::copy(c.unpack(&b.rootfs.busybox_package).unwrap().join("bin/busybox"), target.join("bin/busybox")).unwrap();
+        std::fs::copy(c.unpack(&b.rootfs.busybox_package).unwrap().join("bin/busybox"), target.join("bin/busybox"))
+            .unwrap();
         std::fs::copy(&lucidd, target.join("usr/bin/lucidd")).unwrap();
         std::os::unix::fs::symlink(&kdir, target.join("lib/modules").join(&kver)).unwrap();
         // Buildroot's skeleton already has /var/log: kept.
@@ -283,18 +329,30 @@ mod tests {
         let etc = target.join("etc/lucid");
         let toml: toml::Table = toml::from_str(&std::fs::read_to_string(etc.join("lucidd.toml")).unwrap()).unwrap();
         assert_eq!(toml["data_dir"].as_str(), Some("/data/lucid"));
-        assert_eq!(std::fs::read_to_string(etc.join("release")).unwrap(), format!("board={name}\nversion={}\nbuild=7\n", b.full_version()));
+        assert_eq!(
+            std::fs::read_to_string(etc.join("release")).unwrap(),
+            format!("board={name}\nversion={}\nbuild=7\n", b.full_version())
+        );
         let vkey = std::fs::read(keys.join("dev.vkey")).unwrap();
         assert_eq!(std::fs::read(etc.join("ota-keys/dev.vkey")).unwrap(), vkey);
-        assert!(std::fs::read_to_string(target.join("etc/fstab")).unwrap().contains(&format!("{} /data ext4", b.part(7))));
+        assert!(
+            std::fs::read_to_string(target.join("etc/fstab")).unwrap().contains(&format!("{} /data ext4", b.part(7)))
+        );
         assert!(std::fs::read_to_string(etc.join("board.env")).unwrap().contains(&format!("LUCID_BOARD={name}\n")));
         assert!(target.join("data").is_dir() && target.join("boot/ctl").is_dir());
         assert_eq!(std::fs::read_link(target.join("var/log")).unwrap(), Path::new("../tmp"));
 
         // BINARIES_DIR as Buildroot leaves it before post-image.
         std::fs::create_dir_all(bin.join("rpi-firmware")).unwrap();
-        run(Command::new("mksquashfs").arg(&target).arg(bin.join("rootfs.squashfs")).args(["-noappend", "-all-root", "-no-progress", "-quiet", "-comp", "gzip"]))
-            .unwrap();
+        run(Command::new("mksquashfs").arg(&target).arg(bin.join("rootfs.squashfs")).args([
+            "-noappend",
+            "-all-root",
+            "-no-progress",
+            "-quiet",
+            "-comp",
+            "gzip",
+        ]))
+        .unwrap();
         std::fs::copy(kroot.join("boot").join(format!("vmlinuz-{kver}")), bin.join("Image")).unwrap();
         let dtb_root = kroot.join("usr/lib").join(format!("linux-image-{kver}"));
         for dt in &b.boot.device_trees {
@@ -338,7 +396,10 @@ mod tests {
         let p = &b.partitions;
         assert_eq!(t[0].1, p.bootctl_mib as u64 * mib);
         assert_eq!((t[1].1, t[2].1), (p.boot_mib as u64 * mib, p.boot_mib as u64 * mib));
-        assert_eq!((t[4].1, t[5].1, t[6].1), (p.root_mib as u64 * mib, p.root_mib as u64 * mib, p.data_mib as u64 * mib));
+        assert_eq!(
+            (t[4].1, t[5].1, t[6].1),
+            (p.root_mib as u64 * mib, p.root_mib as u64 * mib, p.data_mib as u64 * mib)
+        );
         let off = |i: usize| t[i].0 * 512;
 
         // p1: boot control.
@@ -369,7 +430,12 @@ mod tests {
         }
         let initrd = fat_file(img, off(1), "initrd.img");
         std::fs::write(tmp.path().join("initrd.img"), &initrd).unwrap();
-        let listing = run_output(Command::new("sh").arg("-c").arg(format!("zcat '{}' | cpio -it --quiet", tmp.path().join("initrd.img").display()))).unwrap();
+        let listing = run_output(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("zcat '{}' | cpio -it --quiet", tmp.path().join("initrd.img").display())),
+        )
+        .unwrap();
         assert!(listing.lines().any(|l| l == "init") && listing.lines().any(|l| l == "bin/busybox"), "{listing}");
         assert!(listing.contains(&format!("lib/modules/{kver}/modules.dep")), "{listing}");
         assert!(listing.contains("squashfs.ko"), "{listing}");
@@ -381,7 +447,10 @@ mod tests {
             }
             board::BootMethod::RpiTryboot => {
                 assert_eq!(fat_file(img, off(1), "cmdline.txt"), fat_file(img, off(2), "cmdline.txt"));
-                assert_eq!(String::from_utf8(fat_file(img, off(1), "config.txt")).unwrap(), b.boot.config_txt.join("\n") + "\n");
+                assert_eq!(
+                    String::from_utf8(fat_file(img, off(1), "config.txt")).unwrap(),
+                    b.boot.config_txt.join("\n") + "\n"
+                );
                 for f in b.boot.firmware_files.iter().chain(["bcm2711-rpi-4-b.dtb".to_owned()].iter()) {
                     assert!(p2.contains(f.as_str()), "{f} not on p2: {p2}");
                 }

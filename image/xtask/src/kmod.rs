@@ -118,8 +118,9 @@ impl Tree {
         // The headers package names its two companions (`-common` and kbuild) itself,
         // so flavour naming rules need not be guessed here.
         let depends = deb::field(&hdr_deb, "Depends")?;
-        let (common_name, kbuild_name) = companions(&depends)
-            .with_context(|| format!("{hdr_name}: no linux-headers-*-common and linux-kbuild-* in Depends: {depends}"))?;
+        let (common_name, kbuild_name) = companions(&depends).with_context(|| {
+            format!("{hdr_name}: no linux-headers-*-common and linux-kbuild-* in Depends: {depends}")
+        })?;
         let common_deb = cache.download_exact(&common_name, "all", &k.version)?;
         // kbuild's fixdep/modpost run on the build machine: the host's architecture.
         let kbuild_deb = cache.download_exact(&kbuild_name, &deb::host_arch()?, &k.version)?;
@@ -151,8 +152,10 @@ impl Tree {
         }
         let headers = root.join("usr/src").join(&hdr_name);
         let common_mk = root.join("usr/src").join(&common_name).join("Makefile");
-        let linux = makefile_version(&std::fs::read_to_string(&common_mk).with_context(|| format!("reading {}", common_mk.display()))?)
-            .with_context(|| format!("no VERSION/PATCHLEVEL/SUBLEVEL in {}", common_mk.display()))?;
+        let linux = makefile_version(
+            &std::fs::read_to_string(&common_mk).with_context(|| format!("reading {}", common_mk.display()))?,
+        )
+        .with_context(|| format!("no VERSION/PATCHLEVEL/SUBLEVEL in {}", common_mk.display()))?;
         let source_root = cache.dir.join("kmod/source").join(&k.version);
         Ok(Tree { headers, source_deb, source_name, source_root, linux })
     }
@@ -175,13 +178,19 @@ impl Tree {
                 root = self.source_root.display(),
                 top = self.source_name,
             );
-            run(Command::new("bash").args(["-c", &script]))
-                .with_context(|| format!("{} has no {dir} (is `source` a directory of the kernel tree?)", self.source_name))?;
+            run(Command::new("bash").args(["-c", &script])).with_context(|| {
+                format!("{} has no {dir} (is `source` a directory of the kernel tree?)", self.source_name)
+            })?;
             std::fs::write(&marker, b"")?;
         }
-        let v = makefile_version(&std::fs::read_to_string(top.join("Makefile"))?).context("linux-source Makefile has no version")?;
+        let v = makefile_version(&std::fs::read_to_string(top.join("Makefile"))?)
+            .context("linux-source Makefile has no version")?;
         if v != self.linux {
-            bail!("{} is Linux {v}, but the kernel's headers are Linux {}: they must be the same release", self.source_name, self.linux);
+            bail!(
+                "{} is Linux {v}, but the kernel's headers are Linux {}: they must be the same release",
+                self.source_name,
+                self.linux
+            );
         }
         if !dest.is_dir() {
             bail!("{} has no directory {dir}", self.source_name);
@@ -275,9 +284,9 @@ pub fn dep_line(b: &Built, table: &HashMap<String, (String, Vec<String>)>) -> Re
     }
     let mut order = Vec::new();
     for d in &b.depends {
-        let (file, _) = table
-            .get(&norm(d))
-            .with_context(|| format!("{} needs module {d}, which the kernel has neither as a module nor in its modules.dep", b.name))?;
+        let (file, _) = table.get(&norm(d)).with_context(|| {
+            format!("{} needs module {d}, which the kernel has neither as a module nor in its modules.dep", b.name)
+        })?;
         visit(file, &by_file, &mut order);
     }
     order.reverse();
@@ -324,7 +333,8 @@ mod tests {
         dep.lines()
             .filter_map(|l| l.split_once(':'))
             .map(|(m, d)| {
-                let stem = Path::new(m).file_stem().unwrap().to_str().unwrap().trim_end_matches(".ko").replace('-', "_");
+                let stem =
+                    Path::new(m).file_stem().unwrap().to_str().unwrap().trim_end_matches(".ko").replace('-', "_");
                 (stem, (m.to_owned(), d.split_whitespace().map(str::to_owned).collect()))
             })
             .collect()
@@ -345,7 +355,9 @@ mod tests {
         let b = Built {
             name: "vicodec".into(),
             ko: PathBuf::from("x"),
-            depends: ["v4l2-mem2mem", "vb2-v4l2", "videodev", "mc", "vb2-common", "vb2-vmalloc"].map(String::from).to_vec(),
+            depends: ["v4l2-mem2mem", "vb2-v4l2", "videodev", "mc", "vb2-common", "vb2-vmalloc"]
+                .map(String::from)
+                .to_vec(),
         };
         let (line, files) = dep_line(&b, &t).unwrap();
         assert!(line.starts_with("updates/vicodec.ko: "), "{line}");

@@ -83,7 +83,11 @@ enum Cmd {
         yes: bool,
     },
     /// Print a board's merged manifest and generated lucidd.toml.
-    Board { board: String, #[arg(long)] variant: Option<String> },
+    Board {
+        board: String,
+        #[arg(long)]
+        variant: Option<String>,
+    },
     /// Check the Buildroot external tree (references, defconfig completeness).
     CheckBuildroot,
 }
@@ -108,11 +112,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let (out, cache, lucidd) = (repo.join(out), repo.join(cache), repo.join(lucidd));
             let r = match from_buildroot {
                 None => {
-                    let o = assemble::Options { repo: repo.clone(), board, variant, build, out, cache, lucidd, compress };
+                    let o =
+                        assemble::Options { repo: repo.clone(), board, variant, build, out, cache, lucidd, compress };
                     assemble::build(&o)?
                 }
                 Some(binaries) => {
-                    let target = target_dir.ok_or_else(|| anyhow::anyhow!("--from-buildroot needs --target-dir (or TARGET_DIR)"))?;
+                    let target = target_dir
+                        .ok_or_else(|| anyhow::anyhow!("--from-buildroot needs --target-dir (or TARGET_DIR)"))?;
                     let o = from_buildroot::Options {
                         repo: repo.clone(),
                         board,
@@ -145,7 +151,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let image = image.unwrap_or_else(|| repo.join("out").join(&board).join(format!("{board}.img")));
             let disk = std::env::temp_dir().join(format!("lucid-qemu-{}.qcow2", std::process::id()));
             qemu::overlay(&image, &disk)?;
-            eprintln!("xtask: booting {} (overlay {}); ports {}..{} -> 8083..8087; quit with Ctrl-A X", image.display(), disk.display(), port_base, port_base + 4);
+            eprintln!(
+                "xtask: booting {} (overlay {}); ports {}..{} -> 8083..8087; quit with Ctrl-A X",
+                image.display(),
+                disk.display(),
+                port_base,
+                port_base + 4
+            );
             let st = qemu::command(&b, &disk, &qemu::default_forwards(port_base), true)?.status()?;
             let _ = std::fs::remove_file(&disk);
             if !st.success() {

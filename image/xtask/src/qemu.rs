@@ -19,10 +19,7 @@ pub fn default_forwards(host_base: u16) -> Vec<(u16, u16)> {
 pub fn overlay(image: &Path, disk: &Path) -> Result<()> {
     let _ = std::fs::remove_file(disk);
     let image = image.canonicalize().with_context(|| format!("no image {}", image.display()))?;
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&image)
-        .arg(disk))
+    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&image).arg(disk))
 }
 
 /// `qemu-system-aarch64` booting `disk` (qcow2) through the board's firmware (U-Boot).

@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use lucid_media::{
-    Chunker, ChunkerConfig, Codec, EncoderConfig, Frame, FrameSource, MediaChunk, OpenH264Encoder, SourceError, VideoEncoder,
+    Chunker, ChunkerConfig, Codec, EncoderConfig, Frame, FrameSource, MediaChunk, OpenH264Encoder, SourceError,
+    VideoEncoder,
 };
 
 use super::{ChunkInfo, Engine, EngineError, Kind, Result, SessionRow, Status, lock};
@@ -116,7 +117,9 @@ fn open_pipeline(engine: &Engine) -> Result<Pipeline> {
             Ok(Pipeline { source: Box::new(src), encoder, codec: Codec::H264, reopen: None })
         }
         #[cfg(target_os = "linux")]
-        SourceKind::V4l2 => open_v4l2(engine, &engine.camera_settings()?, &lucid_media::v4l2::scan(std::path::Path::new("/dev"))),
+        SourceKind::V4l2 => {
+            open_v4l2(engine, &engine.camera_settings()?, &lucid_media::v4l2::scan(std::path::Path::new("/dev")))
+        }
         #[cfg(not(target_os = "linux"))]
         SourceKind::V4l2 => Err(EngineError::Unavailable("V4L2 exists on Linux only; run with --source test".into())),
     }
@@ -153,7 +156,10 @@ fn open_v4l2(engine: &Engine, s: &crate::config::CameraConfig, found: &[lucid_me
             return Err(unavailable(format!("no V4L2 encoder of {} found ({})", codec.name(), describe_found(found))));
         }
         (EncoderChoice::Auto, None) if codec == Codec::Fwht => {
-            return Err(unavailable(format!("no V4L2 encoder of fwht (is vicodec loaded?) ({})", describe_found(found))));
+            return Err(unavailable(format!(
+                "no V4L2 encoder of fwht (is vicodec loaded?) ({})",
+                describe_found(found)
+            )));
         }
         (EncoderChoice::Auto, None) => None,
     };
@@ -283,10 +289,7 @@ pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
         return Err(EngineError::BadState(format!("session {sid} holds uploaded data, not camera video")));
     }
     if !matches!(row.status, Status::Created | Status::Stopped) {
-        return Err(EngineError::BadState(format!(
-            "cannot start session {sid} from status {}",
-            row.status.as_str()
-        )));
+        return Err(EngineError::BadState(format!("cannot start session {sid} from status {}", row.status.as_str())));
     }
     let pipeline = open_pipeline(engine)?;
     let fmt = pipeline.source.format();
@@ -399,7 +402,8 @@ pub(super) fn stop(engine: &Engine, sid: &str) -> Result<SessionRow> {
         *lock(&run.control.state) = RunState::Stopping;
         run.control.changed.notify_all();
         if let Some(t) = run.thread.take() {
-            outcome = t.join().unwrap_or_else(|_| RunOutcome { error: Some("camera thread panicked".into()), dropped: 0 });
+            outcome =
+                t.join().unwrap_or_else(|_| RunOutcome { error: Some("camera thread panicked".into()), dropped: 0 });
         }
         active = run.started.elapsed().as_secs_f64();
     }

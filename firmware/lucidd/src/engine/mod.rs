@@ -364,16 +364,11 @@ impl Engine {
         }
         let wrapped = B64.decode(&row.wrapped_key).map_err(internal)?;
         let key = seal::unwrap_data_key(&self.kek, &wrapped, sid).map_err(internal)?;
-        let cipher = Cipher::from_name(&row.cipher).ok_or_else(|| internal(format!("unknown cipher {}", row.cipher)))?;
+        let cipher =
+            Cipher::from_name(&row.cipher).ok_or_else(|| internal(format!("unknown cipher {}", row.cipher)))?;
         let last_checkpoint = self.store.checkpoints(sid)?.last().map(|c| c.0).unwrap_or(0);
-        let log = Arc::new(Mutex::new(Log {
-            leaves,
-            key,
-            cipher,
-            last_checkpoint,
-            last_checkpoint_at: Instant::now(),
-            row,
-        }));
+        let log =
+            Arc::new(Mutex::new(Log { leaves, key, cipher, last_checkpoint, last_checkpoint_at: Instant::now(), row }));
         logs.insert(sid.to_owned(), log.clone());
         Ok(log)
     }
@@ -452,7 +447,15 @@ impl Engine {
         };
         for (n, part) in parts.iter().enumerate() {
             let index = l.leaves.len() as u64;
-            let r = self.append_part(&mut l, sid, index, part, info, if n == 0 { client_id } else { None }, meta_bytes.as_deref());
+            let r = self.append_part(
+                &mut l,
+                sid,
+                index,
+                part,
+                info,
+                if n == 0 { client_id } else { None },
+                meta_bytes.as_deref(),
+            );
             match r {
                 Ok((sealed_len, compressed, sealed_hash)) => {
                     out.stored_len += sealed_len as u64;
@@ -634,7 +637,8 @@ impl Engine {
 
     /// Called about once a second: signs the time-based checkpoints of open logs.
     pub fn tick(&self) {
-        let logs: Vec<(String, Arc<Mutex<Log>>)> = lock(&self.logs).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let logs: Vec<(String, Arc<Mutex<Log>>)> =
+            lock(&self.logs).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (sid, log) in logs {
             let mut l = lock(&log);
             if let Err(e) = self.maybe_checkpoint(&mut l, &sid, false) {
@@ -695,8 +699,8 @@ impl Engine {
     fn recover(&self) -> Result<()> {
         let rows: Vec<SessionRow> = self.store.list_sessions()?;
         for row in rows {
-            let open_camera = row.kind == Kind::Camera
-                && matches!(row.status, Status::Starting | Status::Recording | Status::Paused);
+            let open_camera =
+                row.kind == Kind::Camera && matches!(row.status, Status::Starting | Status::Recording | Status::Paused);
             if open_camera {
                 let now = now_rfc3339();
                 self.seal_session(&row.id, |r| {
@@ -956,11 +960,8 @@ impl ChunkReader<'_> {
 
     /// The bytes a client uploaded under one chunk id: its parts, reassembled.
     pub fn client_chunk(&self, first: u64) -> Result<Vec<u8>> {
-        let parts = self
-            .engine
-            .chunk_meta(&self.sid, first)?
-            .and_then(|m| m.get("parts").and_then(Value::as_u64))
-            .unwrap_or(1);
+        let parts =
+            self.engine.chunk_meta(&self.sid, first)?.and_then(|m| m.get("parts").and_then(Value::as_u64)).unwrap_or(1);
         let mut out = Vec::new();
         for i in first..first + parts {
             out.extend(self.plaintext(i)?);

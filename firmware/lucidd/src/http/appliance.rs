@@ -143,7 +143,8 @@ async fn put_camera(State(e): State<AppState>, LJson(body): LJson<Value>) -> Api
         return Err(ApiError::BadRequest("the body must be a JSON object of camera settings".into()));
     };
     blocking(move || {
-        let mut merged = serde_json::to_value(e.camera_settings()?).map_err(|x| EngineError::Internal(x.to_string()))?;
+        let mut merged =
+            serde_json::to_value(e.camera_settings()?).map_err(|x| EngineError::Internal(x.to_string()))?;
         if let Value::Object(m) = &mut merged {
             m.extend(changes);
         }
@@ -320,10 +321,9 @@ async fn media(
         )
             .into_response());
     }
-    let index: u64 = file
-        .strip_suffix(".m4s")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| ApiError::NotFound(format!("no media file {file:?}: use init.mp4, playlist.m3u8 or <index>.m4s")))?;
+    let index: u64 = file.strip_suffix(".m4s").and_then(|n| n.parse().ok()).ok_or_else(|| {
+        ApiError::NotFound(format!("no media file {file:?}: use init.mp4, playlist.m3u8 or <index>.m4s"))
+    })?;
     let sid = id.clone();
     let frag = blocking(move || {
         camera_session(&e, &sid)?;

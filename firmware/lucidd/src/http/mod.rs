@@ -245,7 +245,9 @@ where
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(LQuery(v)),
-            Err(e) => Err(ApiError::Validation(vec![json!({"loc": ["query"], "msg": e.body_text(), "type": "value_error"})])),
+            Err(e) => {
+                Err(ApiError::Validation(vec![json!({"loc": ["query"], "msg": e.body_text(), "type": "value_error"})]))
+            }
         }
     }
 }
@@ -267,7 +269,11 @@ pub fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Every mutating request needs the bearer token; reads, health and metrics stay open.
-async fn require_token(axum::extract::State(engine): axum::extract::State<AppState>, req: Request, next: Next) -> Response {
+async fn require_token(
+    axum::extract::State(engine): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let m = req.method();
     let mutating = !(m == Method::GET || m == Method::HEAD || m == Method::OPTIONS);
     if mutating && !bearer_ok(req.headers(), &engine.api_token) {
@@ -345,7 +351,8 @@ impl Drop for DrainOnDrop {
         rt.spawn(async move {
             let mut read = 0u64;
             while read < DRAIN_MAX_BYTES {
-                let next = std::future::poll_fn(|cx| axum::body::HttpBody::poll_frame(std::pin::Pin::new(&mut body), cx));
+                let next =
+                    std::future::poll_fn(|cx| axum::body::HttpBody::poll_frame(std::pin::Pin::new(&mut body), cx));
                 match tokio::time::timeout(DRAIN_IDLE, next).await {
                     Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
                     _ => break,

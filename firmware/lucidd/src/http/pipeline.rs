@@ -149,7 +149,9 @@ fn live(row: &SessionRow) -> Option<&PipelineRow> {
 
 fn live_pipeline(engine: &Engine, sid: &str) -> Result<(SessionRow, PipelineRow), EngineError> {
     let row = engine.get(sid)?;
-    let p = live(&row).cloned().ok_or_else(|| EngineError::NotFound { what: "pipeline for session", id: sid.to_owned() })?;
+    let p = live(&row)
+        .cloned()
+        .ok_or_else(|| EngineError::NotFound { what: "pipeline for session", id: sid.to_owned() })?;
     Ok((row, p))
 }
 
@@ -337,8 +339,11 @@ async fn start(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiRe
     let (row, p) = blocking(move || {
         let (_, p) = live_pipeline(&e, &s)?;
         let from = state_of(&p);
-        let path: &[PEvent] =
-            if matches!(from, PState::Stopped | PState::Error) { &[PEvent::Recover, PEvent::Start] } else { &[PEvent::Start] };
+        let path: &[PEvent] = if matches!(from, PState::Stopped | PState::Error) {
+            &[PEvent::Recover, PEvent::Start]
+        } else {
+            &[PEvent::Start]
+        };
         if run(from, path).is_none() {
             return Err(EngineError::BadState(format!(
                 "cannot start pipeline {} in state {}",
@@ -376,7 +381,11 @@ async fn stop(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiRes
         let (_, p) = live_pipeline(&e, &s)?;
         let from = state_of(&p);
         if run(from, &[PEvent::Stop, PEvent::StopComplete]).is_none() {
-            return Err(EngineError::BadState(format!("cannot stop pipeline {} in state {}", p.pipeline_id, from.as_str())));
+            return Err(EngineError::BadState(format!(
+                "cannot stop pipeline {} in state {}",
+                p.pipeline_id,
+                from.as_str()
+            )));
         }
         e.stop_recording(&s)
     })
@@ -429,7 +438,9 @@ async fn destroy(State(engine): State<AppState>, Path(sid): Path<String>) -> Api
         // completes at once; the path is still checked against the table.
         let end = run(state, &[PEvent::Cleanup, PEvent::CleanupComplete])
             .or_else(|| transition(state, PEvent::Destroy))
-            .ok_or_else(|| EngineError::BadState(format!("cannot destroy pipeline {} in state {}", p.pipeline_id, state.as_str())))?;
+            .ok_or_else(|| {
+                EngineError::BadState(format!("cannot destroy pipeline {} in state {}", p.pipeline_id, state.as_str()))
+            })?;
         let now = now_rfc3339();
         let row = e.update(&s, |r| {
             if let Some(p) = r.pipeline.as_mut() {
@@ -460,7 +471,11 @@ struct PushBody {
 
 /// Pushes one client chunk through the real chunk path into the session's log. A camera
 /// session that records is fed by the camera (409); see `storage::ensure_data_session`.
-async fn push_chunk(State(engine): State<AppState>, Path(sid): Path<String>, LJson(body): LJson<PushBody>) -> ApiResult<Json<Value>> {
+async fn push_chunk(
+    State(engine): State<AppState>,
+    Path(sid): Path<String>,
+    LJson(body): LJson<PushBody>,
+) -> ApiResult<Json<Value>> {
     validate_sid(&sid)?;
     let data = decode_chunk(&engine, "chunk_data", &body.chunk_data)?;
     let meta = body.chunk_metadata.unwrap_or_default();
@@ -468,7 +483,9 @@ async fn push_chunk(State(engine): State<AppState>, Path(sid): Path<String>, LJs
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => return Err(ApiError::validation(&["body", "chunk_metadata", "chunk_id"], "chunk_id must be a string")),
+        Some(_) => {
+            return Err(ApiError::validation(&["body", "chunk_metadata", "chunk_id"], "chunk_id must be a string"));
+        }
     };
     let (e, s, c) = (engine.clone(), sid.clone(), chunk_id.clone());
     let stored = blocking(move || ingest(&e, &s, c.as_deref(), &data, meta)).await?;

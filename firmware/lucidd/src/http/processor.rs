@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
 use super::storage::{Stored, decode_chunk, ensure_data_session, ingest, ratio, validate_sid};
-use super::{Failure, ApiError, AppState, LJson, VERSION, free_space};
+use super::{ApiError, AppState, Failure, LJson, VERSION, free_space};
 use crate::engine::{Engine, EngineError, Status};
 use crate::util::{hex, now_rfc3339};
 
@@ -235,7 +235,13 @@ struct Processed {
 }
 
 /// The chunk path for one chunk, on a blocking worker.
-fn process_one(engine: &Engine, sid: &str, chunk_id: &str, data: &[u8], meta: Map<String, Value>) -> Result<Processed, EngineError> {
+fn process_one(
+    engine: &Engine,
+    sid: &str,
+    chunk_id: &str,
+    data: &[u8],
+    meta: Map<String, Value>,
+) -> Result<Processed, EngineError> {
     let worker_id = worker_id();
     let stored = ingest(engine, sid, Some(chunk_id), data, meta)?;
     let a = &stored.appended;

@@ -266,7 +266,12 @@ async fn start(State(engine): State<AppState>, LJson(body): LJson<StartBody>) ->
 
 /// Checks the session may be recorded by `owner`, records owner and metadata, starts the
 /// camera.
-fn start_camera(e: &std::sync::Arc<Engine>, s: &str, owner: &str, metadata: Map<String, Value>) -> Result<SessionRow, EngineError> {
+fn start_camera(
+    e: &std::sync::Arc<Engine>,
+    s: &str,
+    owner: &str,
+    metadata: Map<String, Value>,
+) -> Result<SessionRow, EngineError> {
     e.update(s, |r| {
         if r.kind != Kind::Camera {
             return Err(EngineError::BadState(format!("session {s} holds uploaded data, not camera video")));

@@ -286,7 +286,11 @@ struct UploadBody {
 
 /// Stores one client chunk. A given `hash_sha256` must be the SHA-256 of the decoded
 /// data (clients rely on the check); the chunk is acknowledged after its commit.
-async fn upload(State(engine): State<AppState>, Path(sid): Path<String>, LJson(body): LJson<UploadBody>) -> ApiResult<Json<Value>> {
+async fn upload(
+    State(engine): State<AppState>,
+    Path(sid): Path<String>,
+    LJson(body): LJson<UploadBody>,
+) -> ApiResult<Json<Value>> {
     validate_sid(&sid)?;
     let data = decode_chunk(&engine, "chunk_data", &body.chunk_data)?;
     let md = body.chunk_metadata;
@@ -359,7 +363,11 @@ fn default_limit() -> i64 {
 /// Chunks of a session in log order. `sequence_number` is the chunk's index in the
 /// session's Merkle log (the client's own `chunk_index` stays in its metadata). An
 /// unknown session lists no chunks (the contract names no 404 here).
-async fn list(State(engine): State<AppState>, Path(sid): Path<String>, LQuery(page): LQuery<Page>) -> ApiResult<Json<Value>> {
+async fn list(
+    State(engine): State<AppState>,
+    Path(sid): Path<String>,
+    LQuery(page): LQuery<Page>,
+) -> ApiResult<Json<Value>> {
     if !(1..=1000).contains(&page.limit) {
         return Err(ApiError::validation(&["query", "limit"], "limit must be between 1 and 1000"));
     }
@@ -417,7 +425,10 @@ async fn list(State(engine): State<AppState>, Path(sid): Path<String>, LQuery(pa
 /// Deleting one chunk is a redaction: the log is append-only, so the sealed bytes are
 /// removed but the chunk's record stays in the Merkle log. Checkpoints and the manifest
 /// still verify, and the evidence verifier reports exactly which chunk is missing.
-async fn delete_chunk(State(engine): State<AppState>, Path((sid, cid)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+async fn delete_chunk(
+    State(engine): State<AppState>,
+    Path((sid, cid)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     let e = engine.clone();
     let (s, c) = (sid.clone(), cid.clone());
     let (index, parts) = blocking(move || {
@@ -539,9 +550,7 @@ async fn cleanup(State(engine): State<AppState>, Extension(last): Extension<Last
 /// zstd round trip of a small sample: the compression stage works right now.
 fn compression_works() -> bool {
     let sample: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
-    zstd::bulk::compress(&sample, 3)
-        .and_then(|z| zstd::bulk::decompress(&z, sample.len()))
-        .is_ok_and(|d| d == sample)
+    zstd::bulk::compress(&sample, 3).and_then(|z| zstd::bulk::decompress(&z, sample.len())).is_ok_and(|d| d == sample)
 }
 
 /// Healthy when the store answers, the data partition has `min_free_bytes` free and
@@ -595,7 +604,10 @@ async fn metrics(State(engine): State<AppState>, Extension(last): Extension<Last
     let errors: u64 = rows.iter().map(|r| r.error_count).sum();
     let active = rows
         .iter()
-        .filter(|r| !r.archived && matches!(r.status, Status::Starting | Status::Recording | Status::Paused | Status::Processing))
+        .filter(|r| {
+            !r.archived
+                && matches!(r.status, Status::Starting | Status::Recording | Status::Paused | Status::Processing)
+        })
         .count();
     let archived = rows.iter().filter(|r| r.archived).count();
     let last_cleanup = last.0.lock().unwrap_or_else(|p| p.into_inner()).clone();

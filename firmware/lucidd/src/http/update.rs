@@ -24,9 +24,7 @@ use crate::update::{Updater, reboot, reboot_kind};
 const REBOOT_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/update", get(status).post(upload))
-        .layer(DefaultBodyLimit::disable())
+    Router::new().route("/api/v1/update", get(status).post(upload)).layer(DefaultBodyLimit::disable())
 }
 
 const NOT_CONFIGURED: &str = "updates are not configured on this device";

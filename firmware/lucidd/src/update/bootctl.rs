@@ -109,7 +109,8 @@ pub fn running_slot(cmdline_path: &Path) -> Result<Slot, BootCtlError> {
 
 /// [`running_slot`] with the device-tree property at `dt_partition` (tests).
 pub fn running_slot_or_dt(cmdline_path: &Path, dt_partition: &Path) -> Result<Slot, BootCtlError> {
-    let text = std::fs::read_to_string(cmdline_path).map_err(|source| BootCtlError::Io { path: cmdline_path.into(), source })?;
+    let text = std::fs::read_to_string(cmdline_path)
+        .map_err(|source| BootCtlError::Io { path: cmdline_path.into(), source })?;
     // A slot named on the command line wins, and a bad name is an error rather than a
     // reason to guess from elsewhere.
     match text.split_whitespace().filter_map(|w| w.strip_prefix("lucid.slot=")).next_back() {
@@ -165,10 +166,9 @@ impl BootControl {
                 let env = UbootEnv::parse(&text).map_err(bad)?;
                 uboot_state(&env).map_err(bad)
             }
-            BootControlKind::RpiTryboot => Autoboot::parse(&text).map_err(bad).map(|a| BootState {
-                active: a.active,
-                armed: (a.tryboot != a.active).then_some(a.tryboot),
-            }),
+            BootControlKind::RpiTryboot => Autoboot::parse(&text)
+                .map_err(bad)
+                .map(|a| BootState { active: a.active, armed: (a.tryboot != a.active).then_some(a.tryboot) }),
             BootControlKind::None => Err(BootCtlError::NotConfigured),
         }
     }
@@ -227,10 +227,8 @@ impl BootControl {
 }
 
 fn uboot_state(env: &UbootEnv) -> Result<BootState, String> {
-    let active = env
-        .get("lucid_active")
-        .and_then(Slot::parse)
-        .ok_or_else(|| "lucid_active is not a or b".to_string())?;
+    let active =
+        env.get("lucid_active").and_then(Slot::parse).ok_or_else(|| "lucid_active is not a or b".to_string())?;
     let armed = match env.get("lucid_try").unwrap_or("") {
         "" => None,
         s => Some(Slot::parse(s).ok_or_else(|| format!("lucid_try is {s:?}, not a, b or empty"))?),
@@ -367,7 +365,12 @@ mod tests {
 
     #[test]
     fn uboot_env_parse_tolerates_nul_and_newlines_and_keeps_others() {
-        for text in ["lucid_active=a\nlucid_try=\n", "lucid_active=a\nlucid_try=\0", "lucid_active=a\nlucid_try=\n\0\n", "lucid_active=a"] {
+        for text in [
+            "lucid_active=a\nlucid_try=\n",
+            "lucid_active=a\nlucid_try=\0",
+            "lucid_active=a\nlucid_try=\n\0\n",
+            "lucid_active=a",
+        ] {
             let env = UbootEnv::parse(text).unwrap();
             assert_eq!(uboot_state(&env).unwrap(), BootState { active: Slot::A, armed: None }, "{text:?}");
         }
@@ -410,12 +413,18 @@ mod tests {
         let bc = BootControl::new(BootControlKind::RpiTryboot, dir.path());
         assert!(!bc.is_trial(Slot::A).unwrap());
         bc.arm(Slot::B).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
+        );
         assert_eq!(bc.state().unwrap(), BootState { active: Slot::A, armed: Some(Slot::B) });
         // The firmware booted partition 3 on tryboot: slot b runs, [all] still says 2.
         assert!(bc.is_trial(Slot::B).unwrap());
         bc.commit(Slot::B).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[all]\ntryboot_a_b=1\nboot_partition=3\n[tryboot]\nboot_partition=3\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "[all]\ntryboot_a_b=1\nboot_partition=3\n[tryboot]\nboot_partition=3\n"
+        );
         assert!(!bc.is_trial(Slot::B).unwrap());
         bc.arm(Slot::A).unwrap();
         bc.disarm().unwrap();

@@ -188,10 +188,8 @@ async fn run(u: &Arc<Updater>, body: Body, content_length: Option<u64>) -> Resul
 fn write_slot(u: &Updater, p: Prepared, mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> Result<Installed, InstallError> {
     let Prepared { policy, targets, slot, .. } = p;
     let mut reader = BundleReader::new(policy);
-    let mut writers: BTreeMap<String, (PathBuf, BufWriter<File>)> = targets
-        .into_iter()
-        .map(|(name, t)| (name, (t.path, BufWriter::with_capacity(WRITE_BUFFER, t.file))))
-        .collect();
+    let mut writers: BTreeMap<String, (PathBuf, BufWriter<File>)> =
+        targets.into_iter().map(|(name, t)| (name, (t.path, BufWriter::with_capacity(WRITE_BUFFER, t.file)))).collect();
     let mut names: Vec<String> = Vec::new();
     let mut manifest = None;
     while let Some(chunk) = rx.blocking_recv() {
@@ -231,7 +229,11 @@ fn write_slot(u: &Updater, p: Prepared, mut rx: tokio::sync::mpsc::Receiver<Byte
     u.set_phase(Phase::Verifying);
     let mut files = BTreeMap::new();
     for (name, (path, w)) in writers {
-        let f = w.into_inner().map_err(|e| InstallError::Io { what: "cannot write", path: path.clone(), source: e.into_error() })?;
+        let f = w.into_inner().map_err(|e| InstallError::Io {
+            what: "cannot write",
+            path: path.clone(),
+            source: e.into_error(),
+        })?;
         f.sync_all().map_err(InstallError::io("cannot sync", &path))?;
         files.insert(name, path);
     }

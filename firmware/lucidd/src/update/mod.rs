@@ -73,11 +73,13 @@ pub fn parse_release(text: &str) -> Result<(String, String, u64), String> {
 pub fn load_trusted_keys(dir: &Path) -> Result<Vec<Verifier>, UpdateError> {
     let read = |source| UpdateError::Read { path: dir.into(), source };
     let mut keys = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).map_err(read)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(read)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for path in entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "vkey")) {
         let text = std::fs::read_to_string(&path).map_err(|source| UpdateError::Read { path: path.clone(), source })?;
-        let key = Verifier::from_vkey(text.trim()).map_err(|e| UpdateError::Malformed { path: path.clone(), reason: e.to_string() })?;
+        let key = Verifier::from_vkey(text.trim())
+            .map_err(|e| UpdateError::Malformed { path: path.clone(), reason: e.to_string() })?;
         keys.push(key);
     }
     Ok(keys)
@@ -370,7 +372,8 @@ mod tests {
 
     #[test]
     fn release_file() {
-        let (b, v, n) = parse_release("# lucid\nboard=qemu-aarch64-virt\nversion=\"0.2.0\"\nbuild=17\nextra=1\n").unwrap();
+        let (b, v, n) =
+            parse_release("# lucid\nboard=qemu-aarch64-virt\nversion=\"0.2.0\"\nbuild=17\nextra=1\n").unwrap();
         assert_eq!((b.as_str(), v.as_str(), n), ("qemu-aarch64-virt", "0.2.0", 17));
         assert!(parse_release("board=x\nversion=1\n").is_err());
         assert!(parse_release("board=x\nversion=1\nbuild=-1\n").is_err());

@@ -30,16 +30,25 @@ pub fn service_addrs(cfg: &Config) -> Vec<(String, SocketAddr)> {
         other => other,
     };
     let p = &cfg.ports;
-    [("pipeline", p.pipeline), ("recorder", p.recorder), ("processor", p.processor), ("storage", p.storage), ("gateway", p.gateway)]
-        .into_iter()
-        .map(|(n, port)| (n.to_string(), SocketAddr::new(ip, port)))
-        .collect()
+    [
+        ("pipeline", p.pipeline),
+        ("recorder", p.recorder),
+        ("processor", p.processor),
+        ("storage", p.storage),
+        ("gateway", p.gateway),
+    ]
+    .into_iter()
+    .map(|(n, port)| (n.to_string(), SocketAddr::new(ip, port)))
+    .collect()
 }
 
 /// Runs the self-check if this boot is a trial, commits the running slot when it
 /// passes, and records the report. `Ok(None)`: updates are not configured or this is
 /// not a trial boot (nothing to check).
-pub async fn at_startup(engine: &Arc<Engine>, services: Vec<(String, SocketAddr)>) -> Result<Option<SelfCheckReport>, UpdateError> {
+pub async fn at_startup(
+    engine: &Arc<Engine>,
+    services: Vec<(String, SocketAddr)>,
+) -> Result<Option<SelfCheckReport>, UpdateError> {
     let u = Updater::of(engine);
     if !u.configured() {
         return Ok(None);
@@ -63,7 +72,11 @@ pub async fn at_startup(engine: &Arc<Engine>, services: Vec<(String, SocketAddr)
         match tokio::task::spawn_blocking(move || bc.commit(slot)).await {
             Ok(Ok(())) => {
                 committed = true;
-                steps.push(CheckStep { name: "commit".into(), ok: true, detail: format!("slot {slot} is now the committed slot") });
+                steps.push(CheckStep {
+                    name: "commit".into(),
+                    ok: true,
+                    detail: format!("slot {slot} is now the committed slot"),
+                });
             }
             Ok(Err(e)) => {
                 ok = false;
@@ -83,8 +96,14 @@ pub async fn at_startup(engine: &Arc<Engine>, services: Vec<(String, SocketAddr)
     } else {
         tracing::error!(slot = %current.slot, "self-check failed; the slot stays uncommitted and the next boot returns to the committed one");
     }
-    let report =
-        SelfCheckReport { at: now_rfc3339(), slot: current.slot.to_string(), build: current.build, ok, committed, steps };
+    let report = SelfCheckReport {
+        at: now_rfc3339(),
+        slot: current.slot.to_string(),
+        build: current.build,
+        ok,
+        committed,
+        steps,
+    };
     u.record_self_check(report.clone());
     Ok(Some(report))
 }
@@ -110,7 +129,9 @@ async fn health_step(name: &str, addr: SocketAddr, timeout: Duration) -> CheckSt
     let deadline = Instant::now() + timeout;
     loop {
         let last = match tokio::time::timeout(Duration::from_secs(5), health_status(addr)).await {
-            Ok(Ok(200)) => return CheckStep { name: format!("health:{name}"), ok: true, detail: format!("{addr} answered 200") },
+            Ok(Ok(200)) => {
+                return CheckStep { name: format!("health:{name}"), ok: true, detail: format!("{addr} answered 200") };
+            }
             Ok(Ok(code)) => format!("{addr} answered {code}"),
             Ok(Err(e)) => format!("{addr}: {e}"),
             Err(_) => format!("{addr}: no answer within 5 s"),

@@ -21,7 +21,10 @@ fn camera_settings_are_validated_stored_and_survive_a_restart() {
     let url = d.url("gateway", "/api/v1/camera");
     let v = c.get(&url).json();
     assert_eq!(v["source"], "v4l2");
-    assert_eq!(v["settings"], json!({"device": "", "encoder": "auto", "codec": "h264", "encoder_device": "", "buffers": 6}));
+    assert_eq!(
+        v["settings"],
+        json!({"device": "", "encoder": "auto", "codec": "h264", "encoder_device": "", "buffers": 6})
+    );
     assert!(v["devices"].is_array());
     assert_eq!(v["state"]["recording"], false);
 
@@ -44,7 +47,10 @@ fn camera_settings_are_validated_stored_and_survive_a_restart() {
     // A partial update keeps the other keys.
     let r = c.put_json(&url, &json!({"encoder": "hardware", "codec": "fwht", "encoder_device": "/dev/video11"}));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["settings"], json!({"device": "", "encoder": "hardware", "codec": "fwht", "encoder_device": "/dev/video11", "buffers": 6}));
+    assert_eq!(
+        r.json()["settings"],
+        json!({"device": "", "encoder": "hardware", "codec": "fwht", "encoder_device": "/dev/video11", "buffers": 6})
+    );
     drop(c);
     drop(d);
 

@@ -25,12 +25,37 @@ fn free_ports(n: usize) -> Vec<u16> {
 fn spawn(dir: &std::path::Path) -> Proc {
     let p = free_ports(5);
     let child = Command::new(env!("CARGO_BIN_EXE_lucidd"))
-        .args(["run", "--source", "test", "--bind", "127.0.0.1", "--resolution", "320x240", "--fps", "15",
-               "--bitrate", "300000", "--min-free-bytes", "1048576", "--checkpoint-every-chunks", "100"])
-        .arg("--data-dir").arg(dir)
-        .args(["--pipeline-port", &p[0].to_string(), "--recorder-port", &p[1].to_string(),
-               "--processor-port", &p[2].to_string(), "--storage-port", &p[3].to_string(),
-               "--gateway-port", &p[4].to_string()])
+        .args([
+            "run",
+            "--source",
+            "test",
+            "--bind",
+            "127.0.0.1",
+            "--resolution",
+            "320x240",
+            "--fps",
+            "15",
+            "--bitrate",
+            "300000",
+            "--min-free-bytes",
+            "1048576",
+            "--checkpoint-every-chunks",
+            "100",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "--pipeline-port",
+            &p[0].to_string(),
+            "--recorder-port",
+            &p[1].to_string(),
+            "--processor-port",
+            &p[2].to_string(),
+            "--storage-port",
+            &p[3].to_string(),
+            "--gateway-port",
+            &p[4].to_string(),
+        ])
         .env("LUCID_API_TOKEN", TOKEN)
         .env_remove("JWT_SECRET_KEY")
         .stdout(Stdio::null())

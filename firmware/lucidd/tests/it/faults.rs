@@ -236,7 +236,8 @@ fn power_cut_mid_commit_keeps_every_acknowledged_chunk() {
         let writer = std::thread::spawn(move || {
             for i in 0..40u64 {
                 let data = payload(i, 30_000 + (i as usize % 7) * 10_000);
-                e2.append(&s2, &data, &ChunkInfo::default(), Some(&format!("c{i}")), Some(&json!({"parts": 1}))).unwrap();
+                e2.append(&s2, &data, &ChunkInfo::default(), Some(&format!("c{i}")), Some(&json!({"parts": 1})))
+                    .unwrap();
                 a2.store(i + 1, Ordering::SeqCst);
             }
         });

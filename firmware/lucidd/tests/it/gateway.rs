@@ -36,8 +36,17 @@ fn wait_chunks(d: &Daemon, c: &Client, sid: &str, n: u64) {
 
 pub fn ffprobe_frames(path: &Path) -> (String, u64, u64, u64) {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
-               "stream=codec_name,width,height,nb_read_frames", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe must be installed (scripts/setup installs ffmpeg)");
@@ -166,31 +175,51 @@ fn tamper_cases(d: &Daemon, c: &Client, good: &[u8]) {
     };
     let flip = |bytes: &mut Vec<u8>, at: usize| bytes[at] ^= 0x01;
 
-    check("bitflip", retar(good, |e| {
-        let x = e.iter_mut().find(|(p, _)| *p == chunk_path(2)).unwrap();
-        let n = x.1.len();
-        flip(&mut x.1, n / 2);
-    }), "chunk 2");
+    check(
+        "bitflip",
+        retar(good, |e| {
+            let x = e.iter_mut().find(|(p, _)| *p == chunk_path(2)).unwrap();
+            let n = x.1.len();
+            flip(&mut x.1, n / 2);
+        }),
+        "chunk 2",
+    );
     check("removed", retar(good, |e| e.retain(|(p, _)| *p != chunk_path(3))), "chunk 3");
-    check("reordered", retar(good, |e| {
-        let a = e.iter().position(|(p, _)| *p == chunk_path(1)).unwrap();
-        let b = e.iter().position(|(p, _)| *p == chunk_path(4)).unwrap();
-        let tmp = e[a].1.clone();
-        e[a].1 = e[b].1.clone();
-        e[b].1 = tmp;
-    }), "chunk filed as 1");
-    check("duplicated", retar(good, |e| {
-        let x = e.iter().find(|(p, _)| *p == chunk_path(0)).unwrap().clone();
-        e.push(x);
-    }), "duplicate");
-    check("truncated", retar(good, |e| {
-        let last = e.iter().filter(|(p, _)| p.contains("/records/")).count() as u64 - 1;
-        e.retain(|(p, _)| *p != record_path(last) && *p != chunk_path(last));
-    }), "");
-    check("record-bitflip", retar(good, |e| {
-        let x = e.iter_mut().find(|(p, _)| *p == record_path(1)).unwrap();
-        flip(&mut x.1, 60);
-    }), "");
+    check(
+        "reordered",
+        retar(good, |e| {
+            let a = e.iter().position(|(p, _)| *p == chunk_path(1)).unwrap();
+            let b = e.iter().position(|(p, _)| *p == chunk_path(4)).unwrap();
+            let tmp = e[a].1.clone();
+            e[a].1 = e[b].1.clone();
+            e[b].1 = tmp;
+        }),
+        "chunk filed as 1",
+    );
+    check(
+        "duplicated",
+        retar(good, |e| {
+            let x = e.iter().find(|(p, _)| *p == chunk_path(0)).unwrap().clone();
+            e.push(x);
+        }),
+        "duplicate",
+    );
+    check(
+        "truncated",
+        retar(good, |e| {
+            let last = e.iter().filter(|(p, _)| p.contains("/records/")).count() as u64 - 1;
+            e.retain(|(p, _)| *p != record_path(last) && *p != chunk_path(last));
+        }),
+        "",
+    );
+    check(
+        "record-bitflip",
+        retar(good, |e| {
+            let x = e.iter_mut().find(|(p, _)| *p == record_path(1)).unwrap();
+            flip(&mut x.1, 60);
+        }),
+        "",
+    );
 
     // A chunk sealed for another session on the same device, slipped in at index 2.
     let other = create(d, c, "other");
@@ -201,9 +230,13 @@ fn tamper_cases(d: &Daemon, c: &Client, good: &[u8]) {
     let mut foreign_chunk = None;
     retar(&foreign_ev, |e| foreign_chunk = e.iter().find(|(p, _)| *p == chunk_path(2)).map(|x| x.1.clone()));
     let foreign_chunk = foreign_chunk.unwrap();
-    check("foreign", retar(good, |e| {
-        e.iter_mut().find(|(p, _)| *p == chunk_path(2)).unwrap().1 = foreign_chunk;
-    }), "chunk 2");
+    check(
+        "foreign",
+        retar(good, |e| {
+            e.iter_mut().find(|(p, _)| *p == chunk_path(2)).unwrap().1 = foreign_chunk;
+        }),
+        "chunk 2",
+    );
 }
 
 #[test]
@@ -222,7 +255,8 @@ fn proofs_from_the_api_verify_against_signed_checkpoints() {
     assert!(cp.size >= 4);
     let h = |s: &Value| -> [u8; 32] { B64.decode(s.as_str().unwrap()).unwrap().try_into().unwrap() };
     for i in 0..cp.size {
-        let p = c.get(&d.url("gateway", &format!("/api/v1/sessions/{sid}/chunks/{i}/proof?tree_size={}", cp.size))).json();
+        let p =
+            c.get(&d.url("gateway", &format!("/api/v1/sessions/{sid}/chunks/{i}/proof?tree_size={}", cp.size))).json();
         let path: Vec<[u8; 32]> = p["inclusion_path"].as_array().unwrap().iter().map(h).collect();
         assert_eq!(h(&p["root_hash"]), cp.root);
         lucid_core::merkle::verify_inclusion(&h(&p["leaf_hash"]), i, cp.size, &path, &cp.root).expect("inclusion");
@@ -256,8 +290,12 @@ fn sessions_api_validates_and_never_returns_secrets() {
     assert_eq!(d.anon().get(&url).status, 200);
     assert_eq!(d.anon().get(&d.url("gateway", "/health")).status, 200);
     // Validation: FastAPI-style 422 with a list.
-    for bad in [json!({"name": ""}), json!({"name": "x", "recording_config": {"frame_rate": 500}}),
-                json!({"name": "x", "storage_config": {"retention_days": 0}}), json!({"name": 5})] {
+    for bad in [
+        json!({"name": ""}),
+        json!({"name": "x", "recording_config": {"frame_rate": 500}}),
+        json!({"name": "x", "storage_config": {"retention_days": 0}}),
+        json!({"name": 5}),
+    ] {
         let r = c.post_json(&url, &bad);
         assert_eq!(r.status, 422, "{bad}: {}", r.text());
         assert!(r.json()["detail"].is_array());
@@ -270,7 +308,10 @@ fn sessions_api_validates_and_never_returns_secrets() {
     let r = d.client().post_raw(&url, huge, "application/json");
     assert_eq!(r.status, 413, "{}", r.text());
 
-    let r = c.post_json(&url, &json!({"name": "legacy", "rdp_config": {"host": "h", "port": 3389, "username": "u", "password": "hunter2"}}));
+    let r = c.post_json(
+        &url,
+        &json!({"name": "legacy", "rdp_config": {"host": "h", "port": 3389, "username": "u", "password": "hunter2"}}),
+    );
     assert_eq!(r.status, 201);
     assert!(!r.text().contains("hunter2"));
     let sid = r.json()["session_id"].as_str().unwrap().to_owned();

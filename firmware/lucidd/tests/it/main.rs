@@ -4,9 +4,9 @@
 
 mod harness;
 
+mod camera;
 mod crash;
 mod faults;
-mod camera;
 mod gateway;
 mod pipeline;
 mod processor;

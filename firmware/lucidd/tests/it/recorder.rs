@@ -30,9 +30,15 @@ fn a_recording_starts_stops_and_reports_its_chunks() {
     assert_eq!(row.metadata["site"], "lab");
 
     // Already recording; and the one camera is busy for any other session.
-    let again = c.post_json(&d.url("recorder", "/recordings/start"), &json!({"session_id": "sess-rec", "owner_address": "0xowner"}));
+    let again = c.post_json(
+        &d.url("recorder", "/recordings/start"),
+        &json!({"session_id": "sess-rec", "owner_address": "0xowner"}),
+    );
     assert_eq!(again.status, 409, "{}", again.text());
-    let other = c.post_json(&d.url("recorder", "/recordings/start"), &json!({"session_id": "sess-other", "owner_address": "0xowner"}));
+    let other = c.post_json(
+        &d.url("recorder", "/recordings/start"),
+        &json!({"session_id": "sess-other", "owner_address": "0xowner"}),
+    );
     assert_eq!(other.status, 409, "{}", other.text());
     assert_eq!(c.delete(&d.url("recorder", "/recordings/sess-rec")).status, 409, "no delete while recording");
 
@@ -133,7 +139,10 @@ fn compression_stats_count_and_reset() {
     assert_eq!(s0["total_compressions"], 0);
     assert_eq!(s0["average_compression_ratio"], Value::Null);
     let body = text(200_000);
-    assert_eq!(c.post_raw(&d.url("recorder", "/chunks/sess-z/process"), body.clone(), "application/octet-stream").status, 200);
+    assert_eq!(
+        c.post_raw(&d.url("recorder", "/chunks/sess-z/process"), body.clone(), "application/octet-stream").status,
+        200
+    );
     let s = c.get(&d.url("recorder", "/compression/stats")).json();
     assert_eq!(s["total_compressions"], 1);
     assert_eq!(s["total_bytes_compressed"], body.len() as u64);
@@ -178,7 +187,12 @@ fn bad_input_and_unknown_recordings() {
     assert_eq!(r.status, 401);
     assert!(d.engine.list().unwrap().is_empty());
 
-    for (m, path) in [("POST", "/recordings/sess-none/stop"), ("GET", "/recordings/sess-none"), ("DELETE", "/recordings/sess-none"), ("GET", "/chunks/sess-none")] {
+    for (m, path) in [
+        ("POST", "/recordings/sess-none/stop"),
+        ("GET", "/recordings/sess-none"),
+        ("DELETE", "/recordings/sess-none"),
+        ("GET", "/chunks/sess-none"),
+    ] {
         let u = d.url("recorder", path);
         let r = match m {
             "POST" => c.post(&u),
@@ -188,7 +202,10 @@ fn bad_input_and_unknown_recordings() {
         assert_eq!(r.status, 404, "{m} {path}: {}", r.text());
     }
     // A session holding uploaded data cannot be recorded into.
-    assert_eq!(c.post_raw(&d.url("recorder", "/chunks/sess-data/process"), vec![1; 10], "application/octet-stream").status, 200);
+    assert_eq!(
+        c.post_raw(&d.url("recorder", "/chunks/sess-data/process"), vec![1; 10], "application/octet-stream").status,
+        200
+    );
     let r = c.post_json(&url, &json!({"session_id": "sess-data", "owner_address": "o"}));
     assert_eq!(r.status, 400, "{}", r.text());
     let l = c.get(&d.url("recorder", "/recordings")).json();

@@ -286,7 +286,9 @@ fn cleanup_removes_only_old_empty_data_sessions() {
     upload(&d, "sess-old-full", "c-0", b"evidence");
     d.engine.create_session(Some("sess-new-empty".into()), "x".into(), Kind::Data, |_| {}).unwrap();
     let o = old.clone();
-    d.engine.create_session(Some("sess-old-camera".into()), "x".into(), Kind::Camera, move |r| r.created_at = o).unwrap();
+    d.engine
+        .create_session(Some("sess-old-camera".into()), "x".into(), Kind::Camera, move |r| r.created_at = o)
+        .unwrap();
 
     assert_eq!(d.client().get(&d.url("storage", "/metrics")).json()["session_storage"]["last_cleanup"], Value::Null);
     let r = d.client().post(&d.url("storage", "/cleanup"));

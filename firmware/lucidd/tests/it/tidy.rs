@@ -37,7 +37,8 @@ fn every_rust_file_starts_with_a_module_doc() {
 #[test]
 fn openapi_documents_every_gateway_route() {
     let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("firmware/lucidd/openapi.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("firmware/lucidd/openapi.json")).unwrap())
+            .unwrap();
     let paths = doc["paths"].as_object().unwrap();
     let mut undocumented = Vec::new();
     for file in ["gateway.rs", "appliance.rs", "update.rs"] {
@@ -45,7 +46,11 @@ fn openapi_documents_every_gateway_route() {
         for line in src.lines() {
             let Some(rest) = line.trim().strip_prefix(".route(\"") else { continue };
             let route = rest.split('"').next().unwrap();
-            let route = if route == "/api/v1/sessions/{id}/media/{file}" { "/api/v1/sessions/{id}/media/init.mp4" } else { route };
+            let route = if route == "/api/v1/sessions/{id}/media/{file}" {
+                "/api/v1/sessions/{id}/media/init.mp4"
+            } else {
+                route
+            };
             if !paths.contains_key(route) {
                 undocumented.push(route.to_owned());
             }

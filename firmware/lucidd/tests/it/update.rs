@@ -40,11 +40,14 @@ impl Rig {
         for d in ["slots", "ctl", "keys", "other-keys"] {
             std::fs::create_dir_all(dev.join(d)).unwrap();
         }
-        for (name, size, seed) in [("a-boot", BOOT_SIZE, 1), ("a-root", ROOT_SIZE, 2), ("b-boot", BOOT_SIZE, 3), ("b-root", ROOT_SIZE, 4)] {
+        for (name, size, seed) in
+            [("a-boot", BOOT_SIZE, 1), ("a-root", ROOT_SIZE, 2), ("b-boot", BOOT_SIZE, 3), ("b-root", ROOT_SIZE, 4)]
+        {
             std::fs::write(dev.join("slots").join(name), canary(size, seed)).unwrap();
         }
         std::fs::write(dev.join("ctl/lucid.env"), env).unwrap();
-        std::fs::write(dev.join("cmdline"), format!("console=ttyAMA0 root=/dev/vda5 lucid.slot={slot} rootwait\n")).unwrap();
+        std::fs::write(dev.join("cmdline"), format!("console=ttyAMA0 root=/dev/vda5 lucid.slot={slot} rootwait\n"))
+            .unwrap();
         std::fs::write(dev.join("release"), format!("board={BOARD}\nversion=0.1.0\nbuild=5\n")).unwrap();
         let (pk8, _) = host::keygen(KEY, &dev.join("keys")).unwrap();
         let signer = host::load_signer(&pk8, None).unwrap();
@@ -366,7 +369,16 @@ fn trial_boot_self_check_commits_when_healthy() {
     let names: Vec<&str> = report.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
-        ["store", "health:pipeline", "health:recorder", "health:processor", "health:storage", "health:gateway", "media", "commit"]
+        [
+            "store",
+            "health:pipeline",
+            "health:recorder",
+            "health:processor",
+            "health:storage",
+            "health:gateway",
+            "media",
+            "commit"
+        ]
     );
     assert_eq!(rig.env(), "lucid_active=b\nlucid_try=\n");
     let s = status(&d);
@@ -431,7 +443,8 @@ fn free_ports() -> Vec<u16> {
 fn run_config(dir: &Path, rig: &Rig) -> Config {
     let mut cfg = rig.config(dir);
     let p = free_ports();
-    (cfg.ports.pipeline, cfg.ports.recorder, cfg.ports.processor, cfg.ports.storage, cfg.ports.gateway) = (p[0], p[1], p[2], p[3], p[4]);
+    (cfg.ports.pipeline, cfg.ports.recorder, cfg.ports.processor, cfg.ports.storage, cfg.ports.gateway) =
+        (p[0], p[1], p[2], p[3], p[4]);
     cfg
 }
 
@@ -464,7 +477,9 @@ fn run_exits_with_an_error_when_the_trial_self_check_fails() {
     cfg.update.self_check_timeout_secs = 1;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let result = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), lucidd::run(cfg, std::future::pending())).await.expect("run stops by itself")
+        tokio::time::timeout(Duration::from_secs(60), lucidd::run(cfg, std::future::pending()))
+            .await
+            .expect("run stops by itself")
     });
     let err = result.expect_err("a failed self-check is an error").to_string();
     assert!(err.contains("self-check failed") && err.contains("health:storage"), "{err}");
@@ -493,8 +508,22 @@ fn cli_keygen_create_inspect_round_trip() {
     std::fs::write(p("boot.vfat"), &boot).unwrap();
     std::fs::write(p("rootfs.squashfs"), &root).unwrap();
     let out = lucidd(&[
-        "bundle", "create", "--board", BOARD, "--version", "0.2.0", "--build", "9", "--key", &p("keys/lucid-ota-dev.pk8"),
-        "--boot", &p("boot.vfat"), "--rootfs", &p("rootfs.squashfs"), "-o", &p("out.lucidota"),
+        "bundle",
+        "create",
+        "--board",
+        BOARD,
+        "--version",
+        "0.2.0",
+        "--build",
+        "9",
+        "--key",
+        &p("keys/lucid-ota-dev.pk8"),
+        "--boot",
+        &p("boot.vfat"),
+        "--rootfs",
+        &p("rootfs.squashfs"),
+        "-o",
+        &p("out.lucidota"),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("build 9"));

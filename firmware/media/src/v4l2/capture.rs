@@ -67,9 +67,9 @@ impl V4l2Camera<RealDevice> {
             Some(p) => p.clone(),
             None => {
                 let found = super::scan(std::path::Path::new("/dev"));
-                super::find_camera(&found)
-                    .map(|f| f.path.clone())
-                    .ok_or_else(|| V4l2Error::NotFound("no V4L2 capture device with a raw or H.264 format in /dev".into()))?
+                super::find_camera(&found).map(|f| f.path.clone()).ok_or_else(|| {
+                    V4l2Error::NotFound("no V4L2 capture device with a raw or H.264 format in /dev".into())
+                })?
             }
         };
         Self::with_driver(RealDevice::open(&path)?, cfg)
@@ -93,18 +93,25 @@ impl<D: Driver> V4l2Camera<D> {
             (cfg.width, cfg.height),
         )
         .map_err(|msg| V4l2Error::Unsupported { device: name.clone(), msg })?;
-        let want = Format { fourcc: choice.fourcc, width: choice.width, height: choice.height, bytesperline: 0, sizeimage: 0 };
+        let want =
+            Format { fourcc: choice.fourcc, width: choice.width, height: choice.height, bytesperline: 0, sizeimage: 0 };
         let format = dev.set_format(Queue::Capture, want)?;
         if format.fourcc != choice.fourcc || format.width % 2 != 0 || format.height % 2 != 0 {
             return Err(V4l2Error::Unsupported {
                 device: name,
-                msg: format!("asked for {} {}x{}, the driver set {} {}x{}", choice.fourcc, choice.width, choice.height, format.fourcc, format.width, format.height),
+                msg: format!(
+                    "asked for {} {}x{}, the driver set {} {}x{}",
+                    choice.fourcc, choice.width, choice.height, format.fourcc, format.width, format.height
+                ),
             });
         }
         let fps = dev.set_frame_rate(Queue::Capture, cfg.fps)?.unwrap_or((cfg.fps, 1));
         let n = dev.request_buffers(Queue::Capture, cfg.buffers.max(2))?;
         if n < 2 {
-            return Err(V4l2Error::Unsupported { device: name, msg: format!("driver granted {n} buffers; streaming needs 2") });
+            return Err(V4l2Error::Unsupported {
+                device: name,
+                msg: format!("driver granted {n} buffers; streaming needs 2"),
+            });
         }
         for i in 0..n {
             dev.queue_buffer(Queue::Capture, i, 0, 0)?;
@@ -141,10 +148,12 @@ impl<D: Driver> V4l2Camera<D> {
             // The error names the device already.
             SourceError::Disconnected(e.to_string())
         } else {
-            SourceError::Io { device: self.dev.info().path.display().to_string(), source: std::io::Error::other(e.to_string()) }
+            SourceError::Io {
+                device: self.dev.info().path.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            }
         }
     }
-
 }
 
 /// Copies a captured buffer into a tightly packed frame (rows without padding).
@@ -190,11 +199,20 @@ impl<D: Driver> FrameSource for V4l2Camera<D> {
             let corrupt = b.flags & super::BUF_FLAG_ERROR != 0;
             let format = self.format;
             let buf = self.dev.buffer(Queue::Capture, b.index);
-            let data = if corrupt { None } else { buf.get(b.offset as usize..).and_then(|buf| pack(&format, buf, b.bytesused as usize)) };
+            let data = if corrupt {
+                None
+            } else {
+                buf.get(b.offset as usize..).and_then(|buf| pack(&format, buf, b.bytesused as usize))
+            };
             self.dev.queue_buffer(Queue::Capture, b.index, 0, 0).map_err(|e| self.source_err(e))?;
             let Some(data) = data else {
                 // A corrupt or short buffer is a dropped frame, not the end of the recording.
-                tracing::warn!(seq = b.sequence, bytes = b.bytesused, corrupt, "camera delivered an unusable buffer; frame dropped");
+                tracing::warn!(
+                    seq = b.sequence,
+                    bytes = b.bytesused,
+                    corrupt,
+                    "camera delivered an unusable buffer; frame dropped"
+                );
                 self.dropped += 1;
                 continue;
             };

@@ -13,10 +13,10 @@ use std::ffi::c_void;
 use std::os::raw::c_int;
 use std::path::{Path, PathBuf};
 
-use v4l::v4l2::{self as sys, vidioc};
 use v4l::v4l_sys::*;
+use v4l::v4l2::{self as sys, vidioc};
 
-use super::{Dequeued, Driver, Event, FourCc, Format, FrameSizes, Queue, Ready, Result, Role, V4l2Error};
+use super::{Dequeued, Driver, Event, Format, FourCc, FrameSizes, Queue, Ready, Result, Role, V4l2Error};
 
 /// What `VIDIOC_QUERYCAP` said about a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +102,14 @@ impl RealDevice {
         })?;
         let mut dev = RealDevice {
             fd,
-            info: DeviceInfo { path: path.to_owned(), driver: String::new(), card: String::new(), bus: String::new(), role: Role::Other, mplane: false },
+            info: DeviceInfo {
+                path: path.to_owned(),
+                driver: String::new(),
+                card: String::new(),
+                bus: String::new(),
+                role: Role::Other,
+                mplane: false,
+            },
             name,
             maps: [Vec::new(), Vec::new()],
             streaming: [false; 2],
@@ -114,7 +121,8 @@ impl RealDevice {
         let role = if caps & CAP_STREAMING == 0 {
             Role::Other
         } else if caps & (CAP_VIDEO_M2M | CAP_VIDEO_M2M_MPLANE) != 0
-            || (caps & (CAP_VIDEO_CAPTURE | CAP_VIDEO_CAPTURE_MPLANE) != 0 && caps & (CAP_VIDEO_OUTPUT | CAP_VIDEO_OUTPUT_MPLANE) != 0)
+            || (caps & (CAP_VIDEO_CAPTURE | CAP_VIDEO_CAPTURE_MPLANE) != 0
+                && caps & (CAP_VIDEO_OUTPUT | CAP_VIDEO_OUTPUT_MPLANE) != 0)
         {
             Role::Codec
         } else if caps & (CAP_VIDEO_CAPTURE | CAP_VIDEO_CAPTURE_MPLANE) != 0 {
@@ -298,7 +306,11 @@ impl Driver for RealDevice {
                 Ok((got.numerator > 0).then_some((got.denominator, got.numerator)))
             }
             // Drivers without frame-rate control (ENOTTY/EINVAL) run at their own rate.
-            Err(V4l2Error::Io { source, .. }) if matches!(source.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => Ok(None),
+            Err(V4l2Error::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -306,8 +318,13 @@ impl Driver for RealDevice {
     fn set_control(&mut self, id: u32, value: i32) -> Result<()> {
         let mut c = v4l2_control { id, value };
         match self.ioctl("VIDIOC_S_CTRL", vidioc::VIDIOC_S_CTRL as u32, &mut c) {
-            Err(V4l2Error::Io { source, .. }) if matches!(source.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTTY)) => {
-                Err(V4l2Error::Unsupported { device: self.name.clone(), msg: format!("control {id:#x} = {value} not supported") })
+            Err(V4l2Error::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTTY)) =>
+            {
+                Err(V4l2Error::Unsupported {
+                    device: self.name.clone(),
+                    msg: format!("control {id:#x} = {value} not supported"),
+                })
             }
             other => other,
         }
@@ -332,7 +349,14 @@ impl Driver for RealDevice {
             };
             // SAFETY: offset/len are what the driver told us to map for this buffer.
             let ptr = unsafe {
-                sys::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, self.fd, offset as libc::off_t)
+                sys::mmap(
+                    std::ptr::null_mut(),
+                    len as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    self.fd,
+                    offset as libc::off_t,
+                )
             }
             .map_err(|e| self.err("mmap", e))?;
             self.maps[qi(q)].push(Mapping { ptr: ptr as *mut u8, len: len as usize });
@@ -370,14 +394,19 @@ impl Driver for RealDevice {
             Err(V4l2Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EAGAIN) => return Ok(None),
             Err(e) => return Err(e),
         }
-        let (offset, bytesused) =
-            if self.info.mplane { (planes[0].data_offset, planes[0].bytesused.saturating_sub(planes[0].data_offset)) } else { (0, b.bytesused) };
+        let (offset, bytesused) = if self.info.mplane {
+            (planes[0].data_offset, planes[0].bytesused.saturating_sub(planes[0].data_offset))
+        } else {
+            (0, b.bytesused)
+        };
         Ok(Some(Dequeued {
             index: b.index,
             offset,
             bytesused,
             flags: b.flags,
-            timestamp_us: (b.timestamp.tv_sec as u64).saturating_mul(1_000_000).saturating_add(b.timestamp.tv_usec as u64),
+            timestamp_us: (b.timestamp.tv_sec as u64)
+                .saturating_mul(1_000_000)
+                .saturating_add(b.timestamp.tv_usec as u64),
             sequence: b.sequence,
         }))
     }
@@ -427,8 +456,13 @@ impl Driver for RealDevice {
         sel.target = SEL_TGT_CROP;
         sel.r = v4l2_rect { left: 0, top: 0, width, height };
         match self.ioctl("VIDIOC_S_SELECTION", VIDIOC_S_SELECTION, &mut sel) {
-            Err(V4l2Error::Io { source, .. }) if matches!(source.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTTY)) => {
-                Err(V4l2Error::Unsupported { device: self.name.clone(), msg: format!("crop to {width}x{height} not supported") })
+            Err(V4l2Error::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTTY)) =>
+            {
+                Err(V4l2Error::Unsupported {
+                    device: self.name.clone(),
+                    msg: format!("crop to {width}x{height} not supported"),
+                })
             }
             Err(e) => Err(e),
             Ok(()) if (sel.r.width, sel.r.height) != (width, height) => Err(V4l2Error::Unsupported {
@@ -469,7 +503,11 @@ impl Driver for RealDevice {
                 super::EVENT_SOURCE_CHANGE => Event::SourceChange,
                 t => Event::Other(t),
             })),
-            Err(V4l2Error::Io { source, .. }) if matches!(source.raw_os_error(), Some(libc::ENOENT) | Some(libc::EAGAIN)) => Ok(None),
+            Err(V4l2Error::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOENT) | Some(libc::EAGAIN)) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -489,7 +527,13 @@ fn read_format(f: &v4l2_format, mplane: bool) -> Format {
             }
         } else {
             let p = &f.fmt.pix;
-            Format { fourcc: FourCc(p.pixelformat), width: p.width, height: p.height, bytesperline: p.bytesperline, sizeimage: p.sizeimage }
+            Format {
+                fourcc: FourCc(p.pixelformat),
+                width: p.width,
+                height: p.height,
+                bytesperline: p.bytesperline,
+                sizeimage: p.sizeimage,
+            }
         }
     }
 }

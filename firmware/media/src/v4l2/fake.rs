@@ -6,7 +6,10 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
-use super::{BUF_FLAG_LAST, Dequeued, DeviceInfo, Driver, Event, FourCc, Format, FrameSizes, Queue, Ready, Result, Role, V4l2Error};
+use super::{
+    BUF_FLAG_LAST, Dequeued, DeviceInfo, Driver, Event, Format, FourCc, FrameSizes, Queue, Ready, Result, Role,
+    V4l2Error,
+};
 use crate::Codec;
 
 pub enum Mode {
@@ -72,7 +75,14 @@ impl Fake {
 
     fn new(mode: Mode, role: Role, capture_formats: Vec<FourCc>, output_formats: Vec<FourCc>) -> Fake {
         Fake {
-            info: DeviceInfo { path: PathBuf::from("/dev/fake0"), driver: "fake".into(), card: "Fake".into(), bus: "platform:fake".into(), role, mplane: false },
+            info: DeviceInfo {
+                path: PathBuf::from("/dev/fake0"),
+                driver: "fake".into(),
+                card: "Fake".into(),
+                bus: "platform:fake".into(),
+                role,
+                mplane: false,
+            },
             mode,
             capture_formats,
             output_formats,
@@ -121,7 +131,14 @@ impl Fake {
             self.queued[0].pop_front();
             let sps_pps = [0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0xce];
             self.bufs[0][ci as usize][..sps_pps.len()].copy_from_slice(&sps_pps);
-            return Some(Dequeued { offset: 0, index: ci, bytesused: sps_pps.len() as u32, flags: 0, timestamp_us: 0, sequence: 0 });
+            return Some(Dequeued {
+                offset: 0,
+                index: ci,
+                bytesused: sps_pps.len() as u32,
+                flags: 0,
+                timestamp_us: 0,
+                sequence: 0,
+            });
         }
         if let Some((oi, used, ts)) = self.queued[1].pop_front() {
             self.queued[0].pop_front();
@@ -133,18 +150,39 @@ impl Fake {
                 Codec::H264 => [&[0, 0, 0, 1, if intra { 0x65 } else { 0x41 }][..], &payload].concat(),
             };
             self.bufs[0][ci as usize][..data.len()].copy_from_slice(&data);
-            self.done_output.push_back(Dequeued { offset: 0, index: oi, bytesused: 0, flags: 0, timestamp_us: ts, sequence: self.frame_no });
+            self.done_output.push_back(Dequeued {
+                offset: 0,
+                index: oi,
+                bytesused: 0,
+                flags: 0,
+                timestamp_us: ts,
+                sequence: self.frame_no,
+            });
             self.frame_no += 1;
             if self.source_change_after == Some(self.frame_no) {
                 self.events.push_back(Event::SourceChange);
             }
-            return Some(Dequeued { offset: 0, index: ci, bytesused: data.len() as u32, flags: if intra { super::BUF_FLAG_KEYFRAME } else { 0 }, timestamp_us: ts, sequence: self.frame_no - 1 });
+            return Some(Dequeued {
+                offset: 0,
+                index: ci,
+                bytesused: data.len() as u32,
+                flags: if intra { super::BUF_FLAG_KEYFRAME } else { 0 },
+                timestamp_us: ts,
+                sequence: self.frame_no - 1,
+            });
         }
         if self.draining {
             self.queued[0].pop_front();
             self.draining = false;
             self.stopped_after_last = true;
-            return Some(Dequeued { offset: 0, index: ci, bytesused: 0, flags: BUF_FLAG_LAST, timestamp_us: 0, sequence: self.frame_no });
+            return Some(Dequeued {
+                offset: 0,
+                index: ci,
+                bytesused: 0,
+                flags: BUF_FLAG_LAST,
+                timestamp_us: 0,
+                sequence: self.frame_no,
+            });
         }
         None
     }
@@ -170,7 +208,11 @@ impl Driver for Fake {
         };
         // Like a driver: an unknown format becomes its first one.
         let fourcc = if list.contains(&want.fourcc) { want.fourcc } else { list[0] };
-        let (w, h) = if q == Queue::Output { (want.width.next_multiple_of(self.align), want.height.next_multiple_of(self.align)) } else { (want.width, want.height) };
+        let (w, h) = if q == Queue::Output {
+            (want.width.next_multiple_of(self.align), want.height.next_multiple_of(self.align))
+        } else {
+            (want.width, want.height)
+        };
         let (bpl, size) = self.layout(fourcc, w, h);
         let f = Format { fourcc, width: w, height: h, bytesperline: bpl, sizeimage: size.max(want.sizeimage) };
         self.fmt[idx(q)] = Some(f);
@@ -224,7 +266,13 @@ impl Driver for Fake {
                 let n = self.frame_no;
                 self.frame_no += 1;
                 let seq = n + self.skip_seq_at.iter().filter(|&&s| s <= n).count() as u32;
-                let f = self.fmt[0].unwrap_or(Format { fourcc: FourCc::YU12, width: 0, height: 0, bytesperline: 0, sizeimage: 0 });
+                let f = self.fmt[0].unwrap_or(Format {
+                    fourcc: FourCc::YU12,
+                    width: 0,
+                    height: 0,
+                    bytesperline: 0,
+                    sizeimage: 0,
+                });
                 let buf = &mut self.bufs[0][i as usize];
                 // Row r of the first plane is filled with byte r, its padding with 0xEE;
                 // the chroma planes (other strides) with 0x80.
@@ -232,13 +280,30 @@ impl Driver for Fake {
                 let row_len = bpl - self.padding as usize;
                 for (k, b) in buf.iter_mut().enumerate().take(f.sizeimage as usize) {
                     let (r, c) = (k / bpl, k % bpl);
-                    *b = if r >= f.height as usize { 0x80 } else if c >= row_len { 0xEE } else { (r % 200) as u8 };
+                    *b = if r >= f.height as usize {
+                        0x80
+                    } else if c >= row_len {
+                        0xEE
+                    } else {
+                        (r % 200) as u8
+                    };
                 }
-                Ok(Some(Dequeued { offset: 0, index: i, bytesused: f.sizeimage, flags: 0, timestamp_us: 5_000_000 + u64::from(seq) * 100_000, sequence: seq }))
+                Ok(Some(Dequeued {
+                    offset: 0,
+                    index: i,
+                    bytesused: f.sizeimage,
+                    flags: 0,
+                    timestamp_us: 5_000_000 + u64::from(seq) * 100_000,
+                    sequence: seq,
+                }))
             }
             (Mode::Encoder(codec), Queue::Capture) => {
                 if self.stopped_after_last {
-                    return Err(V4l2Error::Io { device: "fake".into(), op: "VIDIOC_DQBUF", source: std::io::Error::from_raw_os_error(libc::EPIPE) });
+                    return Err(V4l2Error::Io {
+                        device: "fake".into(),
+                        op: "VIDIOC_DQBUF",
+                        source: std::io::Error::from_raw_os_error(libc::EPIPE),
+                    });
                 }
                 let codec = *codec;
                 Ok(self.encode_step(codec))
@@ -256,7 +321,11 @@ impl Driver for Fake {
             return Err(self.gone());
         }
         let stalled = self.stall_after.is_some_and(|s| self.frame_no >= s);
-        Ok(Ready { capture: !stalled && !self.queued[0].is_empty(), output: !self.done_output.is_empty(), event: !self.events.is_empty() })
+        Ok(Ready {
+            capture: !stalled && !self.queued[0].is_empty(),
+            output: !self.done_output.is_empty(),
+            event: !self.events.is_empty(),
+        })
     }
     fn set_crop(&mut self, _: Queue, width: u32, height: u32) -> Result<()> {
         self.crop = Some((width, height));
@@ -288,7 +357,15 @@ mod tests {
     use crate::{EncodeError, VideoEncoder};
 
     fn cam_cfg() -> CameraConfig {
-        CameraConfig { device: None, width: 320, height: 240, fps: 10, encoder_inputs: negotiate::software_encoder_inputs(), allow_passthrough: true, buffers: 4 }
+        CameraConfig {
+            device: None,
+            width: 320,
+            height: 240,
+            fps: 10,
+            encoder_inputs: negotiate::software_encoder_inputs(),
+            allow_passthrough: true,
+            buffers: 4,
+        }
     }
 
     #[test]
@@ -353,7 +430,15 @@ mod tests {
     }
 
     fn params(codec: Codec) -> CodecParams {
-        CodecParams { codec, width: 320, height: 240, input: FourCc::YU12, fps: 10, bitrate_bps: 500_000, keyframe_interval_frames: 3 }
+        CodecParams {
+            codec,
+            width: 320,
+            height: 240,
+            input: FourCc::YU12,
+            fps: 10,
+            bitrate_bps: 500_000,
+            keyframe_interval_frames: 3,
+        }
     }
 
     #[test]

@@ -42,7 +42,9 @@ pub fn layout(pf: PixelFormat, w: usize, h: usize, bytesperline: usize, coded_h:
         PixelFormat::H264 => return None,
         PixelFormat::Yuyv => vec![(h, luma_row, bpl, coded_h)],
         PixelFormat::Nv12 => vec![(h, w, bpl, coded_h), (h / 2, w, bpl, coded_h / 2)],
-        PixelFormat::I420 => vec![(h, w, bpl, coded_h), (h / 2, w / 2, bpl / 2, coded_h / 2), (h / 2, w / 2, bpl / 2, coded_h / 2)],
+        PixelFormat::I420 => {
+            vec![(h, w, bpl, coded_h), (h / 2, w / 2, bpl / 2, coded_h / 2), (h / 2, w / 2, bpl / 2, coded_h / 2)]
+        }
     };
     let mut len = 0;
     let planes = shape

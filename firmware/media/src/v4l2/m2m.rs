@@ -11,8 +11,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
+use super::{
+    BUF_FLAG_KEYFRAME, BUF_FLAG_LAST, Driver, Event, Format, FourCc, Queue, RealDevice, Result, V4l2Error, cid,
+};
 use super::{layout, negotiate};
-use super::{BUF_FLAG_KEYFRAME, BUF_FLAG_LAST, Driver, Event, FourCc, Format, Queue, RealDevice, Result, V4l2Error, cid};
 use crate::encode::{AccessUnit, EncodeError, VideoEncoder};
 use crate::source::Frame;
 use crate::{Codec, fwht, h264};
@@ -41,7 +43,10 @@ const ENC_CMD_STOP: u32 = 1;
 /// Map a device error to the encoder boundary.
 fn enc_err(e: V4l2Error) -> EncodeError {
     let device = match &e {
-        V4l2Error::Io { device, .. } | V4l2Error::Gone { device } | V4l2Error::Unsupported { device, .. } | V4l2Error::Timeout { device, .. } => device.clone(),
+        V4l2Error::Io { device, .. }
+        | V4l2Error::Gone { device }
+        | V4l2Error::Unsupported { device, .. }
+        | V4l2Error::Timeout { device, .. } => device.clone(),
         V4l2Error::NotFound(_) => "v4l2".into(),
     };
     EncodeError::Device { device, msg: e.to_string() }
@@ -61,7 +66,11 @@ impl Patience {
 
     fn wait<D: Driver>(&mut self, dev: &mut D) -> Result<()> {
         if self.waited >= WAIT_MS {
-            return Err(V4l2Error::Timeout { device: dev.info().path.display().to_string(), ms: WAIT_MS, what: self.what });
+            return Err(V4l2Error::Timeout {
+                device: dev.info().path.display().to_string(),
+                ms: WAIT_MS,
+                what: self.what,
+            });
         }
         dev.wait(100)?;
         self.waited += 100;
@@ -125,9 +134,12 @@ impl V4l2Encoder<RealDevice> {
             Some(d) => d.to_owned(),
             None => {
                 let found = super::scan(Path::new("/dev"));
-                super::find_encoder(&found, FourCc::of_codec(p.codec))
-                    .map(|f| f.path.clone())
-                    .ok_or_else(|| EncodeError::Device { device: "/dev/video*".into(), msg: format!("no V4L2 encoder offers {}", p.codec.name()) })?
+                super::find_encoder(&found, FourCc::of_codec(p.codec)).map(|f| f.path.clone()).ok_or_else(|| {
+                    EncodeError::Device {
+                        device: "/dev/video*".into(),
+                        msg: format!("no V4L2 encoder offers {}", p.codec.name()),
+                    }
+                })?
             }
         };
         Self::with_driver(RealDevice::open(&path).map_err(enc_err)?, p)
@@ -149,22 +161,34 @@ impl<D: Driver> V4l2Encoder<D> {
         // Coded format first: per the encoder spec it decides which raw formats apply.
         let size_hint = (p.width * p.height * 3 / 2).max(256 << 10);
         let cf = dev
-            .set_format(Queue::Capture, Format { fourcc: coded, width: p.width, height: p.height, bytesperline: 0, sizeimage: size_hint })
+            .set_format(
+                Queue::Capture,
+                Format { fourcc: coded, width: p.width, height: p.height, bytesperline: 0, sizeimage: size_hint },
+            )
             .map_err(enc_err)?;
         if cf.fourcc != coded {
             return Err(bad(format!("the device does not encode {} (it set {})", p.codec.name(), cf.fourcc)));
         }
         let raw = dev
-            .set_format(Queue::Output, Format { fourcc: p.input, width: p.width, height: p.height, bytesperline: 0, sizeimage: 0 })
+            .set_format(
+                Queue::Output,
+                Format { fourcc: p.input, width: p.width, height: p.height, bytesperline: 0, sizeimage: 0 },
+            )
             .map_err(enc_err)?;
         if raw.fourcc != p.input || raw.width < p.width || raw.height < p.height {
-            return Err(bad(format!("asked to encode {} {}x{}, the device set {} {}x{}", p.input, p.width, p.height, raw.fourcc, raw.width, raw.height)));
+            return Err(bad(format!(
+                "asked to encode {} {}x{}, the device set {} {}x{}",
+                p.input, p.width, p.height, raw.fourcc, raw.width, raw.height
+            )));
         }
         if (raw.width, raw.height) != (p.width, p.height) {
             // The device aligned the buffer (vicodec: to 8/16; bcm2835-codec: 1080 -> 1088):
             // the picture is the top-left crop, or the stream would carry the padding.
             dev.set_crop(Queue::Output, p.width, p.height).map_err(|e| {
-                bad(format!("the device pads {}x{} to {}x{} and cannot crop back: {e}", p.width, p.height, raw.width, raw.height))
+                bad(format!(
+                    "the device pads {}x{} to {}x{} and cannot crop back: {e}",
+                    p.width, p.height, raw.width, raw.height
+                ))
             })?;
         }
         dev.set_frame_rate(Queue::Output, p.fps).map_err(enc_err)?;
@@ -258,13 +282,15 @@ impl<D: Driver> V4l2Encoder<D> {
             let last = b.flags & BUF_FLAG_LAST != 0;
             if b.bytesused > 0 {
                 let (at, len) = (b.offset as usize, b.bytesused as usize);
-                let data = self.dev.buffer(Queue::Capture, b.index).get(at..at + len).map(<[u8]>::to_vec).unwrap_or_default();
+                let data =
+                    self.dev.buffer(Queue::Capture, b.index).get(at..at + len).map(<[u8]>::to_vec).unwrap_or_default();
                 if self.p.codec == Codec::H264 && !h264::has_picture(&data) {
                     // Some encoders (the Pi's bcm2835-codec) hand SPS/PPS over in a buffer
                     // of their own before the first IDR: they belong to the next picture.
                     self.header.extend_from_slice(&data);
                 } else if !data.is_empty() {
-                    let data = if self.header.is_empty() { data } else { [std::mem::take(&mut self.header), data].concat() };
+                    let data =
+                        if self.header.is_empty() { data } else { [std::mem::take(&mut self.header), data].concat() };
                     let (pts_us, wall_us) = self.times.remove(&b.timestamp_us).unwrap_or((b.timestamp_us, 0));
                     let keyframe = is_keyframe(self.p.codec, &data, b.flags);
                     self.out.push_back(AccessUnit { data, pts_us, wall_us, keyframe });
@@ -282,7 +308,13 @@ impl<D: Driver> V4l2Encoder<D> {
     fn encode_inner(&mut self, frame: &Frame) -> Result<(), EncodeError> {
         let f = &frame.format;
         if (f.width, f.height) != (self.p.width, self.p.height) {
-            return Err(EncodeError::SizeMismatch { seq: frame.seq, got_w: f.width, got_h: f.height, want_w: self.p.width, want_h: self.p.height });
+            return Err(EncodeError::SizeMismatch {
+                seq: frame.seq,
+                got_w: f.width,
+                got_h: f.height,
+                want_w: self.p.width,
+                want_h: self.p.height,
+            });
         }
         if FourCc::of_pixel_format(f.pixel_format) != self.p.input {
             return Err(EncodeError::UnsupportedPixelFormat { seq: frame.seq, format: f.pixel_format });
@@ -299,15 +331,16 @@ impl<D: Driver> V4l2Encoder<D> {
             patience.wait(&mut self.dev).map_err(enc_err)?;
         }
         let idx = self.free_output.pop().unwrap_or_default();
-        let (w, h, bpl, coded_h) = (f.width as usize, f.height as usize, self.raw.bytesperline as usize, self.raw.height as usize);
+        let (w, h, bpl, coded_h) =
+            (f.width as usize, f.height as usize, self.raw.bytesperline as usize, self.raw.height as usize);
         let buf = self.dev.buffer(Queue::Output, idx);
         let used = layout::layout(f.pixel_format, w, h, bpl, coded_h)
             .and_then(|l| layout::pack_into(buf, &frame.data, &l.planes).map(|()| l.len))
             .ok_or(EncodeError::BadFrameData {
-            seq: frame.seq,
-            got: frame.data.len(),
-            expected: f.pixel_format.frame_len(f.width, f.height).unwrap_or(0),
-        })?;
+                seq: frame.seq,
+                got: frame.data.len(),
+                expected: f.pixel_format.frame_len(f.width, f.height).unwrap_or(0),
+            })?;
         // The timestamp is our key to the frame's times: drivers copy it to the bitstream
         // buffer. Media time is unique per frame (the chunker insists on it).
         self.times.insert(frame.pts_us, (frame.pts_us, frame.wall_us));
@@ -386,13 +419,26 @@ impl<D: Driver> V4l2Decoder<D> {
     pub fn with_driver(mut dev: D, codec: Codec) -> Result<Self> {
         let coded = FourCc::of_codec(codec);
         dev.subscribe(super::EVENT_SOURCE_CHANGE)?;
-        let f = dev.set_format(Queue::Output, Format { fourcc: coded, width: 0, height: 0, bytesperline: 0, sizeimage: 1 << 20 })?;
+        let f = dev.set_format(
+            Queue::Output,
+            Format { fourcc: coded, width: 0, height: 0, bytesperline: 0, sizeimage: 1 << 20 },
+        )?;
         if f.fourcc != coded {
-            return Err(V4l2Error::Unsupported { device: dev.info().path.display().to_string(), msg: format!("does not decode {}", codec.name()) });
+            return Err(V4l2Error::Unsupported {
+                device: dev.info().path.display().to_string(),
+                msg: format!("does not decode {}", codec.name()),
+            });
         }
         let n = dev.request_buffers(Queue::Output, BUFFERS)?;
         dev.stream(Queue::Output, true)?;
-        Ok(V4l2Decoder { dev, coded, raw: None, free_output: (0..n).collect(), capture_on: false, frames: VecDeque::new() })
+        Ok(V4l2Decoder {
+            dev,
+            coded,
+            raw: None,
+            free_output: (0..n).collect(),
+            capture_on: false,
+            frames: VecDeque::new(),
+        })
     }
 
     /// Sets up the raw side once the decoder has parsed the stream header.
@@ -433,10 +479,12 @@ impl<D: Driver> V4l2Decoder<D> {
                 Dq::Empty => return Ok(false),
                 Dq::PastLast => return Ok(true),
             };
-            let f = self.raw.unwrap_or(Format { fourcc: self.coded, width: 0, height: 0, bytesperline: 0, sizeimage: 0 });
+            let f =
+                self.raw.unwrap_or(Format { fourcc: self.coded, width: 0, height: 0, bytesperline: 0, sizeimage: 0 });
             if b.bytesused > 0 {
                 let (at, len) = (b.offset as usize, b.bytesused as usize);
-                let data = self.dev.buffer(Queue::Capture, b.index).get(at..at + len).map(<[u8]>::to_vec).unwrap_or_default();
+                let data =
+                    self.dev.buffer(Queue::Capture, b.index).get(at..at + len).map(<[u8]>::to_vec).unwrap_or_default();
                 self.frames.push_back((f, data));
             }
             if b.flags & BUF_FLAG_LAST != 0 {
@@ -460,7 +508,10 @@ impl<D: Driver> V4l2Decoder<D> {
         let device = self.dev.info().path.display().to_string();
         let buf = self.dev.buffer(Queue::Output, idx);
         if coded.len() > buf.len() {
-            return Err(V4l2Error::Unsupported { device, msg: format!("coded frame of {} bytes exceeds the {}-byte buffer", coded.len(), buf.len()) });
+            return Err(V4l2Error::Unsupported {
+                device,
+                msg: format!("coded frame of {} bytes exceeds the {}-byte buffer", coded.len(), buf.len()),
+            });
         }
         buf[..coded.len()].copy_from_slice(coded);
         self.dev.queue_buffer(Queue::Output, idx, coded.len() as u32, 0)?;

@@ -110,7 +110,11 @@ pub struct Format {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameSizes {
     Discrete(Vec<(u32, u32)>),
-    Stepwise { min: (u32, u32), max: (u32, u32), step: (u32, u32) },
+    Stepwise {
+        min: (u32, u32),
+        max: (u32, u32),
+        step: (u32, u32),
+    },
     /// The driver does not enumerate sizes: try the wanted one.
     Unknown,
 }
@@ -195,7 +199,9 @@ impl V4l2Error {
     pub fn is_gone(&self) -> bool {
         match self {
             V4l2Error::Gone { .. } => true,
-            V4l2Error::Io { source, .. } => matches!(source.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::EIO)),
+            V4l2Error::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::EIO))
+            }
             _ => false,
         }
     }
@@ -288,12 +294,20 @@ pub fn scan(dev_dir: &Path) -> Vec<Found> {
 
 /// The first codec device that turns one of `inputs` into `codec` (an encoder).
 pub fn find_encoder(found: &[Found], codec: FourCc) -> Option<&Found> {
-    found.iter().find(|f| f.role == Role::Codec && f.capture.contains(&codec) && f.output.iter().any(|o| negotiate::RAW_PREFERENCE.contains(o)))
+    found.iter().find(|f| {
+        f.role == Role::Codec
+            && f.capture.contains(&codec)
+            && f.output.iter().any(|o| negotiate::RAW_PREFERENCE.contains(o))
+    })
 }
 
 /// The first codec device that turns `codec` into raw frames (a decoder).
 pub fn find_decoder(found: &[Found], codec: FourCc) -> Option<&Found> {
-    found.iter().find(|f| f.role == Role::Codec && f.output.contains(&codec) && f.capture.iter().any(|o| negotiate::RAW_PREFERENCE.contains(o)))
+    found.iter().find(|f| {
+        f.role == Role::Codec
+            && f.output.contains(&codec)
+            && f.capture.iter().any(|o| negotiate::RAW_PREFERENCE.contains(o))
+    })
 }
 
 /// The first camera with a format the pipeline can record.

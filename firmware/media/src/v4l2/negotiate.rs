@@ -40,15 +40,11 @@ pub fn choose_camera_format(
         let (width, height) = pick_size(&sizes(FourCc::H264), want);
         return Ok(CameraChoice { fourcc: FourCc::H264, width, height, passthrough: true });
     }
-    let fourcc = encoder_inputs
-        .iter()
-        .find(|f| camera.contains(f))
-        .copied()
-        .ok_or_else(|| {
-            let cam: Vec<String> = camera.iter().map(|f| f.to_string()).collect();
-            let enc: Vec<String> = encoder_inputs.iter().map(|f| f.to_string()).collect();
-            format!("the camera offers [{}], the encoder takes [{}]: nothing in common", cam.join(", "), enc.join(", "))
-        })?;
+    let fourcc = encoder_inputs.iter().find(|f| camera.contains(f)).copied().ok_or_else(|| {
+        let cam: Vec<String> = camera.iter().map(|f| f.to_string()).collect();
+        let enc: Vec<String> = encoder_inputs.iter().map(|f| f.to_string()).collect();
+        format!("the camera offers [{}], the encoder takes [{}]: nothing in common", cam.join(", "), enc.join(", "))
+    })?;
     let (width, height) = pick_size(&sizes(fourcc), want);
     Ok(CameraChoice { fourcc, width, height, passthrough: false })
 }
@@ -121,7 +117,8 @@ mod tests {
 
     #[test]
     fn nothing_in_common_is_a_clear_error() {
-        let e = choose_camera_format(&[FourCc::MJPG], &software_encoder_inputs(), true, vivid_sizes, (640, 480)).unwrap_err();
+        let e = choose_camera_format(&[FourCc::MJPG], &software_encoder_inputs(), true, vivid_sizes, (640, 480))
+            .unwrap_err();
         assert!(e.contains("[MJPG]") && e.contains("YU12"), "{e}");
     }
 
