@@ -7,7 +7,6 @@
 //! and the verifier needs no key but the device's public one (it checks integrity and
 //! order, not content, so it never decrypts).
 
-use std::collections::HashSet;
 use std::io::{self, Read, Write};
 
 use crate::chunk::{self, ChunkRecord, FormatError, MAX_SEALED_CHUNK};
@@ -22,6 +21,19 @@ pub const EVIDENCE_VERSION: &str = "lucid-evidence 1\n";
 
 /// A record is at most its fixed part plus a 64-byte session id.
 const MAX_RECORD: u64 = 121 + chunk::MAX_SESSION_ID_LEN as u64;
+
+/// The longest log a bundle may hold: 2^22 chunks, 48 days of one-second chunks. The
+/// verifier keeps each record (about 250 bytes with its leaf and tree node) until the
+/// chunks arrive, so this caps its memory at about 1 GiB however hostile the archive;
+/// a manifest claiming more is refused before any record is read. Checkpoints are capped
+/// by it too (ascending sizes, none beyond the manifest's tree size), so the number of
+/// entries a bundle can have is at most 5 + 3 × (2^22 + 1).
+pub const MAX_LOG_SIZE: u64 = 1 << 22;
+
+/// Tar's block size, and its record size (20 blocks, the blocking factor of GNU and BSD
+/// tar): an archive may be zero-padded after its end marker up to the next record.
+const BLOCK: u64 = 512;
+const RECORD: u64 = 20 * BLOCK;
 
 /// The kinds of entry, in the order they must appear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -232,6 +244,21 @@ pub enum VerifyError {
         #[source]
         source: io::Error,
     },
+    /// A GNU long name or long link entry (`L`, `K`) or a PAX header (`x`, `g`). A Lucid
+    /// bundle is plain ustar (its paths fit the header), and these entries are what the
+    /// tar crate would read whole into memory, so they are refused on their header.
+    #[error("{kind} entry at byte {offset}: a Lucid bundle has no tar extension headers")]
+    ExtensionHeader { kind: &'static str, offset: u64 },
+    /// The archive has no end-of-archive marker (two zero blocks) after its last entry.
+    #[error("the archive ends at byte {offset} without its end-of-archive marker")]
+    MissingEndOfArchive { offset: u64 },
+    /// Bytes after the end-of-archive marker other than zero padding to the next 10 KiB
+    /// tar record: data hidden where tar tools do not look.
+    #[error("data after the end of the archive, at byte {offset}")]
+    DataAfterEnd { offset: u64 },
+    /// The manifest's log is longer than a bundle may be ([`MAX_LOG_SIZE`]).
+    #[error("manifest declares {chunk_count} chunks, over the {max} chunk limit")]
+    LogTooLarge { chunk_count: u64, max: u64 },
     /// An entry whose path is not part of the layout.
     #[error("unknown entry {path:?}")]
     UnknownEntry { path: String },
@@ -312,9 +339,9 @@ pub enum VerifyError {
     /// Fewer records than the manifest's chunk count: the log was truncated.
     #[error("log truncated: manifest says {expected} chunks, bundle has {found} records")]
     Truncated { expected: u64, found: u64 },
-    /// A checkpoint larger than the log.
-    #[error("checkpoint {size} is beyond the {records} records present")]
-    CheckpointBeyondLog { size: u64, records: u64 },
+    /// A checkpoint larger than the manifest's log, refused as it arrives.
+    #[error("checkpoint {size} is beyond the manifest's tree size {tree_size}")]
+    CheckpointBeyondLog { size: u64, tree_size: u64 },
     /// The records' tree root at this size is not the checkpoint's.
     #[error("records do not hash to the root of checkpoint {size}")]
     RootMismatch { size: u64 },
@@ -379,37 +406,117 @@ pub struct EvidenceReport {
 }
 
 /// Verifies a bundle read from `r`, streaming: chunks are checked as they arrive and
-/// dropped, so memory grows with the number of records, not the size of the media.
-/// Returns the first failure; see the design document for the order of checks.
+/// dropped, so memory grows with the number of records, not the size of the media, and
+/// the number of records is capped ([`MAX_LOG_SIZE`]). Returns the first failure; see
+/// the design document for the order of checks and the limits.
 pub fn verify_evidence<R: Read>(r: R) -> Result<EvidenceReport, VerifyError> {
-    let mut archive = tar::Archive::new(r);
+    let mut input = Counted { inner: r, read: 0 };
     let archive_err = |source| VerifyError::Archive { source };
     let mut v = Verification::default();
-    for entry in archive.entries().map_err(archive_err)? {
-        let mut entry = entry.map_err(archive_err)?;
-        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let (section, n) = parse_path(&path).ok_or_else(|| VerifyError::UnknownEntry { path: path.clone() })?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            return Err(VerifyError::NotRegularFile { path });
+    // Where the last entry's data (padded to a block) ends: the end marker starts there.
+    let mut end = 0;
+    {
+        let mut archive = tar::Archive::new(&mut input);
+        // Raw entries: the tar crate then hands GNU long names and PAX headers over as
+        // entries instead of reading their (unbounded) data into memory to apply them.
+        for entry in archive.entries().map_err(archive_err)?.raw(true) {
+            let mut entry = entry.map_err(archive_err)?;
+            if let Some(kind) = extension_kind(entry.header().entry_type()) {
+                let offset = entry.raw_header_position();
+                return Err(VerifyError::ExtensionHeader { kind, offset });
+            }
+            let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let (section, n) = parse_path(&path).ok_or_else(|| VerifyError::UnknownEntry { path: path.clone() })?;
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                return Err(VerifyError::NotRegularFile { path });
+            }
+            if v.seen(section, n) {
+                return Err(VerifyError::DuplicateEntry { path });
+            }
+            if v.last.is_some_and(|last| (section, n) <= last) {
+                return Err(VerifyError::OutOfOrder { path });
+            }
+            v.last = Some((section, n));
+            let (size, max) = (entry.size(), section.max_size());
+            if size > max {
+                return Err(VerifyError::EntryTooLarge { path, size, max });
+            }
+            end = entry.raw_file_position() + size.div_ceil(BLOCK) * BLOCK;
+            let mut data = Vec::with_capacity(size as usize);
+            (&mut entry).take(max + 1).read_to_end(&mut data).map_err(archive_err)?;
+            v.advance(section)?;
+            v.entry(section, n, &path, data)?;
         }
-        if !v.seen.insert(path.clone()) {
-            return Err(VerifyError::DuplicateEntry { path });
-        }
-        if v.last.is_some_and(|last| (section, n) <= last) {
-            return Err(VerifyError::OutOfOrder { path });
-        }
-        v.last = Some((section, n));
-        let (size, max) = (entry.size(), section.max_size());
-        if size > max {
-            return Err(VerifyError::EntryTooLarge { path, size, max });
-        }
-        let mut data = Vec::with_capacity(size as usize);
-        (&mut entry).take(max + 1).read_to_end(&mut data).map_err(archive_err)?;
-        v.advance(section)?;
-        v.entry(section, n, &path, data)?;
     }
+    check_end_of_archive(&mut input, end)?;
     v.advance(Section::End)?;
     v.report()
+}
+
+/// The name of a tar extension entry type, or `None` for an ordinary entry.
+fn extension_kind(kind: tar::EntryType) -> Option<&'static str> {
+    match kind {
+        tar::EntryType::GNULongName => Some("GNU long name"),
+        tar::EntryType::GNULongLink => Some("GNU long link"),
+        tar::EntryType::XHeader => Some("PAX header"),
+        tar::EntryType::XGlobalHeader => Some("PAX global header"),
+        _ => None,
+    }
+}
+
+/// A reader that counts what it hands out, so the verifier knows where the tar crate
+/// stopped.
+struct Counted<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// After the last entry (whose padded data ends at `end`): the end-of-archive marker, two
+/// zero blocks, then nothing but zero padding up to the next 10 KiB tar record. The tar
+/// crate stops at the first zero block (or at a clean end of input), so this reads the
+/// rest itself, in fixed-size pieces.
+fn check_end_of_archive<R: Read>(input: &mut Counted<R>, end: u64) -> Result<(), VerifyError> {
+    let archive_err = |source| VerifyError::Archive { source };
+    let missing = VerifyError::MissingEndOfArchive { offset: end };
+    // Either nothing was read past the entries (input ended) or the first zero block.
+    if input.read != end + BLOCK {
+        return Err(missing);
+    }
+    let mut block = [0u8; BLOCK as usize];
+    let mut got = 0;
+    while got < block.len() {
+        match input.read(&mut block[got..]).map_err(archive_err)? {
+            0 => return Err(missing),
+            n => got += n,
+        }
+    }
+    if let Some(i) = block.iter().position(|&b| b != 0) {
+        return Err(VerifyError::DataAfterEnd { offset: end + BLOCK + i as u64 });
+    }
+    // Zero padding may run to the end of the record the marker ends in.
+    let limit = input.read.div_ceil(RECORD) * RECORD;
+    let mut buf = [0u8; 8192];
+    loop {
+        let at = input.read;
+        let n = input.read(&mut buf).map_err(archive_err)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+            return Err(VerifyError::DataAfterEnd { offset: at + i as u64 });
+        }
+        if input.read > limit {
+            return Err(VerifyError::DataAfterEnd { offset: limit });
+        }
+    }
 }
 
 /// Verified manifest context.
@@ -424,7 +531,6 @@ struct Head {
 /// Verification state between entries.
 #[derive(Default)]
 struct Verification {
-    seen: HashSet<String>,
     last: Option<(Section, u64)>,
     /// The section whose exit checks have not run yet.
     stage: Option<Section>,
@@ -434,7 +540,10 @@ struct Verification {
     signature: Option<[u8; 64]>,
     head: Option<Head>,
     init_seen: bool,
-    checkpoints: Vec<(Checkpoint, String)>,
+    checkpoints: Vec<Checkpoint>,
+    /// The text of the last checkpoint only (it must be the manifest's final one): the
+    /// others are not needed once parsed, and a note may be 64 KiB.
+    last_note: Option<String>,
     records: Vec<ChunkRecord>,
     tree: Option<MerkleTree>,
     chunk_seen: Vec<bool>,
@@ -449,6 +558,24 @@ fn missing(section: Section) -> VerifyError {
 }
 
 impl Verification {
+    /// Whether an entry of this section and number was accepted before. Read from the
+    /// state kept anyway (sections' flags, the ascending checkpoints and records, the
+    /// chunks' bitmap) rather than a set of paths, so memory does not grow with entries
+    /// that are not kept; every earlier entry was accepted, or verification had stopped.
+    fn seen(&self, section: Section, n: u64) -> bool {
+        match section {
+            Section::Version => self.version,
+            Section::Vkey => self.vkey.is_some(),
+            Section::Manifest => self.manifest_bytes.is_some(),
+            Section::ManifestSig => self.signature.is_some(),
+            Section::Init => self.init_seen,
+            Section::Checkpoints => self.checkpoints.binary_search_by_key(&n, |c| c.size).is_ok(),
+            Section::Records => self.records.binary_search_by_key(&n, |r| r.index).is_ok(),
+            Section::Chunks => self.chunk_seen.get(n as usize) == Some(&true),
+            Section::End => false,
+        }
+    }
+
     fn head(&self) -> &Head {
         // advance() verifies the head before any later section is processed.
         self.head.as_ref().unwrap_or_else(|| unreachable!("head verified before use"))
@@ -528,6 +655,9 @@ impl Verification {
             return Err(VerifyError::DeviceIdMismatch { manifest: manifest.device_id, key: key_id });
         }
         chunk::validate_session_id(&manifest.session_id).map_err(|e| malformed(Section::Manifest, e))?;
+        if manifest.chunk_count > MAX_LOG_SIZE {
+            return Err(VerifyError::LogTooLarge { chunk_count: manifest.chunk_count, max: MAX_LOG_SIZE });
+        }
         let inconsistent = |reason| Err(VerifyError::ManifestInconsistent { reason });
         if manifest.tree_size != manifest.chunk_count {
             return inconsistent("tree_size is not chunk_count");
@@ -564,7 +694,13 @@ impl Verification {
         if cp.origin != head.origin {
             return Err(VerifyError::WrongOrigin { size: cp.size, origin: cp.origin, expected: head.origin.clone() });
         }
-        self.checkpoints.push((cp, text));
+        // Refused now rather than once the records are in, so the checkpoints kept stay
+        // within the capped log: sizes ascend and none exceeds the tree size.
+        if cp.size > head.manifest.tree_size {
+            return Err(VerifyError::CheckpointBeyondLog { size: cp.size, tree_size: head.manifest.tree_size });
+        }
+        self.checkpoints.push(cp);
+        self.last_note = Some(text);
         Ok(())
     }
 
@@ -597,16 +733,15 @@ impl Verification {
             return Err(VerifyError::Truncated { expected: head.manifest.chunk_count, found });
         }
         let tree = MerkleTree::from_leaves(&self.records.iter().map(ChunkRecord::leaf_hash).collect::<Vec<_>>());
-        for (cp, _) in &self.checkpoints {
-            if cp.size > found {
-                return Err(VerifyError::CheckpointBeyondLog { size: cp.size, records: found });
-            }
+        // Every checkpoint size is at most the tree size (checked on arrival), which the
+        // records now reach.
+        for cp in &self.checkpoints {
             if tree.root(cp.size).ok() != Some(cp.root) {
                 return Err(VerifyError::RootMismatch { size: cp.size });
             }
         }
         for pair in self.checkpoints.windows(2) {
-            let (a, b) = (&pair[0].0, &pair[1].0);
+            let (a, b) = (&pair[0], &pair[1]);
             let ok = tree
                 .consistency_proof(a.size, b.size)
                 .is_ok_and(|proof| merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &proof).is_ok());
@@ -614,8 +749,10 @@ impl Verification {
                 return Err(VerifyError::Inconsistent { from: a.size, to: b.size });
             }
         }
-        let (last_cp, last_text) = self.checkpoints.last().ok_or_else(|| missing(Section::Checkpoints))?;
-        if *last_text != head.manifest.final_checkpoint || last_cp.size != head.manifest.tree_size {
+        let last_cp = self.checkpoints.last().ok_or_else(|| missing(Section::Checkpoints))?;
+        if self.last_note.as_deref() != Some(head.manifest.final_checkpoint.as_str())
+            || last_cp.size != head.manifest.tree_size
+        {
             return Err(VerifyError::FinalCheckpointMismatch);
         }
         if tree.root(found).ok() != Some(head.root) {
@@ -650,7 +787,7 @@ impl Verification {
             return Err(VerifyError::MissingChunk { index: index as u64 });
         }
         let tree = self.tree.as_ref().unwrap_or_else(|| unreachable!("log verified before chunks"));
-        let (final_cp, _) = self.checkpoints.last().ok_or_else(|| missing(Section::Checkpoints))?;
+        let final_cp = self.checkpoints.last().ok_or_else(|| missing(Section::Checkpoints))?;
         for (i, leaf) in tree.leaves().iter().enumerate() {
             let i = i as u64;
             let ok = tree
@@ -816,6 +953,20 @@ mod tests {
         let i = find(&e, &entry_path(Section::Records, 2));
         e.insert(i + 1, e[i].clone());
         assert!(matches!(verify_entries(&e), Err(VerifyError::DuplicateEntry { path }) if path.ends_with("02.rec")));
+        // Far from the original (as lucidd's integration test does): still a duplicate,
+        // for every kind of entry.
+        let base = entries(&fixture().bundle());
+        for path in [
+            Section::Version.path().to_owned(),
+            Section::Init.path().to_owned(),
+            entry_path(Section::Checkpoints, 5),
+            entry_path(Section::Records, 3),
+            entry_path(Section::Chunks, 0),
+        ] {
+            let mut e = base.clone();
+            e.push(base[find(&base, &path)].clone());
+            assert!(matches!(verify_entries(&e), Err(VerifyError::DuplicateEntry { path: p }) if p == path), "{path}");
+        }
     }
 
     #[test]
@@ -906,6 +1057,121 @@ mod tests {
         h.set_cksum();
         bytes[..512].copy_from_slice(h.as_bytes());
         assert!(matches!(verify_evidence(&bytes[..]), Err(VerifyError::NotRegularFile { .. })));
+    }
+
+    /// A reader that counts the bytes the verifier pulls from it.
+    struct Meter<R> {
+        inner: R,
+        read: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Meter<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read.set(self.read.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn tar_extension_entries_are_refused_before_their_data_is_read() {
+        // A hostile archive whose first entry is a 64 MiB GNU long name (or long link, or
+        // PAX header): the tar crate reads such an entry whole into memory to apply it.
+        let size = 64u64 << 20;
+        for (kind, name) in [
+            (tar::EntryType::GNULongName, "GNU long name"),
+            (tar::EntryType::GNULongLink, "GNU long link"),
+            (tar::EntryType::XHeader, "PAX header"),
+            (tar::EntryType::XGlobalHeader, "PAX global header"),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_path("././@LongLink").unwrap();
+            h.set_entry_type(kind);
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_cksum();
+            let read = std::rc::Rc::new(std::cell::Cell::new(0));
+            let input =
+                Meter { inner: io::Read::chain(&h.as_bytes()[..], io::repeat(b'a').take(size)), read: read.clone() };
+            let err = verify_evidence(input).unwrap_err();
+            assert!(matches!(err, VerifyError::ExtensionHeader { kind, offset: 0 } if kind == name), "{name}: {err}");
+            assert!(read.get() <= 64 << 10, "{name}: read {} bytes", read.get());
+        }
+    }
+
+    #[test]
+    fn data_after_the_end_of_archive_is_refused() {
+        let bundle = fixture().bundle();
+        let marker = bundle.len() as u64 - 1024;
+        // Zero padding to the end of the 10 KiB tar record is what tar tools write.
+        let mut padded = bundle.clone();
+        padded.resize(bundle.len().div_ceil(10240) * 10240, 0);
+        verify_evidence(&padded[..]).unwrap();
+
+        // A byte hidden after the two zero blocks.
+        let mut hidden = bundle.clone();
+        hidden.extend_from_slice(b"\0\0hidden");
+        let err = verify_evidence(&hidden[..]).unwrap_err();
+        assert!(matches!(err, VerifyError::DataAfterEnd { offset } if offset == marker + 1026), "{err}");
+        // A whole second archive appended: tar tools stop at the first marker.
+        let mut appended = bundle.clone();
+        appended.extend_from_slice(&tar_of(&[("lucid-evidence/VERSION".into(), b"x".to_vec())]));
+        assert!(matches!(
+            verify_evidence(&appended[..]),
+            Err(VerifyError::DataAfterEnd { offset }) if offset == marker + 1024
+        ));
+        // Data in the second "zero" block.
+        let mut second = bundle.clone();
+        let at = bundle.len() - 100;
+        second[at] = 1;
+        assert!(matches!(
+            verify_evidence(&second[..]),
+            Err(VerifyError::DataAfterEnd { offset }) if offset == at as u64
+        ));
+        // Zeros past the record: the file goes on where no tar tool looks.
+        let mut long = padded.clone();
+        long.extend_from_slice(&[0; 512]);
+        assert!(matches!(verify_evidence(&long[..]), Err(VerifyError::DataAfterEnd { .. })));
+        // No marker, or half of one.
+        for cut in [1024, 512] {
+            let short = &bundle[..bundle.len() - cut];
+            assert!(matches!(
+                verify_evidence(short),
+                Err(VerifyError::MissingEndOfArchive { offset }) if offset == marker
+            ));
+        }
+    }
+
+    #[test]
+    fn a_log_over_the_limit_is_refused_at_the_manifest() {
+        let f = fixture();
+        let mut m = f.manifest();
+        m.chunk_count = MAX_LOG_SIZE + 1;
+        m.tree_size = MAX_LOG_SIZE + 1;
+        let signed = manifest::sign_manifest(&m, &f.signer).unwrap();
+        let mut e = entries(&f.bundle());
+        let i = find(&e, Section::Manifest.path());
+        e[i].1 = signed.bytes.clone();
+        e[i + 1].1 = signed.signature_file().into_bytes();
+        assert!(matches!(
+            verify_entries(&e),
+            Err(VerifyError::LogTooLarge { chunk_count, max: MAX_LOG_SIZE }) if chunk_count == MAX_LOG_SIZE + 1
+        ));
+    }
+
+    #[test]
+    fn a_checkpoint_beyond_the_manifest_is_refused_on_arrival() {
+        // Checkpoints are kept until the records arrive, so one beyond the tree size is
+        // refused at once: otherwise a hostile bundle could make the verifier hold any
+        // number of them (here the records never come).
+        let f = fixture();
+        let mut cp = f.checkpoint(20);
+        cp.size = 21;
+        let note = note::sign_checkpoint(&cp, &f.signer).unwrap();
+        let mut e = entries(&f.bundle());
+        e.retain(|(p, _)| !p.contains("/records/") && !p.contains("/chunks/"));
+        e.push((entry_path(Section::Checkpoints, 21), note.into_bytes()));
+        assert!(matches!(verify_entries(&e), Err(VerifyError::CheckpointBeyondLog { size: 21, tree_size: 20 })));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub mod merkle;
 pub mod note;
 pub mod seal;
 
+#[cfg(test)]
+mod fuzz_seeds;
 mod hex;
 #[cfg(test)]
 mod testutil;

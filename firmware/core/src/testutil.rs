@@ -53,6 +53,11 @@ impl Fixture {
         Self::build(sid, n, sizes, key, pkcs8, true)
     }
 
+    /// An opaque-data session under a given data key and device key.
+    pub fn data_with_key(sid: &str, n: u64, sizes: &[u64], key: &[u8; 32], pkcs8: &[u8]) -> Self {
+        Self::build(sid, n, sizes, key, pkcs8, false)
+    }
+
     fn build(sid: &str, n: u64, sizes: &[u64], key: &[u8; 32], pkcs8: &[u8], camera: bool) -> Self {
         let signer = Signer::from_pkcs8("lucid-test-device", pkcs8).unwrap();
         let mut f = Fixture {

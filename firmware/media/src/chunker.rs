@@ -405,9 +405,18 @@ impl Chunker {
         Ok(())
     }
 
-    /// Emits whatever is pending (a final, possibly short chunk). The chunker stays usable.
+    /// Emits whatever is pending (a final, possibly short chunk). The chunker stays usable:
+    /// the next chunk starts at the next keyframe, at this chunk's end in media time.
     pub fn finish(&mut self) -> Result<(), ChunkError> {
-        self.flush_pending()
+        self.flush_pending()?;
+        // The end just given was an estimate (one frame duration after the last frame),
+        // and the group was cut without a keyframe after it. Without this, a P frame
+        // pushed next would open a chunk that cannot decode alone, and a frame sooner
+        // than the estimate would start a chunk before the last one ended (both found by
+        // the `chunker` fuzz target). Unlike `gap`, no discontinuity is marked.
+        self.awaiting_keyframe = true;
+        self.resync = true;
+        Ok(())
     }
 
     /// The source stopped (e.g. camera unplugged): emit what is pending, then treat the
@@ -640,6 +649,29 @@ mod tests {
         assert_eq!(chunks[0].media_end_us, 2 * F);
         assert_eq!(chunks[1].media_start_us, 2 * F);
         assert_eq!(chunks[1].media_end_us, 4 * F);
+    }
+
+    #[test]
+    fn more_frames_after_finish_neither_overlap_nor_open_a_chunk_with_a_p_frame() {
+        // Found by the `chunker` fuzz target: finish() gives the last chunk an estimated
+        // end (one frame after its last frame); frames pushed afterwards started a chunk
+        // before that end, or with a P frame.
+        let idr = real_idr();
+        let mut c = Chunker::new(ChunkerConfig::default()).unwrap();
+        c.push(idr_at(&idr, 0)).unwrap();
+        c.push(p_frame(F, 10)).unwrap();
+        c.finish().unwrap();
+        // Sooner than the estimated end (2F), and a P frame: dropped until a keyframe.
+        c.push(p_frame(F + F / 2, 10)).unwrap();
+        assert_eq!(c.dropped_access_units(), 1);
+        c.push(idr_at(&idr, F + F / 2 + 1)).unwrap();
+        c.finish().unwrap();
+        let chunks = drain(&mut c);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!((chunks[0].media_start_us, chunks[0].media_end_us), (0, 2 * F));
+        assert_eq!(chunks[1].media_start_us, 2 * F, "continues at the last end");
+        assert_eq!(chunks[1].frame_count, 1);
+        assert!(!chunks[1].gap_before);
     }
 
     #[test]

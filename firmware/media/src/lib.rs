@@ -32,7 +32,12 @@ mod chunker;
 mod convert;
 mod encode;
 mod fmp4;
+#[cfg(test)]
+mod fuzz_seeds;
 pub mod fwht;
+// The H.264 helpers for `fuzz/`; not part of the API (see its header).
+#[doc(hidden)]
+pub mod fuzzing;
 mod h264;
 mod source;
 #[cfg(target_os = "linux")]

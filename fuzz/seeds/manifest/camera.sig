@@ -1,0 +1,1 @@
+tRaJz1i+jHcpeTiTV9/RpdiFDhnQtE1YA2pSMnyT4JNJqHCDBQ6yJmhrwHJ0assa6BL9SjRBUV5lsl9t8UeaBg==
