@@ -362,7 +362,20 @@ pub fn session_response(e: &Engine, r: &SessionRow) -> Value {
     })
 }
 
-async fn create(State(e): State<AppState>, LJson(req): LJson<CreateSession>) -> ApiResult<Response> {
+/// What a valid create-session body becomes: every field checked and shaped, nothing stored.
+struct NewSession {
+    name: String,
+    description: Option<String>,
+    session_id: Option<String>,
+    recording_config: Value,
+    storage_config: Value,
+    metadata: Value,
+    rdp_config: Option<Value>,
+}
+
+/// The create-session rules, pure (no engine, no IO), so the fuzzer runs exactly them: the
+/// FastAPI-style problem list, or the shaped fields.
+fn check_create(req: CreateSession, encoder_bps: u32) -> Result<NewSession, Vec<Value>> {
     let mut problems = Vec::new();
     let name = req.name.unwrap_or_default();
     let n = name.chars().count();
@@ -372,14 +385,55 @@ async fn create(State(e): State<AppState>, LJson(req): LJson<CreateSession>) -> 
     if let Some(Err(err)) = req.session_id.as_deref().map(lucid_core::chunk::validate_session_id) {
         problems.push(json!({"loc": ["body", "session_id"], "msg": err.to_string(), "type": "value_error"}));
     }
-    let rc = recording_config_value(req.recording_config, e.cfg.video.bitrate_bps, &mut problems);
-    let sc = storage_config_value(req.storage_config, &mut problems);
-    let md = metadata_value(req.metadata, &mut problems);
-    let rdp = rdp_value(req.rdp_config, &mut problems);
+    let recording_config = recording_config_value(req.recording_config, encoder_bps, &mut problems);
+    let storage_config = storage_config_value(req.storage_config, &mut problems);
+    let metadata = metadata_value(req.metadata, &mut problems);
+    let rdp_config = rdp_value(req.rdp_config, &mut problems);
     if !problems.is_empty() {
-        return Err(ApiError::Validation(problems));
+        return Err(problems);
     }
-    let (desc, sid, e2) = (req.description, req.session_id, e.clone());
+    Ok(NewSession {
+        name,
+        description: req.description,
+        session_id: req.session_id,
+        recording_config,
+        storage_config,
+        metadata,
+        rdp_config,
+    })
+}
+
+/// The fuzz target `json_bodies` (fuzz/): a create-session body from outside bytes through
+/// the same parse and rules as the handler. Panics if an accepted body breaks a promise of
+/// the contract: a password kept anywhere in `rdp_config`, tags that are not strings, a
+/// `max_size_gb` or `bitrate` that is not an integer, a name outside 1..=255 characters.
+#[doc(hidden)]
+pub fn fuzz_create_session(bytes: &[u8]) {
+    fn has_password(v: &Value) -> bool {
+        match v {
+            Value::Object(o) => o.iter().any(|(k, v)| k.eq_ignore_ascii_case("password") || has_password(v)),
+            Value::Array(a) => a.iter().any(has_password),
+            _ => false,
+        }
+    }
+    let Ok(req) = serde_json::from_slice::<CreateSession>(bytes) else { return };
+    let Ok(s) = check_create(req, 2_000_000) else { return };
+    assert!((1..=255).contains(&s.name.chars().count()));
+    assert!(s.rdp_config.as_ref().is_none_or(|v| !has_password(v)), "a password survived: {:?}", s.rdp_config);
+    let tags = &s.metadata["tags"];
+    assert!(tags.as_array().is_some_and(|t| t.iter().all(Value::is_string)), "tags {tags}");
+    assert!(s.storage_config["max_size_gb"].is_u64(), "{}", s.storage_config);
+    assert!(s.recording_config["bitrate"].is_u64(), "{}", s.recording_config);
+    if let Some(id) = &s.session_id {
+        assert!(id != "." && id != "..");
+    }
+}
+
+async fn create(State(e): State<AppState>, LJson(req): LJson<CreateSession>) -> ApiResult<Response> {
+    let NewSession { name, description, session_id, recording_config, storage_config, metadata, rdp_config } =
+        check_create(req, e.cfg.video.bitrate_bps).map_err(ApiError::Validation)?;
+    let (rc, sc, md, rdp) = (recording_config, storage_config, metadata, rdp_config);
+    let (desc, sid, e2) = (description, session_id, e.clone());
     let row = blocking(move || {
         e2.create_session(sid, name, Kind::Camera, |r| {
             r.description = desc;
