@@ -674,8 +674,10 @@ pub(crate) fn install_generated(
         std::fs::copy(v, dir.join("etc/lucid/ota-keys").join(v.file_name().unwrap()))?;
     }
     std::fs::write(dir.join("etc/hostname"), format!("{}\n", board.rootfs.hostname))?;
-    let wd = board.hardware.watchdog.as_ref().map(|w| w.timeout_secs.to_string()).unwrap_or_default();
-    let ifaces = if board.qemu.is_some() { "eth0" } else { "eth0 end0 usb0" };
+    // Empty: rcS does not arm it (no watchdog, or a test variant whose emulator models it wrong).
+    let wd = board.hardware.watchdog.as_ref().filter(|w| w.arm).map(|w| w.timeout_secs.to_string()).unwrap_or_default();
+    // An emulated board's NIC is known; a real one's is whichever of these the Pi has.
+    let ifaces = board.qemu.as_ref().map_or("eth0 end0 usb0", |q| q.nic.guest_ifaces());
     std::fs::write(
         dir.join("etc/lucid/board.env"),
         format!(
