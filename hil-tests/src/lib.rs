@@ -203,6 +203,23 @@ impl Qemu {
                 line.clear();
             }
         });
+        let plug = xtask::qemu::hotplug_devices(&board);
+        if !plug.is_empty() {
+            // The USB NIC goes in once Linux's dwc2 has its root hub (xtask::qemu::command).
+            let (mon, seen) = (xtask::qemu::monitor_path(disk), console.clone());
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                while !seen.lock().unwrap().contains("dwc2_hsotg") && t.elapsed() < Duration::from_secs(300) {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&mon) {
+                    for d in plug {
+                        let _ = writeln!(s, "device_add {d}");
+                    }
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            });
+        }
         Ok(Qemu { child, stdin, console, started: Instant::now(), log })
     }
 

@@ -280,6 +280,14 @@ impl QemuNic {
             QemuNic::UsbNet => "usb0 eth0",
         }
     }
+
+    /// How long rcS waits for the NIC: a hot-plugged USB one enumerates during boot.
+    pub fn guest_wait_secs(self) -> u32 {
+        match self {
+            QemuNic::VirtioNetPci => 0,
+            QemuNic::UsbNet => 60,
+        }
+    }
 }
 
 impl Board {

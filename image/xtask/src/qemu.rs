@@ -73,7 +73,10 @@ pub fn command(board: &Board, work: &Path, disk: &Path, forwards: &[(u16, u16)],
     c.args(["-netdev", &format!("user,id=n0{fwd}")]);
     match q.nic {
         QemuNic::VirtioNetPci => c.args(["-device", "virtio-net-pci,netdev=n0,romfile="]),
-        QemuNic::UsbNet => c.args(["-usb", "-device", "usb-net,netdev=n0"]),
+        // Plugged in later through the monitor (`hotplug_devices`): QEMU 7.2's DWC2 loses a
+        // device present from power-on once Linux's dwc2 resets the port ("Not connected"),
+        // while one attached after that enumerates.
+        QemuNic::UsbNet => c.args(["-usb"]),
     };
     for d in &q.devices {
         c.args(["-device", d]);
@@ -89,7 +92,11 @@ pub fn command(board: &Board, work: &Path, disk: &Path, forwards: &[(u16, u16)],
         // (which would put the first port on stdio) is spelled out instead.
         c.args(["-display", "none"]);
         if !interactive {
-            c.args(["-monitor", "none"]);
+            if hotplug_devices(board).is_empty() {
+                c.args(["-monitor", "none"]);
+            } else {
+                c.arg("-monitor").arg(format!("unix:{},server,nowait", monitor_path(disk).display()));
+            }
         }
         for _ in 0..q.console_serial {
             c.args(["-serial", "null"]);
@@ -97,6 +104,19 @@ pub fn command(board: &Board, work: &Path, disk: &Path, forwards: &[(u16, u16)],
         c.args(["-serial", if interactive { "mon:stdio" } else { "stdio" }]);
     }
     Ok(c)
+}
+
+/// Devices to `device_add` on the monitor once the guest's USB host is up (see `command`).
+pub fn hotplug_devices(board: &Board) -> Vec<String> {
+    match board.qemu.as_ref().map(|q| q.nic) {
+        Some(QemuNic::UsbNet) => vec!["usb-net,netdev=n0,id=net0".into()],
+        _ => vec![],
+    }
+}
+
+/// The monitor socket of a non-interactive run on `disk`.
+pub fn monitor_path(disk: &Path) -> std::path::PathBuf {
+    disk.with_extension("monitor")
 }
 
 #[cfg(test)]
@@ -158,12 +178,16 @@ mod tests {
             all.contains(&format!("-kernel {w}/bootctl/u-boot.bin -dtb {w}/boot-a/dtbs/broadcom/bcm2837-rpi-3-b.dtb"))
         );
         assert!(all.contains("-drive if=sd,file=/tmp/x.qcow2,format=qcow2 "), "{all}");
-        assert!(all.contains("-usb -device usb-net,netdev=n0"), "{all}");
+        assert!(all.contains("-usb "), "{all}");
+        assert_eq!(hotplug_devices(&b), ["usb-net,netdev=n0,id=net0"]);
         assert!(!all.contains("-bios") && !all.contains("virtio"), "{all}");
         for p in 8083..=8087 {
             assert!(all.contains(&format!("hostfwd=tcp:127.0.0.1:{}-:{p}", p + 10000)), "{all}");
         }
-        assert!(all.ends_with("-display none -monitor none -serial null -serial stdio"), "mini-UART second: {all}");
+        assert!(
+            all.ends_with("-display none -monitor unix:/tmp/x.monitor,server,nowait -serial null -serial stdio"),
+            "mini-UART second: {all}"
+        );
         let c = command(&b, work.path(), Path::new("/tmp/x.qcow2"), &[], true).unwrap();
         let all: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert!(all.join(" ").ends_with("-display none -serial null -serial mon:stdio"), "{all:?}");
