@@ -16,18 +16,37 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub const BOARD: &str = "qemu-aarch64-virt";
-/// The token the qemu-aarch64-virt manifest puts into lucidd.toml (test board only).
+/// The token the qemu-aarch64-virt manifest (and the raspi3b variant) puts into
+/// lucidd.toml (test images only).
 pub const QEMU_TOKEN: &str = "lucid-qemu-test-token";
 
 pub fn repo() -> PathBuf {
     xtask::repo_root()
 }
 
-/// out/qemu-aarch64-virt/qemu-aarch64-virt.img, or LUCID_HIL_IMAGE.
+/// The emulated board: `LUCID_HIL_BOARD` (scripts/hil --board), default qemu-aarch64-virt.
+pub fn board_name() -> String {
+    std::env::var("LUCID_HIL_BOARD").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| BOARD.to_owned())
+}
+
+/// The variant whose `[qemu]` table emulates the board: `LUCID_HIL_VARIANT` (scripts/hil
+/// --variant), e.g. rpi3's `raspi3b`; none for a board with its own `[qemu]`.
+pub fn machine_variant() -> Option<String> {
+    std::env::var("LUCID_HIL_VARIANT").ok().filter(|s| !s.is_empty())
+}
+
+/// The emulated board's manifest, with the machine variant on top.
+pub fn board() -> Result<xtask::board::Board> {
+    Ok(xtask::board::load(&repo(), &board_name(), machine_variant().as_deref())?)
+}
+
+/// out/NAME/NAME.img, NAME = BOARD[-VARIANT] (out/qemu-aarch64-virt/qemu-aarch64-virt.img by default),
+/// or LUCID_HIL_IMAGE.
 pub fn image_path() -> PathBuf {
-    std::env::var_os("LUCID_HIL_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("out").join(BOARD).join(format!("{BOARD}.img")))
+    std::env::var_os("LUCID_HIL_IMAGE").map(PathBuf::from).unwrap_or_else(|| {
+        let name = xtask::assemble::out_name(&board_name(), machine_variant().as_deref(), 1);
+        repo().join("out").join(&name).join(format!("{name}.img"))
+    })
 }
 
 /// Where consoles and downloads of a run go.
@@ -87,12 +106,17 @@ impl Device {
             return Ok(Device { host: addr, ports: [8083, 8084, 8085, 8086, 8087], token, qemu: None });
         }
         let disk = work_dir().join(format!("{name}.qcow2"));
-        xtask::qemu::overlay(image, &disk)?;
+        xtask::qemu::overlay_for(&board()?, image, &disk)?;
         Self::boot_qemu(name, &disk, "qcow2")
     }
 
     /// Boot the QEMU board on `disk` (an overlay or a scratch copy, never out/'s image).
     pub fn boot_qemu(name: &str, disk: &Path, format: &str) -> Result<Device> {
+        if format == "raw" && board()?.qemu.is_some_and(|q| q.drive == xtask::board::QemuDrive::Sd) {
+            // QEMU's SD card model takes power-of-two sizes only; this is a scratch copy.
+            let f = std::fs::OpenOptions::new().write(true).open(disk)?;
+            f.set_len(f.metadata()?.len().next_power_of_two())?;
+        }
         let ports = free_ports()?;
         let q = Qemu::start(name, disk, format, &ports)?;
         Ok(Device { host: "127.0.0.1".into(), ports, token: QEMU_TOKEN.into(), qemu: Some(q) })
@@ -144,9 +168,11 @@ pub struct Qemu {
 
 impl Qemu {
     pub fn start(name: &str, disk: &Path, format: &str, ports: &[u16; 5]) -> Result<Qemu> {
-        let board = xtask::board::load(&repo(), BOARD, None)?;
+        let board = board()?;
         let fwd: Vec<(u16, u16)> = ports.iter().enumerate().map(|(i, h)| (*h, 8083 + i as u16)).collect();
-        let mut c = xtask::qemu::command(&board, disk, &fwd, false)?;
+        // U-Boot and the DTB a machine like raspi3b starts come from the image's own build.
+        let work = image_path().parent().unwrap_or(Path::new(".")).join("work");
+        let mut c = xtask::qemu::command(&board, &work, disk, &fwd, false)?;
         if format != "qcow2" {
             // The harness may boot a raw scratch copy (tests that edit p1 with mtools).
             let args: Vec<String> = c
@@ -177,6 +203,23 @@ impl Qemu {
                 line.clear();
             }
         });
+        let plug = xtask::qemu::hotplug_devices(&board);
+        if !plug.is_empty() {
+            // The USB NIC goes in once Linux's dwc2 has its root hub (xtask::qemu::command).
+            let (mon, seen) = (xtask::qemu::monitor_path(disk), console.clone());
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                while !seen.lock().unwrap().contains("dwc2_hsotg") && t.elapsed() < Duration::from_secs(300) {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&mon) {
+                    for d in plug {
+                        let _ = writeln!(s, "device_add {d}");
+                    }
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            });
+        }
         Ok(Qemu { child, stdin, console, started: Instant::now(), log })
     }
 

@@ -674,18 +674,22 @@ pub(crate) fn install_generated(
         std::fs::copy(v, dir.join("etc/lucid/ota-keys").join(v.file_name().unwrap()))?;
     }
     std::fs::write(dir.join("etc/hostname"), format!("{}\n", board.rootfs.hostname))?;
-    let wd = board.hardware.watchdog.as_ref().map(|w| w.timeout_secs.to_string()).unwrap_or_default();
-    let ifaces = if board.qemu.is_some() { "eth0" } else { "eth0 end0 usb0" };
+    // Empty: rcS does not arm it (no watchdog, or a test variant whose emulator models it wrong).
+    let wd = board.hardware.watchdog.as_ref().filter(|w| w.arm).map(|w| w.timeout_secs.to_string()).unwrap_or_default();
+    // An emulated board's NIC is known; a real one's is whichever of these the Pi has.
+    let ifaces = board.qemu.as_ref().map_or("eth0 end0 usb0", |q| q.nic.guest_ifaces());
+    let net_wait = board.qemu.as_ref().map_or(0, |q| q.nic.guest_wait_secs());
     std::fs::write(
         dir.join("etc/lucid/board.env"),
         format!(
-            "# Generated from board/{}.toml by the image tool.\nLUCID_BOARD={}\nLUCID_BOOTCTL_DEV={}\nLUCID_DATA_DEV={}\nLUCID_WATCHDOG_TIMEOUT={}\nLUCID_NET_IFACES=\"{}\"\n",
+            "# Generated from board/{}.toml by the image tool.\nLUCID_BOARD={}\nLUCID_BOOTCTL_DEV={}\nLUCID_DATA_DEV={}\nLUCID_WATCHDOG_TIMEOUT={}\nLUCID_NET_IFACES=\"{}\"\nLUCID_NET_WAIT_SECS={}\n",
             board.name,
             board.name,
             board.part(1),
             board.part(7),
             wd,
-            ifaces
+            ifaces,
+            net_wait
         ),
     )?;
     std::fs::write(

@@ -170,6 +170,15 @@ pub struct Watchdog {
     pub module: String,
     /// Seconds without a ping before the hardware resets the board.
     pub timeout_secs: u32,
+    /// rcS starts busybox `watchdog` on it. A test variant sets false where the emulator's
+    /// model of the watchdog is wrong (QEMU 7.2's bcm2835 resets at once when armed); the
+    /// driver still loads, because it is also how the kernel reboots the board.
+    #[serde(default = "yes")]
+    pub arm: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,17 +207,87 @@ pub struct Lucidd {
     pub config: toml::Table,
 }
 
+/// How QEMU emulates a board: the machine, how it starts, and where the disk, the network
+/// and the console are. Read by `qemu::command`; a board or a test variant carries it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Qemu {
     pub machine: String,
-    pub cpu: String,
+    /// `-cpu`; none for machines with a fixed SoC (raspi3b's Cortex-A53s).
+    #[serde(default)]
+    pub cpu: Option<String>,
     pub memory_mib: u32,
-    /// Firmware QEMU starts (U-Boot), a host path.
-    pub bios: String,
+    /// `-smp`: raspi3b insists on its 4 cores; 2 keeps TCG light on the virt machine.
+    #[serde(default = "two")]
+    pub smp: u32,
+    /// Firmware QEMU starts (U-Boot), a host path. Either this or `kernel`.
+    #[serde(default)]
+    pub bios: Option<String>,
+    /// Started by QEMU in place of the GPU firmware, relative to the image's work dir
+    /// (`out/NAME/work`), so it is the U-Boot the image itself carries on p1.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Device tree handed to `kernel` (what the Pi firmware would pass), relative to the
+    /// image's work dir.
+    #[serde(default)]
+    pub dtb: Option<String>,
+    #[serde(default)]
+    pub drive: QemuDrive,
+    #[serde(default)]
+    pub nic: QemuNic,
+    /// Index of the serial port that is the console: raspi3b's first port is the PL011
+    /// (Bluetooth on a Pi 3), its second the mini-UART that `ttyS1` names.
+    #[serde(default)]
+    pub console_serial: u32,
     /// Extra devices, e.g. the watchdog.
     #[serde(default)]
     pub devices: Vec<String>,
+}
+
+fn two() -> u32 {
+    2
+}
+
+/// Where the emulated machine finds its disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QemuDrive {
+    /// A virtio block device on PCI (`/dev/vda`).
+    #[default]
+    VirtioBlk,
+    /// The machine's own SD controller (`/dev/mmcblk0`); QEMU wants a power-of-two size.
+    Sd,
+}
+
+/// The emulated network card, on QEMU's user network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QemuNic {
+    /// virtio-net on PCI: the guest's `eth0`.
+    #[default]
+    VirtioNetPci,
+    /// A USB CDC Ethernet / RNDIS gadget on the machine's USB bus (raspi3b's DWC2): the
+    /// guest needs `cdc_ether` (or `rndis_host`) and names it `usb0` (QEMU's MAC is
+    /// locally administered).
+    UsbNet,
+}
+
+impl QemuNic {
+    /// The interfaces rcS brings up (`LUCID_NET_IFACES`).
+    pub fn guest_ifaces(self) -> &'static str {
+        match self {
+            QemuNic::VirtioNetPci => "eth0",
+            QemuNic::UsbNet => "usb0 eth0",
+        }
+    }
+
+    /// How long rcS waits for the NIC: a hot-plugged USB one enumerates during boot.
+    pub fn guest_wait_secs(self) -> u32 {
+        match self {
+            QemuNic::VirtioNetPci => 0,
+            QemuNic::UsbNet => 60,
+        }
+    }
 }
 
 impl Board {
@@ -269,6 +348,18 @@ impl Board {
         }
         if self.lucidd.config.contains_key("update") {
             return bad("lucidd.config.update is generated from the board; do not set it".into());
+        }
+        if let Some(q) = &self.qemu {
+            if q.bios.is_some() == q.kernel.is_some() {
+                return bad("qemu: give either bios (a host path) or kernel (in the image's work dir)".into());
+            }
+            if q.dtb.is_some() && q.kernel.is_none() {
+                return bad("qemu.dtb goes with qemu.kernel".into());
+            }
+            let relative = |p: &str| Path::new(p).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !q.kernel.iter().chain(&q.dtb).all(|p| relative(p)) {
+                return bad("qemu.kernel and qemu.dtb are plain paths relative to the image's work dir".into());
+            }
         }
         if !self.boot.console.starts_with("tty") {
             return bad("boot.console must name a tty, e.g. ttyAMA0,115200".into());

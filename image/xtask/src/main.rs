@@ -1,7 +1,7 @@
 //! `xtask`: the CLI over the image library (`./scripts/image`, `./scripts/qemu`,
 //! `./scripts/flash` call it). Errors become exit codes here: 0 ok, 1 failure, 2 usage.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -67,7 +67,10 @@ enum Cmd {
     Qemu {
         #[arg(default_value = "qemu-aarch64-virt")]
         board: String,
-        /// Image to boot (default out/BOARD/BOARD.img).
+        /// A test variant that says how QEMU emulates the board (e.g. rpi3's `raspi3b`).
+        #[arg(long)]
+        variant: Option<String>,
+        /// Image to boot (default out/NAME/NAME.img, NAME = BOARD[-VARIANT]); its `work/` dir beside it.
         #[arg(long)]
         image: Option<PathBuf>,
         /// First host port; the five services map to it and the next four.
@@ -146,11 +149,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             from_buildroot::rootfs_files(&repo, &board, variant.as_deref(), &target, build, &repo.join(keys))?;
             println!("installed /etc/lucid (board {board}, build {build}) into {}", target.display());
         }
-        Cmd::Qemu { board, image, port_base } => {
-            let b = board::load(&repo, &board, None)?;
-            let image = image.unwrap_or_else(|| repo.join("out").join(&board).join(format!("{board}.img")));
+        Cmd::Qemu { board, variant, image, port_base } => {
+            let b = board::load(&repo, &board, variant.as_deref())?;
+            let image = image.unwrap_or_else(|| {
+                let name = assemble::out_name(&board, variant.as_deref(), 1);
+                repo.join("out").join(&name).join(format!("{name}.img"))
+            });
+            let work = image.parent().unwrap_or(Path::new(".")).join("work");
             let disk = std::env::temp_dir().join(format!("lucid-qemu-{}.qcow2", std::process::id()));
-            qemu::overlay(&image, &disk)?;
+            qemu::overlay_for(&b, &image, &disk)?;
             eprintln!(
                 "xtask: booting {} (overlay {}); ports {}..{} -> 8083..8087; quit with Ctrl-A X",
                 image.display(),
@@ -158,7 +165,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 port_base,
                 port_base + 4
             );
-            let st = qemu::command(&b, &disk, &qemu::default_forwards(port_base), true)?.status()?;
+            let st = qemu::command(&b, &work, &disk, &qemu::default_forwards(port_base), true)?.status()?;
             let _ = std::fs::remove_file(&disk);
             if !st.success() {
                 anyhow::bail!("qemu exited with {st}");
