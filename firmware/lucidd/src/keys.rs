@@ -81,6 +81,21 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, KeyError> {
     }
 }
 
+/// A 32-byte random secret kept at `path`: read if it exists (it must be exactly 32 bytes),
+/// else generated and written once. The KEK and the share-URL key are both of this kind.
+fn load_or_create_key32(path: &Path, rng: &SystemRandom) -> Result<[u8; 32], KeyError> {
+    match read_file(path)? {
+        Some(b) => {
+            b.as_slice().try_into().map_err(|_| KeyError::Bad { path: path.to_owned(), msg: "not 32 bytes".into() })
+        }
+        None => {
+            let b = random_bytes::<32>(rng)?;
+            write_secret(path, &b)?;
+            Ok(b)
+        }
+    }
+}
+
 fn random_bytes<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], KeyError> {
     let mut b = [0u8; N];
     rng.fill(&mut b).map_err(|_| KeyError::Rng)?;
@@ -112,29 +127,8 @@ pub fn load_or_create(data_dir: &Path, configured_token: Option<&str>) -> Result
     let signer = Signer::from_pkcs8(&device_id, &pkcs8)
         .map_err(|e| KeyError::Bad { path: id_path.clone(), msg: e.to_string() })?;
 
-    let kek_path = dir.join("kek");
-    let kek_bytes: [u8; 32] = match read_file(&kek_path)? {
-        Some(b) => {
-            b.as_slice().try_into().map_err(|_| KeyError::Bad { path: kek_path.clone(), msg: "not 32 bytes".into() })?
-        }
-        None => {
-            let b = random_bytes::<32>(&rng)?;
-            write_secret(&kek_path, &b)?;
-            b
-        }
-    };
-
-    let url_path = dir.join("url-key");
-    let url_key: [u8; 32] = match read_file(&url_path)? {
-        Some(b) => {
-            b.as_slice().try_into().map_err(|_| KeyError::Bad { path: url_path.clone(), msg: "not 32 bytes".into() })?
-        }
-        None => {
-            let b = random_bytes::<32>(&rng)?;
-            write_secret(&url_path, &b)?;
-            b
-        }
-    };
+    let kek_bytes = load_or_create_key32(&dir.join("kek"), &rng)?;
+    let url_key = load_or_create_key32(&dir.join("url-key"), &rng)?;
 
     let token_path = dir.join("api-token");
     // An empty token would make every bearer check a comparison with "": refuse it loudly
