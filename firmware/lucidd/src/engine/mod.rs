@@ -19,6 +19,7 @@ pub mod access;
 pub mod camera;
 pub mod pipeline;
 pub mod row;
+pub mod segments;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -172,6 +173,8 @@ pub struct Engine {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     camera: Mutex<Option<camera::CameraRun>>,
     pub camera_state: camera::CameraState,
+    /// Decrypted media segments that viewers asked for recently (see `segments`).
+    segments: segments::SegmentCache,
 }
 
 impl std::fmt::Debug for Engine {
@@ -242,6 +245,7 @@ impl Engine {
             locks: Mutex::new(HashMap::new()),
             camera: Mutex::new(None),
             camera_state: camera::CameraState::default(),
+            segments: segments::SegmentCache::new(segments::DEFAULT_BUDGET),
             cfg,
         });
         engine.recover()?;
@@ -444,7 +448,11 @@ impl Engine {
             g.deleted = true;
             g
         });
-        Ok(self.store.delete_session(sid)?)
+        let freed = self.store.delete_session(sid)?;
+        // After the store: a segment load racing this delete either read nothing or is
+        // discarded by the cache's generation check.
+        self.segments.evict_session(sid);
+        Ok(freed)
     }
 
     // ----- the log ----------------------------------------------------------------------
@@ -1022,7 +1030,28 @@ impl Engine {
     pub fn redact(&self, sid: &str, index: u64) -> Result<bool> {
         let lk = self.session_lock(sid);
         let _g = lock(&lk);
-        Ok(self.store.redact_chunk(sid, index)?)
+        let redacted = self.store.redact_chunk(sid, index)?;
+        self.segments.evict(sid, index);
+        Ok(redacted)
+    }
+
+    /// A camera session's media segment `index` (its fMP4 fragment), decrypted once and
+    /// shared by every viewer asking for it (see `segments`).
+    pub fn segment(&self, sid: &str, index: u64) -> Result<bytes::Bytes> {
+        if let Some(b) = self.segments.peek(sid, index) {
+            return Ok(b);
+        }
+        let row = self.get(sid)?;
+        if row.kind != Kind::Camera {
+            return Err(EngineError::BadInput(format!("session {sid} holds uploaded data, not video")));
+        }
+        self.segments.get_or_load(sid, index, || self.reader(sid)?.plaintext(index))
+    }
+
+    /// The segment if it is decrypted and cached now; never touches the store, so the
+    /// HTTP layer can answer the hot segment of a live stream without a blocking thread.
+    pub fn cached_segment(&self, sid: &str, index: u64) -> Option<bytes::Bytes> {
+        self.segments.peek(sid, index)
     }
 
     pub fn checkpoints(&self, sid: &str) -> Result<Vec<(u64, String)>> {

@@ -146,6 +146,18 @@ fn record_pause_resume_stop_export_and_verify() {
     assert_eq!((codec.as_str(), w, h), ("h264", 320, 240));
     assert_eq!(n, frames, "ffprobe decoded {n} frames, the session recorded {frames}");
 
+    // The HLS files are the export cut at chunk boundaries, byte for byte, whether a
+    // segment is decrypted for this request or served from the segment cache.
+    let media = |f: &str| c.get(&d.url("gateway", &format!("/api/v1/sessions/{sid}/media/{f}")));
+    let mut joined = media("init.mp4").body;
+    for i in 0..chunks {
+        let first = media(&format!("{i}.m4s"));
+        assert_eq!(first.status, 200);
+        assert_eq!(media(&format!("{i}.m4s")).body, first.body, "segment {i} changed when served again");
+        joined.extend(first.body);
+    }
+    assert!(joined == mp4.body, "init + segments differ from export.mp4");
+
     // Decrypted media needs a credential; evidence (sealed) does not.
     assert_eq!(d.anon().get(&d.url("gateway", &format!("/api/v1/sessions/{sid}/export.mp4"))).status, 401);
     let ev = d.anon().get(&d.url("gateway", &format!("/api/v1/sessions/{sid}/evidence")));
@@ -161,6 +173,10 @@ fn record_pause_resume_stop_export_and_verify() {
     assert_eq!(pl.matches("#EXTINF").count() as u64, chunks);
 
     tamper_cases(&d, &c, &ev.body);
+
+    // Deleting the session forgets its cached segments with it.
+    assert_eq!(c.delete(&d.url("gateway", &format!("/api/v1/sessions/{sid}"))).status, 200);
+    assert_eq!(media("0.m4s").status, 404);
 }
 
 fn tamper_cases(d: &Daemon, c: &Client, good: &[u8]) {
