@@ -145,6 +145,7 @@ fn main() {
                 media_end_us: f.media_end_us,
                 wall_us: f.wall_start_us,
                 frames: f.frame_count,
+                quality: None,
             },
             data: f.fragment,
         })

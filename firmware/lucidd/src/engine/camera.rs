@@ -483,6 +483,7 @@ impl Sink<'_> {
             media_end_us: chunk.media_end_us,
             wall_us: chunk.wall_start_us,
             frames: chunk.frame_count,
+            quality: None,
         };
         self.engine.append(self.sid, &chunk.fragment, &info, None, None)?;
         Ok(())

@@ -41,12 +41,22 @@ use crate::keys::DeviceKeys;
 use crate::metrics::{Metrics, Stage};
 use crate::store::{ChunkWrite, PartWrite, Store, StoreError};
 use crate::util::{hex, now_rfc3339};
-pub use row::{Kind, PipelineRow, SessionRow, Status};
+pub use row::{Kind, LogCounters, PipelineRow, SessionRow, Status};
 pub use upload::{Ingested, parts_for};
 
 /// Largest payload one sealed chunk carries: the redb value limit less the header
 /// (at most 93 bytes) and the AEAD tag, rounded down for headroom.
 pub const MAX_PART: usize = MAX_SEALED_CHUNK - 4096;
+
+/// A client's chunk id: 1 to 128 bytes (it is a key of the store's id table and is echoed
+/// in every listing). Pure, so the HTTP bodies' checks and the fuzzer apply the same rule
+/// `append` enforces.
+pub fn check_chunk_id(cid: &str) -> Result<()> {
+    if cid.is_empty() || cid.len() > 128 {
+        return Err(EngineError::BadInput("chunk_id must be 1..=128 characters".into()));
+    }
+    Ok(())
+}
 
 /// Errors at the engine boundary; the HTTP layer maps each to one status code.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +107,9 @@ pub struct ChunkInfo {
     pub media_end_us: u64,
     pub wall_us: i64,
     pub frames: u32,
+    /// The client's quality score of an uploaded chunk, counted into the session's
+    /// statistics.
+    pub quality: Option<f64>,
 }
 
 /// What appending produced, for the Lucid responses.
@@ -141,6 +154,8 @@ struct SealedPart {
     leaf: Hash,
     epoch: u32,
     compressed: bool,
+    /// The record carries `GAP_BEFORE`.
+    gap_before: bool,
     sealed_blake3: String,
 }
 
@@ -363,6 +378,7 @@ impl Engine {
             archived: false,
             pipeline: None,
             last_error: None,
+            counters: LogCounters { version: LogCounters::VERSION, ..LogCounters::default() },
         };
         fill(&mut row);
         self.store.put_session(&id, &row)?;
@@ -546,9 +562,7 @@ impl Engine {
             return Err(EngineError::Transition { session: sid.to_owned(), state: "finalized", action: "append to" });
         }
         if let Some(cid) = client_id {
-            if cid.is_empty() || cid.len() > 128 {
-                return Err(EngineError::BadInput("chunk_id must be 1..=128 characters".into()));
-            }
+            check_chunk_id(cid)?;
             if self.store.chunk_index(sid, cid)?.is_some() {
                 return Err(EngineError::Conflict(format!("chunk {cid} already exists in session {sid}")));
             }
@@ -616,9 +630,15 @@ impl Engine {
             row.stored_bytes += p.sealed.len() as u64;
             row.compressed_chunks += p.compressed as u64;
             row.frame_count += info.frames as u64;
+            row.counters.gaps += p.gap_before as u64;
+            row.counters.max_sealed_len = row.counters.max_sealed_len.max(p.sealed.len() as u64);
             if !row.epochs.contains(&p.epoch) {
                 row.epochs.push(p.epoch);
             }
+        }
+        if let Some(q) = info.quality.filter(|q| q.is_finite()) {
+            row.counters.quality_sum += q;
+            row.counters.quality_count += 1;
         }
         row.chunk_count = l.tree.len();
         row.media_us = row.media_us.max(info.media_end_us);
@@ -722,6 +742,7 @@ impl Engine {
             leaf,
             epoch,
             compressed,
+            gap_before: record.flags.contains(Flags::GAP_BEFORE),
             sealed_blake3: hex(record.sealed_blake3.as_slice()),
         })
     }
@@ -854,6 +875,7 @@ impl Engine {
         let rows: Vec<SessionRow> = self.store.list_sessions()?;
         for row in &rows {
             self.backfill_nodes(&row.id, row.chunk_count)?;
+            self.backfill_counters(row)?;
         }
         for row in rows {
             let open_camera =
@@ -959,6 +981,8 @@ impl Engine {
         Ok(ChunkReader { engine: self, sid: sid.to_owned(), key })
     }
 
+    /// Every chunk view of a session. O(n): for tests and tools; the routes page with
+    /// `records_from` and read counters from the row.
     pub fn records(&self, sid: &str) -> Result<Vec<ChunkView>> {
         let ids: HashMap<u64, String> = self.store.chunk_ids(sid)?.into_iter().map(|(c, i)| (i, c)).collect();
         let mut out = Vec::new();
@@ -1008,6 +1032,36 @@ impl Engine {
             out.push(ChunkView { record, client_id, present: self.store.has_sealed(sid, idx)? });
         }
         Ok(out)
+    }
+
+    /// The chunk views from index `from` on whose record and presence satisfy `keep`, at
+    /// most `limit` of them, looking at no more than `scan` records; and the index the
+    /// next look should start at. A filtered listing is one bounded range read whatever
+    /// the session's length (the filter may match nothing in the window: the caller
+    /// pages on from the index returned).
+    pub fn records_where(
+        &self,
+        sid: &str,
+        from: u64,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&ChunkRecord, bool) -> bool,
+    ) -> Result<(Vec<ChunkView>, u64)> {
+        let mut out = Vec::new();
+        let mut next = from;
+        for (idx, bytes) in self.store.records_from(sid, from, scan)? {
+            next = idx + 1;
+            let record = ChunkRecord::decode(&bytes).map_err(internal)?;
+            let present = self.store.has_sealed(sid, idx)?;
+            if keep(&record, present) {
+                let client_id = self.client_id_of(sid, idx)?;
+                out.push(ChunkView { record, client_id, present });
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok((out, next))
     }
 
     /// Resolves a chunk named by client id or by decimal index.
@@ -1155,6 +1209,77 @@ impl Engine {
         Ok(true)
     }
 
+    /// Counts the records of a session whose row predates `LogCounters` (one pass over
+    /// its records and their metadata, once), so statistics never scan. Returns whether
+    /// it had to.
+    fn backfill_counters(&self, row: &SessionRow) -> Result<bool> {
+        if row.counters.version >= LogCounters::VERSION {
+            return Ok(false);
+        }
+        let mut c = LogCounters { version: LogCounters::VERSION, ..LogCounters::default() };
+        self.for_each_record(&row.id, 0, row.chunk_count, |idx, rec| {
+            c.gaps += rec.flags.contains(Flags::GAP_BEFORE) as u64;
+            c.max_sealed_len = c.max_sealed_len.max(u64::from(rec.sealed_len));
+            // Every part of an upload carries its metadata; only the first counts (the
+            // next part's `upload_id` differs from the previous part's).
+            if let Some(m) = self.chunk_meta(&row.id, idx)?
+                && let Some(q) = m.get("quality_score").and_then(Value::as_f64)
+            {
+                let prev = idx.checked_sub(1).map(|p| self.chunk_meta(&row.id, p)).transpose()?.flatten();
+                let upload = |m: &Value| m.get("upload_id").cloned();
+                if prev.is_none_or(|p| upload(&p).is_none() || upload(&p) != upload(&m)) {
+                    c.quality_sum += q;
+                    c.quality_count += 1;
+                }
+            }
+            Ok(())
+        })?;
+        self.update_row(&row.id, |r| {
+            r.counters = c;
+            Ok(())
+        })?;
+        tracing::info!(session = %row.id, "log counters backfilled");
+        Ok(true)
+    }
+
+    /// Calls `f` on every record of `[from, to)` in index order, reading them in bounded
+    /// batches (a whole-session pass never holds the whole log in memory).
+    fn for_each_record(
+        &self,
+        sid: &str,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(u64, ChunkRecord) -> Result<()>,
+    ) -> Result<()> {
+        const BATCH: usize = 1024;
+        let mut next = from;
+        while next < to {
+            let batch = self.store.records_from(sid, next, BATCH)?;
+            let Some(&(last, _)) = batch.last() else { break };
+            for (idx, bytes) in batch {
+                if idx >= to {
+                    return Ok(());
+                }
+                f(idx, ChunkRecord::decode(&bytes).map_err(internal)?)?;
+            }
+            next = last + 1;
+        }
+        Ok(())
+    }
+
+    /// The first and the last record of a session's log: two point lookups, for the
+    /// time range statistics report.
+    pub fn edge_records(&self, sid: &str, count: u64) -> Result<Option<(ChunkRecord, ChunkRecord)>> {
+        let Some(last) = count.checked_sub(1) else { return Ok(None) };
+        let get = |i| -> Result<Option<ChunkRecord>> {
+            self.store.get_record(sid, i)?.map(|b| ChunkRecord::decode(&b).map_err(internal)).transpose()
+        };
+        Ok(match (get(0)?, get(last)?) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        })
+    }
+
     /// Writes the evidence bundle (tar) of a session.
     pub fn write_evidence<W: std::io::Write>(&self, sid: &str, out: W) -> Result<()> {
         let row = self.get(sid)?;
@@ -1175,13 +1300,8 @@ impl Engine {
                 w.checkpoint(&note).map_err(internal)?;
             }
         }
-        for (idx, rec) in self.store.records(sid)? {
-            if idx >= manifest_size {
-                break;
-            }
-            let rec = ChunkRecord::decode(&rec).map_err(internal)?;
-            w.record(&rec).map_err(internal)?;
-        }
+        // The whole log is the bundle's content (O(n) by nature), read in batches.
+        self.for_each_record(sid, 0, manifest_size, |_, rec| w.record(&rec).map_err(internal))?;
         for idx in 0..manifest_size.min(row.chunk_count) {
             if let Some(sealed) = self.store.get_sealed(sid, idx)? {
                 w.chunk(&sealed).map_err(internal)?;

@@ -130,4 +130,34 @@ pub struct SessionRow {
     pub archived: bool,
     pub pipeline: Option<PipelineRow>,
     pub last_error: Option<String>,
+    /// Counters over the log's records, kept as chunks commit so that statistics never
+    /// scan the log (issue #8: no per-request read grows with the session).
+    #[serde(default)]
+    pub counters: LogCounters,
+}
+
+/// What the statistics routes report about a session's records, counted at commit in
+/// the same transaction as the records (so they never disagree with the log). A row
+/// written before they existed has `version` 0 and is counted once at open.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogCounters {
+    /// 0: never counted (an older row); `LogCounters::VERSION` once kept.
+    pub version: u32,
+    /// Records flagged `GAP_BEFORE` (a camera gap before them).
+    pub gaps: u64,
+    /// The largest sealed record, bytes.
+    pub max_sealed_len: u64,
+    /// Client quality scores of uploaded chunks, as uploaded (a later redaction does not
+    /// take a score back): their sum and how many chunks gave one.
+    pub quality_sum: f64,
+    pub quality_count: u64,
+}
+
+impl LogCounters {
+    pub const VERSION: u32 = 1;
+
+    /// The mean client quality score, if any chunk gave one.
+    pub fn quality(&self) -> Option<f64> {
+        (self.quality_count > 0).then(|| self.quality_sum / self.quality_count as f64)
+    }
 }

@@ -99,8 +99,10 @@ impl Engine {
         meta.insert("size_bytes".into(), json!(data.len()));
         meta.insert("upload_id".into(), json!(short_id("upload")));
         meta.insert("stored_at".into(), json!(now_rfc3339()));
+        let quality = meta.get("quality_score").and_then(Value::as_f64);
         let meta = Value::Object(meta);
-        let appended = self.append(sid, data, &ChunkInfo::default(), chunk_id, Some(&meta))?;
+        let info = ChunkInfo { quality, ..ChunkInfo::default() };
+        let appended = self.append(sid, data, &info, chunk_id, Some(&meta))?;
         if u64::from(appended.parts) != parts {
             // Both sides split at MAX_PART; a difference means the reader would reassemble
             // the wrong parts, which must be loud.

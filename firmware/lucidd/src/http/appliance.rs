@@ -360,23 +360,44 @@ async fn media(
     Ok(([(header::CONTENT_TYPE, "video/iso.segment")], Body::from(frag)).into_response())
 }
 
-/// HLS media playlist over the session's fragments; live (no ENDLIST) while recording.
+/// Segments a live playlist lists: the newest ones only, so a poll every target
+/// duration costs the same on the first minute and the tenth hour (RFC 8216 asks a
+/// live window of at least three target durations; a minute of 2 s fragments is ample).
+pub const LIVE_WINDOW: u64 = 30;
+
+/// HLS media playlist over the session's fragments. While recording it is live: a
+/// sliding window of the last `LIVE_WINDOW` segments (no playlist type, no ENDLIST),
+/// `#EXT-X-MEDIA-SEQUENCE` the first listed index and `#EXT-X-DISCONTINUITY-SEQUENCE`
+/// the discontinuities that slid out (the row counts gaps, so neither needs a scan).
+/// A finished session's VOD playlist lists every segment: the whole playlist is the
+/// content asked for.
 fn playlist(e: &Engine, sid: &str, q: &str) -> Result<String, EngineError> {
     let row = camera_session(e, sid)?;
-    let views = e.records(sid)?;
+    let live = matches!(row.status, Status::Recording | Status::Paused | Status::Starting);
+    let first = if live { row.chunk_count.saturating_sub(LIVE_WINDOW) } else { 0 };
+    let views = e.records_from(sid, first, usize::try_from(row.chunk_count - first).unwrap_or(usize::MAX))?;
+    let gap = |v: &crate::engine::ChunkView| v.record.flags.contains(lucid_core::chunk::Flags::GAP_BEFORE);
     let durs: Vec<f64> = views.iter().map(|v| (v.record.media_end_us - v.record.media_start_us) as f64 / 1e6).collect();
     let target = durs.iter().cloned().fold(1.0f64, f64::max).ceil() as u64;
+    // RFC 8216 6.2.2: the discontinuity sequence counts the tags of segments that left
+    // the playlist.
+    let disc_seq = row.counters.gaps.saturating_sub(views.iter().filter(|v| gap(v)).count() as u64);
     let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
-    s.push_str(&format!("#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:0\n"));
-    let live = matches!(row.status, Status::Recording | Status::Paused | Status::Starting);
-    s.push_str(if live { "#EXT-X-PLAYLIST-TYPE:EVENT\n" } else { "#EXT-X-PLAYLIST-TYPE:VOD\n" });
+    s.push_str(&format!("#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{first}\n"));
+    if live {
+        if disc_seq > 0 {
+            s.push_str(&format!("#EXT-X-DISCONTINUITY-SEQUENCE:{disc_seq}\n"));
+        }
+    } else {
+        s.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n");
+    }
     s.push_str(&format!("#EXT-X-MAP:URI=\"init.mp4{q}\"\n"));
     for (v, d) in views.iter().zip(&durs) {
         if !v.present {
             // A redacted chunk is a hole in the media; players must not expect continuity.
             s.push_str("#EXT-X-GAP\n");
         }
-        if v.record.flags.contains(lucid_core::chunk::Flags::GAP_BEFORE) {
+        if gap(v) {
             s.push_str("#EXT-X-DISCONTINUITY\n");
         }
         s.push_str(&format!("#EXTINF:{d:.3},\n{}.m4s{q}\n", v.record.index));

@@ -16,7 +16,10 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::page::Page;
 use super::{ApiError, ApiResult, AppState, LJson, LQuery, VERSION, blocking};
+use lucid_core::chunk::ChunkRecord;
+
 use crate::engine::{ChunkView, Engine, Kind, SessionRow, Status};
 use crate::metrics::STAGES;
 use crate::util::{hex, micros_to_rfc3339, now_rfc3339, parse_rfc3339};
@@ -504,24 +507,64 @@ struct UpdateSession {
     recording_config: Option<RecordingConfig>,
 }
 
-async fn update(
-    State(e): State<AppState>,
-    Path(id): Path<String>,
-    LJson(req): LJson<UpdateSession>,
-) -> ApiResult<Json> {
+/// What a valid update body becomes: each field given, checked and shaped.
+struct SessionUpdate {
+    name: Option<String>,
+    description: Option<String>,
+    metadata: Option<Value>,
+    storage_config: Option<Value>,
+    recording_config: Option<Value>,
+}
+
+/// The update rules, pure (no engine, no IO), so the fuzzer runs exactly them: those of
+/// create for each field given (whether the session may still change its recording
+/// config is the engine's question, asked under its lock).
+fn check_update(req: UpdateSession, encoder_bps: u32) -> Result<SessionUpdate, Vec<Value>> {
     let mut problems = Vec::new();
     if let Some(n) = &req.name
         && !(1..=255).contains(&n.chars().count())
     {
         problems.push(json!({"loc": ["body", "name"], "msg": "must be 1 to 255 characters", "type": "value_error"}));
     }
-    let md = req.metadata.map(|m| metadata_value(Some(m), &mut problems));
-    let sc = req.storage_config.map(|s| storage_config_value(Some(s), &mut problems));
-    let rc = req.recording_config.map(|r| recording_config_value(Some(r), e.cfg.video.bitrate_bps, &mut problems));
+    let metadata = req.metadata.map(|m| metadata_value(Some(m), &mut problems));
+    let storage_config = req.storage_config.map(|s| storage_config_value(Some(s), &mut problems));
+    let recording_config = req.recording_config.map(|r| recording_config_value(Some(r), encoder_bps, &mut problems));
     if !problems.is_empty() {
-        return Err(ApiError::Validation(problems));
+        return Err(problems);
     }
-    let (name, desc, e2) = (req.name, req.description, e.clone());
+    Ok(SessionUpdate { name: req.name, description: req.description, metadata, storage_config, recording_config })
+}
+
+/// The fuzz target `json_bodies` (fuzz/), gateway update: outside bytes through the
+/// handler's parse and rules. Panics if an accepted body breaks a promise of the
+/// contract: a name outside 1..=255 characters, tags that are not strings, a
+/// `max_size_gb` or `bitrate` that is not an integer.
+#[doc(hidden)]
+pub fn fuzz_update_session(bytes: &[u8]) {
+    let Ok(req) = serde_json::from_slice::<UpdateSession>(bytes) else { return };
+    let Ok(u) = check_update(req, 2_000_000) else { return };
+    if let Some(n) = &u.name {
+        assert!((1..=255).contains(&n.chars().count()));
+    }
+    if let Some(m) = &u.metadata {
+        assert!(m["tags"].as_array().is_some_and(|t| t.iter().all(Value::is_string)), "metadata {m}");
+    }
+    if let Some(sc) = &u.storage_config {
+        assert!(sc["max_size_gb"].is_u64(), "{sc}");
+    }
+    if let Some(rc) = &u.recording_config {
+        assert!(rc["bitrate"].is_u64(), "{rc}");
+    }
+}
+
+async fn update(
+    State(e): State<AppState>,
+    Path(id): Path<String>,
+    LJson(req): LJson<UpdateSession>,
+) -> ApiResult<Json> {
+    let SessionUpdate { name, description: desc, metadata: md, storage_config: sc, recording_config: rc } =
+        check_update(req, e.cfg.video.bitrate_bps).map_err(ApiError::Validation)?;
+    let e2 = e.clone();
     let row = blocking(move || {
         e2.update(&id, |r| {
             if let Some(rc) = rc {
@@ -622,22 +665,27 @@ pub fn chunk_response(sid: &str, c: &ChunkView) -> Value {
 
 #[derive(Debug, Deserialize)]
 struct ChunkQuery {
-    limit: Option<i64>,
-    offset: Option<i64>,
     status: Option<String>,
     start_time: Option<String>,
     end_time: Option<String>,
 }
 
-async fn chunks(State(e): State<AppState>, Path(id): Path<String>, LQuery(q): LQuery<ChunkQuery>) -> ApiResult<Json> {
-    let limit = q.limit.unwrap_or(100);
-    let offset = q.offset.unwrap_or(0);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::validation(&["query", "limit"], "must be between 1 and 1000"));
-    }
-    if offset < 0 {
-        return Err(ApiError::validation(&["query", "offset"], "must be 0 or more"));
-    }
+/// Records a filtered page looks at, at most: a filter that matches rarely costs one
+/// bounded range read per request, and the client follows `next_offset` for more.
+const FILTER_SCAN_MAX: usize = 4096;
+
+/// A page of a session's chunks. `offset` is a position in the log (each record is a
+/// chunk here) and `total` the log's length, so a page is one range read of `limit`
+/// records whatever the session's length. With filters, the page holds the matching
+/// chunks among at most `FILTER_SCAN_MAX` records from `offset` on, and `next_offset`
+/// is where the scan stopped (it may be a page of none with `has_next`).
+async fn chunks(
+    State(e): State<AppState>,
+    Path(id): Path<String>,
+    page: Page<100, 1000>,
+    LQuery(q): LQuery<ChunkQuery>,
+) -> ApiResult<Json> {
+    let (limit, offset) = (page.limit, page.offset);
     let parse_t = |s: &Option<String>, loc: &str| -> ApiResult<Option<i64>> {
         match s {
             None => Ok(None),
@@ -655,31 +703,30 @@ async fn chunks(State(e): State<AppState>, Path(id): Path<String>, LQuery(q): LQ
     }
     let sid = id.clone();
     let unfiltered = q.status.is_none() && from.is_none() && to.is_none();
-    // Without filters a page is one range read of `limit` records, whatever the
-    // session's length; filters still scan the session's records.
-    let (views, total) = blocking(move || {
+    let (views, next, total) = blocking(move || {
         let row = e.get(&sid)?;
+        let start = offset as u64;
         if unfiltered {
-            return Ok((e.records_from(&sid, offset as u64, limit as usize)?, row.chunk_count as i64));
+            let views = e.records_from(&sid, start, limit)?;
+            let next = start.saturating_add(views.len() as u64);
+            return Ok((views, next, row.chunk_count));
         }
-        let filtered: Vec<ChunkView> = e
-            .records(&sid)?
-            .into_iter()
-            .filter(|c| {
-                q.status.as_deref().is_none_or(|s| (s == "stored") == c.present)
-                    && from.is_none_or(|f| c.record.wall_clock_us >= f)
-                    && to.is_none_or(|t| c.record.wall_clock_us <= t)
-            })
-            .collect();
-        let total = filtered.len() as i64;
-        Ok((filtered.into_iter().skip(offset as usize).take(limit as usize).collect(), total))
+        let stored = q.status.as_deref().map(|s| s == "stored");
+        let (views, next) = e.records_where(&sid, start, limit, FILTER_SCAN_MAX, |r, present| {
+            stored.is_none_or(|s| s == present)
+                && from.is_none_or(|f| r.wall_clock_us >= f)
+                && to.is_none_or(|t| r.wall_clock_us <= t)
+        })?;
+        Ok((views, next, row.chunk_count))
     })
     .await?;
     let page: Vec<Value> = views.iter().map(|c| chunk_response(&id, c)).collect();
+    let has_next = next < total;
     Ok(axum::Json(json!({
         "chunks": page,
         "pagination": {"total": total, "limit": limit, "offset": offset,
-                       "has_next": offset.saturating_add(limit) < total, "has_previous": offset > 0},
+                       "has_next": has_next, "has_previous": offset > 0,
+                       "next_offset": has_next.then_some(next)},
     })))
 }
 
@@ -801,10 +848,16 @@ async fn pipeline_resume(State(e): State<AppState>, Path(id): Path<String>) -> A
 
 async fn statistics(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
     let sid = id.clone();
-    let (row, views) = blocking(move || Ok((e.get(&sid)?, e.records(&sid)?))).await?;
+    // Counters kept in the row and the first and last record: the same few lookups for
+    // a session of any length.
+    let (row, edges) = blocking(move || {
+        let row = e.get(&sid)?;
+        let edges = e.edge_records(&sid, row.chunk_count)?;
+        Ok((row, edges))
+    })
+    .await?;
     let dur = row.media_us as f64 / 1e6;
-    let sizes: Vec<u32> = views.iter().map(|v| v.record.sealed_len).collect();
-    let gaps = views.iter().filter(|v| v.record.flags.contains(lucid_core::chunk::Flags::GAP_BEFORE)).count();
+    let gaps = row.counters.gaps;
     let mut body = json!({
         "session_id": id,
         "recording_stats": {
@@ -821,8 +874,8 @@ async fn statistics(State(e): State<AppState>, Path(id): Path<String>) -> ApiRes
             "stored_bytes": row.stored_bytes,
             "compressed_chunks": row.compressed_chunks,
             "compression_ratio": if row.stored_bytes > 0 { row.plain_bytes as f64 / row.stored_bytes as f64 } else { 1.0 },
-            "average_chunk_bytes": if sizes.is_empty() { 0.0 } else { sizes.iter().map(|&s| s as f64).sum::<f64>() / sizes.len() as f64 },
-            "max_chunk_bytes": sizes.iter().max().copied().unwrap_or(0),
+            "average_chunk_bytes": if row.chunk_count == 0 { 0.0 } else { row.stored_bytes as f64 / row.chunk_count as f64 },
+            "max_chunk_bytes": row.counters.max_sealed_len,
             "cipher": row.cipher,
         },
         "quality_stats": {
@@ -838,7 +891,7 @@ async fn statistics(State(e): State<AppState>, Path(id): Path<String>) -> ApiRes
             "merkle_root": row.root,
         },
     });
-    if let Some(range) = time_range(&row, &views) {
+    if let Some(range) = time_range(&row, edges.as_ref()) {
         body["time_range"] = range;
     }
     Ok(axum::Json(body))
@@ -847,11 +900,10 @@ async fn statistics(State(e): State<AppState>, Path(id): Path<String>) -> ApiRes
 /// From the first chunk's capture to the last one's end, or from start to stop (or now,
 /// while live) when no chunk is stored. None for a session that never ran: the original
 /// model's start and end are timestamps, so the range is left out rather than nulled.
-fn time_range(row: &SessionRow, views: &[ChunkView]) -> Option<Value> {
-    let start = views.first().map(|v| micros_to_rfc3339(v.record.wall_clock_us)).or(row.started_at.clone())?;
-    let end = views
-        .last()
-        .map(|v| micros_to_rfc3339(v.record.wall_clock_us + (v.record.media_end_us - v.record.media_start_us) as i64))
+fn time_range(row: &SessionRow, edges: Option<&(ChunkRecord, ChunkRecord)>) -> Option<Value> {
+    let start = edges.map(|(first, _)| micros_to_rfc3339(first.wall_clock_us)).or(row.started_at.clone())?;
+    let end = edges
+        .map(|(_, last)| micros_to_rfc3339(last.wall_clock_us + (last.media_end_us - last.media_start_us) as i64))
         .or(row.stopped_at.clone())
         .unwrap_or_else(|| {
             if matches!(row.status, Status::Starting | Status::Recording | Status::Paused) {

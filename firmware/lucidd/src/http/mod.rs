@@ -42,6 +42,37 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub type AppState = Arc<Engine>;
 
+/// One body's fuzz entry: serde, then the handler's pure rules, panicking on a broken
+/// promise.
+type FuzzBody = fn(&[u8]);
+
+/// The JSON request bodies clients send, by the selector byte that names them in the
+/// fuzz target `json_bodies` (and its seed files): gateway create and update, storage
+/// upload, pipeline push, processor process and batch, recorder start.
+const FUZZ_BODIES: [(u8, FuzzBody); 7] = [
+    (b'c', gateway::fuzz_create_session),
+    (b'u', gateway::fuzz_update_session),
+    (b's', storage::fuzz_upload),
+    (b'p', pipeline::fuzz_push),
+    (b'x', |b| processor::fuzz_process(b, false)),
+    (b'b', |b| processor::fuzz_process(b, true)),
+    (b'r', recorder::fuzz_start),
+];
+
+/// The fuzz target `json_bodies` (fuzz/): the first byte picks the body (one of the
+/// selector letters of `FUZZ_BODIES`, any other byte taken modulo their number), the rest
+/// goes through that handler's parse and pure rules, which panic if an accepted body
+/// breaks a promise of the contract.
+#[doc(hidden)]
+pub fn fuzz_json_body(data: &[u8]) {
+    let Some((&sel, body)) = data.split_first() else { return };
+    let f = FUZZ_BODIES
+        .iter()
+        .find(|(c, _)| *c == sel)
+        .map_or(FUZZ_BODIES[usize::from(sel) % FUZZ_BODIES.len()].1, |(_, f)| *f);
+    f(body);
+}
+
 /// The one error type of the HTTP boundary. Client errors carry a message that is safe
 /// to show; server errors never leak internals (they are logged with a request id).
 #[derive(Debug)]

@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::storage::{decode_chunk, ingest, validate_sid};
+use super::storage::{decode_b64_chunk, ingest, validate_sid};
 use super::{ApiError, ApiResult, AppState, LJson, LQuery, VERSION, blocking};
 pub use crate::engine::pipeline::{PEvent, run, transition};
 use crate::engine::pipeline::{PState, live, state_of};
@@ -246,15 +246,16 @@ struct PushBody {
     chunk_metadata: Option<Map<String, Value>>,
 }
 
-/// Pushes one client chunk through the real chunk path into the session's log. A camera
-/// session that records is fed by the camera (409); see `storage::ensure_data_session`.
-async fn push_chunk(
-    State(engine): State<AppState>,
-    Path(sid): Path<String>,
-    LJson(body): LJson<PushBody>,
-) -> ApiResult<Json<Value>> {
-    validate_sid(&sid)?;
-    let data = decode_chunk(&engine, "chunk_data", &body.chunk_data)?;
+/// What a valid push body becomes: the decoded bytes, the client's chunk id if it named
+/// one, and the metadata to store.
+type CheckedPush = (Vec<u8>, Option<String>, Map<String, Value>);
+
+/// The push rules, pure (no engine, no IO), so the fuzzer runs exactly them: a canonical
+/// session id, base64 that decodes to at most `max` bytes, and a `chunk_id` (a string or
+/// a number, as old clients send it) the log accepts.
+fn check_push(sid: &str, body: PushBody, max: usize) -> ApiResult<CheckedPush> {
+    validate_sid(sid)?;
+    let data = decode_b64_chunk(max, "chunk_data", &body.chunk_data)?;
     let meta = body.chunk_metadata.unwrap_or_default();
     let chunk_id = match meta.get("chunk_id") {
         None | Some(Value::Null) => None,
@@ -264,6 +265,34 @@ async fn push_chunk(
             return Err(ApiError::validation(&["body", "chunk_metadata", "chunk_id"], "chunk_id must be a string"));
         }
     };
+    if let Some(c) = &chunk_id {
+        crate::engine::check_chunk_id(c)?;
+    }
+    Ok((data, chunk_id, meta))
+}
+
+/// The fuzz target `json_bodies` (fuzz/), pipeline push: outside bytes through the
+/// handler's parse and rules. Panics if an accepted body decodes to more than the limit
+/// or names a chunk id the log refuses.
+#[doc(hidden)]
+pub fn fuzz_push(bytes: &[u8]) {
+    const MAX: usize = 4096;
+    let Ok(body) = serde_json::from_slice::<PushBody>(bytes) else { return };
+    let Ok((data, chunk_id, _meta)) = check_push("sess-fuzz", body, MAX) else { return };
+    assert!(data.len() <= MAX, "{} bytes decoded", data.len());
+    if let Some(c) = chunk_id {
+        assert!(crate::engine::check_chunk_id(&c).is_ok(), "chunk id {c:?}");
+    }
+}
+
+/// Pushes one client chunk through the real chunk path into the session's log. A camera
+/// session that records is fed by the camera (409); see `storage::ensure_data_session`.
+async fn push_chunk(
+    State(engine): State<AppState>,
+    Path(sid): Path<String>,
+    LJson(body): LJson<PushBody>,
+) -> ApiResult<Json<Value>> {
+    let (data, chunk_id, meta) = check_push(&sid, body, engine.cfg.max_chunk_bytes)?;
     let (e, s, c) = (engine.clone(), sid.clone(), chunk_id.clone());
     let stored = blocking(move || ingest(&e, &s, c.as_deref(), &data, meta)).await?;
     let a = &stored.appended;

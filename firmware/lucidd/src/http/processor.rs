@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
-use super::storage::{Stored, decode_chunk, ensure_data_session, ingest, ratio, validate_sid};
+use super::storage::{Stored, decode_b64_chunk, ensure_data_session, ingest, ratio, validate_sid};
 use super::{ApiError, AppState, Failure, LJson, VERSION, free_space};
 use crate::engine::{Engine, EngineError, Status};
 use crate::util::{hex, now_rfc3339};
@@ -244,6 +244,67 @@ fn client_meta(chunk_id: &str, metadata: Option<Value>) -> Map<String, Value> {
     m
 }
 
+/// The rules one chunk of a process or batch body must keep, pure (no engine, no IO), so
+/// the fuzzer runs exactly them: base64 that decodes to at most `max` bytes and a chunk id
+/// the log accepts. Gives the bytes and the metadata to store.
+fn check_chunk(
+    chunk_id: &str,
+    b64: &str,
+    metadata: Option<Value>,
+    max: usize,
+) -> super::ApiResult<(Vec<u8>, Map<String, Value>)> {
+    let data = decode_b64_chunk(max, "chunk_data_base64", b64)?;
+    crate::engine::check_chunk_id(chunk_id)?;
+    Ok((data, client_meta(chunk_id, metadata)))
+}
+
+/// The process body's rules: a canonical session id, then the chunk's.
+fn check_process(body: &ProcessBody, max: usize) -> super::ApiResult<(Vec<u8>, Map<String, Value>)> {
+    validate_sid(&body.session_id)?;
+    check_chunk(&body.chunk_id, &body.chunk_data_base64, body.metadata.clone(), max)
+}
+
+/// The batch body's own rules (each chunk is then checked, and may fail, on its own): at
+/// least one chunk and a canonical session id.
+fn check_batch(body: &BatchBody) -> super::ApiResult<()> {
+    if body.chunks.is_empty() {
+        return Err(ApiError::validation(&["body", "chunks"], "chunks must hold at least 1 item"));
+    }
+    validate_sid(&body.session_id)?;
+    Ok(())
+}
+
+/// The fuzz target `json_bodies` (fuzz/), processor process and batch bodies (`batch`
+/// picks which): outside bytes through the handlers' parse and rules. Panics if an
+/// accepted chunk decodes to more than the limit, names a chunk id the log refuses, or
+/// its stored metadata is not keyed by that id; or if an accepted batch is empty.
+#[doc(hidden)]
+pub fn fuzz_process(bytes: &[u8], batch: bool) {
+    const MAX: usize = 4096;
+    let accepted = |cid: &str, (data, meta): (Vec<u8>, Map<String, Value>)| {
+        assert!(data.len() <= MAX, "{} bytes decoded", data.len());
+        assert!(crate::engine::check_chunk_id(cid).is_ok(), "chunk id {cid:?}");
+        assert_eq!(meta.get("chunk_id").and_then(Value::as_str), Some(cid), "{meta:?}");
+    };
+    if !batch {
+        let Ok(body) = serde_json::from_slice::<ProcessBody>(bytes) else { return };
+        if let Ok(c) = check_process(&body, MAX) {
+            accepted(&body.chunk_id, c);
+        }
+        return;
+    }
+    let Ok(body) = serde_json::from_slice::<BatchBody>(bytes) else { return };
+    if check_batch(&body).is_err() {
+        return;
+    }
+    assert!(!body.chunks.is_empty());
+    for c in body.chunks {
+        if let Ok(ok) = check_chunk(&c.chunk_id, &c.chunk_data_base64, c.metadata, MAX) {
+            accepted(&c.chunk_id, ok);
+        }
+    }
+}
+
 /// What one processed chunk reports. `hash` is the BLAKE3 of the plaintext (not SHA-256);
 /// `encrypted_hash` is the BLAKE3 of the sealed chunk, and for a chunk the engine split
 /// into several sealed parts, of the parts' sealed bytes concatenated in log order.
@@ -307,9 +368,7 @@ async fn process(
     PJson(body): PJson<ProcessBody>,
 ) -> PResult<Json<Value>> {
     let t0 = Instant::now();
-    validate_sid(&body.session_id)?;
-    let data = decode_chunk(&engine, "chunk_data_base64", &body.chunk_data_base64)?;
-    let meta = client_meta(&body.chunk_id, body.metadata);
+    let (data, meta) = check_process(&body, engine.cfg.max_chunk_bytes)?;
     let (e, s, c) = (engine.clone(), body.session_id.clone(), body.chunk_id.clone());
     let p = pool.run(move || process_one(&e, &s, &c, &data, meta)).await?;
     let took_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -331,10 +390,7 @@ async fn process_batch(
     Extension(pool): Extension<Arc<Pool>>,
     PJson(body): PJson<BatchBody>,
 ) -> PResult<Json<Value>> {
-    if body.chunks.is_empty() {
-        return Err(ApiError::validation(&["body", "chunks"], "chunks must hold at least 1 item").into());
-    }
-    validate_sid(&body.session_id)?;
+    check_batch(&body)?;
     let (e, s) = (engine.clone(), body.session_id.clone());
     run_blocking(move || ensure_data_session(&e, &s)).await?;
     let total = body.chunks.len();
@@ -344,8 +400,8 @@ async fn process_batch(
         let t0 = Instant::now();
         let chunk_id = chunk.chunk_id.clone();
         let outcome: PResult<Processed> = async {
-            let data = decode_chunk(&engine, "chunk_data_base64", &chunk.chunk_data_base64)?;
-            let meta = client_meta(&chunk.chunk_id, chunk.metadata);
+            let (data, meta) =
+                check_chunk(&chunk.chunk_id, &chunk.chunk_data_base64, chunk.metadata, engine.cfg.max_chunk_bytes)?;
             let (e, s, c) = (engine.clone(), body.session_id.clone(), chunk.chunk_id.clone());
             pool.run(move || process_one(&e, &s, &c, &data, meta)).await
         }

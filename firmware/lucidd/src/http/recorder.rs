@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::page::Page;
-use super::storage::{ClientChunk, client_chunks, ingest, ratio, storage_path, validate_sid};
+use super::storage::{ClientChunk, ingest, ratio, storage_path, validate_sid};
 use super::{ApiError, ApiResult, AppState, LJson, VERSION, blocking};
 use crate::engine::{Engine, EngineError, Kind, SessionRow, Status};
 use crate::util::{now_rfc3339, short_id};
@@ -219,27 +219,59 @@ struct StartBody {
     metadata: Option<Map<String, Value>>,
 }
 
-/// Starts the camera on a session (created as a camera session if new). 409 when the
-/// session is already recording, when the camera is busy with another session, or when
-/// the session belongs to another owner.
-async fn start(State(engine): State<AppState>, LJson(body): LJson<StartBody>) -> ApiResult<Json<Value>> {
+/// What a valid start body becomes: the session named (a new id is drawn when none is),
+/// the trimmed owner and the metadata to merge.
+struct CheckedStart {
+    session_id: Option<String>,
+    owner: String,
+    metadata: Map<String, Value>,
+}
+
+/// The start rules, pure (no engine, no IO, no random id), so the fuzzer runs exactly
+/// them: an owner of 1..=256 bytes once trimmed, metadata typed as the gateway's
+/// SessionResponse types it (these sessions are listed there), a canonical session id.
+fn check_start(body: StartBody) -> ApiResult<CheckedStart> {
     let owner = body.owner_address.trim().to_owned();
     if owner.is_empty() || owner.len() > 256 {
         return Err(ApiError::validation(&["body", "owner_address"], "owner_address must be 1..=256 characters"));
     }
     if let Some(m) = &body.metadata {
-        // The gateway lists these sessions in its SessionResponse: the same typing holds.
         let problems = super::gateway::metadata_problems(m, "metadata");
         if !problems.is_empty() {
             return Err(ApiError::Validation(problems));
         }
     }
-    let sid = body.session_id.unwrap_or_else(|| short_id("sess"));
-    validate_sid(&sid)?;
+    if let Some(sid) = &body.session_id {
+        validate_sid(sid)?;
+    }
+    Ok(CheckedStart { session_id: body.session_id, owner, metadata: body.metadata.unwrap_or_default() })
+}
+
+/// The fuzz target `json_bodies` (fuzz/), recorder start: outside bytes through the
+/// handler's parse and rules. Panics if an accepted body has an empty, padded or
+/// oversized owner, a session id that is not canonical, or tags that are not strings.
+#[doc(hidden)]
+pub fn fuzz_start(bytes: &[u8]) {
+    let Ok(body) = serde_json::from_slice::<StartBody>(bytes) else { return };
+    let Ok(s) = check_start(body) else { return };
+    assert!((1..=256).contains(&s.owner.len()) && s.owner.trim() == s.owner, "owner {:?}", s.owner);
+    if let Some(sid) = &s.session_id {
+        assert!(lucid_core::chunk::validate_session_id(sid).is_ok(), "session id {sid:?}");
+    }
+    if let Some(tags) = s.metadata.get("tags") {
+        assert!(tags.as_array().is_some_and(|t| t.iter().all(Value::is_string)), "tags {tags}");
+    }
+}
+
+/// Starts the camera on a session (created as a camera session if new). 409 when the
+/// session is already recording, when the camera is busy with another session, or when
+/// the session belongs to another owner.
+async fn start(State(engine): State<AppState>, LJson(body): LJson<StartBody>) -> ApiResult<Json<Value>> {
+    let CheckedStart { session_id, owner, metadata } = check_start(body)?;
+    let sid = session_id.unwrap_or_else(|| short_id("sess"));
     let e = engine.clone();
     let s = sid.clone();
     let row = blocking(move || {
-        let metadata = body.metadata.unwrap_or_default();
         let mut created = false;
         match e.get(&s) {
             Err(EngineError::NotFound { .. }) => {
@@ -386,18 +418,10 @@ async fn delete_recording(State(engine): State<AppState>, Path(sid): Path<String
 /// thread and is not observable here (null).
 async fn chunk_info(State(engine): State<AppState>, Path(sid): Path<String>) -> ApiResult<Json<Value>> {
     let e = engine.clone();
-    let (row, quality) = blocking(move || {
-        let row = e.get(&sid)?;
-        // Only uploaded chunks can carry a client's quality score.
-        let scores: Vec<f64> = if row.kind == Kind::Data {
-            client_chunks(&e, &sid)?.iter().filter_map(ClientChunk::quality).collect()
-        } else {
-            Vec::new()
-        };
-        let quality = (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64);
-        Ok((row, quality))
-    })
-    .await?;
+    // Only uploaded chunks carry a client's quality score; the row counts them as they
+    // commit, so this is one lookup however long the session is.
+    let row = blocking(move || e.get(&sid)).await?;
+    let quality = row.counters.quality();
     let cfg = &engine.cfg;
     Ok(Json(json!({
         "session_id": row.id,

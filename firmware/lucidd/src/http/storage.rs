@@ -22,7 +22,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, ApiResult, AppState, LJson, LQuery, blocking, free_space};
+use super::page::Page;
+use super::{ApiError, ApiResult, AppState, LJson, blocking, free_space};
 use crate::engine::{Appended, ChunkView, Engine, EngineError, Kind, SessionRow, Status};
 use crate::util::{hex, now_rfc3339, parse_rfc3339};
 
@@ -66,9 +67,9 @@ pub(super) fn validate_sid(sid: &str) -> Result<(), EngineError> {
 }
 
 /// Decodes a base64 chunk (400 when it is not base64) and enforces the decoded size limit
-/// (413), checking the encoded length first so an oversized chunk is never decoded.
-pub(super) fn decode_chunk(engine: &Engine, field: &str, b64: &str) -> ApiResult<Vec<u8>> {
-    let max = engine.cfg.max_chunk_bytes;
+/// `max` (413, the daemon's `max_chunk_bytes`), checking the encoded length first so an
+/// oversized chunk is never decoded. Pure, for the body checks and the fuzzer.
+pub(super) fn decode_b64_chunk(max: usize, field: &str, b64: &str) -> ApiResult<Vec<u8>> {
     let too_large = || ApiError::PayloadTooLarge(format!("{field} decodes to more than {max} bytes"));
     if b64.len() / 4 * 3 > max + 3 {
         return Err(too_large());
@@ -143,21 +144,48 @@ impl ClientChunk {
     }
 }
 
-/// The log of a session grouped into client chunks (a chunk larger than one sealed part
-/// spans several consecutive records; its metadata says how many). Camera chunks are one
-/// part each. A redacted chunk has lost its metadata, so each of its parts is listed.
-pub(super) fn client_chunks(engine: &Engine, sid: &str) -> Result<Vec<ClientChunk>, EngineError> {
-    let views = engine.records(sid)?;
+/// At most `limit` client chunks of a session, the first starting at log index `from` or
+/// after it, and the index after the last part listed (where the next page starts). A
+/// chunk larger than one sealed part spans several consecutive records (its metadata
+/// says how many); a page never starts inside one, so `from` on a continuation part moves
+/// on to the next chunk. Camera chunks are one part each. A redacted chunk has lost its
+/// metadata, so each of its parts is listed. Range reads of about `limit` records
+/// (`Engine::records_from`) and a few point lookups: the cost does not grow with the
+/// session.
+pub(super) fn client_chunks_page(
+    engine: &Engine,
+    sid: &str,
+    from: u64,
+    limit: usize,
+) -> Result<(Vec<ClientChunk>, u64), EngineError> {
+    let mut pos = from;
+    // Parts per chunk are bounded (max_chunk_bytes / MAX_PART), so this loop is short.
+    while pos > 0 && is_continuation(engine, sid, pos)? {
+        pos += 1;
+    }
+    let mut buf = std::collections::VecDeque::new();
     let mut out = Vec::new();
-    let mut it = views.into_iter().peekable();
-    while let Some(first) = it.next() {
+    // `buf` is refilled only when empty, so `pos` is always just past the last record
+    // taken from it.
+    let mut take = |pos: &mut u64, want: usize| -> Result<Option<ChunkView>, EngineError> {
+        if buf.is_empty() {
+            buf.extend(engine.records_from(sid, *pos, want.max(1))?);
+        }
+        let v = buf.pop_front();
+        if let Some(v) = &v {
+            *pos = v.record.index + 1;
+        }
+        Ok(v)
+    };
+    while out.len() < limit {
+        let Some(first) = take(&mut pos, limit - out.len())? else { break };
         let index = first.record.index;
         let meta = engine.chunk_meta(sid, index)?;
         let parts = meta.as_ref().and_then(|m| m.get("parts")).and_then(Value::as_u64).unwrap_or(1).max(1);
         let client_id = first.client_id.clone();
         let mut group = vec![first];
-        for _ in 1..parts {
-            match it.next() {
+        while (group.len() as u64) < parts {
+            match take(&mut pos, (parts - group.len() as u64) as usize)? {
                 Some(v) => group.push(v),
                 None => break,
             }
@@ -165,22 +193,28 @@ pub(super) fn client_chunks(engine: &Engine, sid: &str) -> Result<Vec<ClientChun
         let leaf = hex(&lucid_core::merkle::leaf_hash(&group[0].record.encode()));
         out.push(ClientChunk { first: index, views: group, meta, client_id, leaf });
     }
-    Ok(out)
+    Ok((out, pos))
+}
+
+/// Whether the record at `index` continues the upload of the one before it (both parts
+/// carry the same `upload_id`, which the engine draws per upload).
+fn is_continuation(engine: &Engine, sid: &str, index: u64) -> Result<bool, EngineError> {
+    let Some(prev) = index.checked_sub(1) else { return Ok(false) };
+    let upload = |i| -> Result<Option<Value>, EngineError> {
+        Ok(engine.chunk_meta(sid, i)?.and_then(|m| m.get("upload_id").cloned()))
+    };
+    Ok(match (upload(prev)?, upload(index)?) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    })
 }
 
 /// Resolves a chunk named by client id or index to the first index of a client chunk;
 /// an index inside a multi-part chunk (a continuation part) is not a chunk of its own.
 pub(super) fn resolve_head(engine: &Engine, sid: &str, cid: &str) -> Result<u64, EngineError> {
     let index = engine.resolve_chunk(sid, cid)?;
-    if index > 0 {
-        let upload = |i| -> Result<Option<Value>, EngineError> {
-            Ok(engine.chunk_meta(sid, i)?.and_then(|m| m.get("upload_id").cloned()))
-        };
-        if let (Some(a), Some(b)) = (upload(index - 1)?, upload(index)?)
-            && a == b
-        {
-            return Err(EngineError::NotFound { what: "chunk", id: cid.to_owned() });
-        }
+    if is_continuation(engine, sid, index)? {
+        return Err(EngineError::NotFound { what: "chunk", id: cid.to_owned() });
     }
     Ok(index)
 }
@@ -212,15 +246,20 @@ struct UploadBody {
     chunk_metadata: ChunkMetadataIn,
 }
 
-/// Stores one client chunk. A given `hash_sha256` must be the SHA-256 of the decoded
-/// data (clients rely on the check); the chunk is acknowledged after its commit.
-async fn upload(
-    State(engine): State<AppState>,
-    Path(sid): Path<String>,
-    LJson(body): LJson<UploadBody>,
-) -> ApiResult<Json<Value>> {
-    validate_sid(&sid)?;
-    let data = decode_chunk(&engine, "chunk_data", &body.chunk_data)?;
+/// What a valid upload body becomes: the decoded bytes, their client id and the metadata
+/// to store with them.
+struct CheckedUpload {
+    data: Vec<u8>,
+    chunk_id: String,
+    meta: Map<String, Value>,
+}
+
+/// The upload rules, pure (no engine, no IO), so the fuzzer runs exactly them: a
+/// canonical session id, base64 that decodes to at most `max` bytes, a chunk id the log
+/// accepts, and a `hash_sha256`, when given, that is the data's.
+fn check_upload(sid: &str, body: UploadBody, max: usize) -> ApiResult<CheckedUpload> {
+    validate_sid(sid)?;
+    let data = decode_b64_chunk(max, "chunk_data", &body.chunk_data)?;
     let md = body.chunk_metadata;
     if let Some(want) = &md.hash_sha256 {
         let got = hex(ring::digest::digest(&ring::digest::SHA256, &data).as_ref());
@@ -228,11 +267,42 @@ async fn upload(
             return Err(ApiError::bad(format!("hash_sha256 does not match the chunk data (computed {got})")));
         }
     }
+    crate::engine::check_chunk_id(&md.chunk_id)?;
     let chunk_id = md.chunk_id.clone();
     let meta = match serde_json::to_value(&md) {
         Ok(Value::Object(m)) => m,
         _ => return Err(ApiError::Internal("chunk metadata did not serialize to an object".into())),
     };
+    Ok(CheckedUpload { data, chunk_id, meta })
+}
+
+/// The fuzz target `json_bodies` (fuzz/), storage upload: outside bytes through the
+/// handler's parse and rules. Panics if an accepted body breaks a promise: more than the
+/// limit decoded, a `hash_sha256` that is not the data's, a chunk id the log refuses, or
+/// stored metadata that lost the chunk id.
+#[doc(hidden)]
+pub fn fuzz_upload(bytes: &[u8]) {
+    const MAX: usize = 4096;
+    let Ok(body) = serde_json::from_slice::<UploadBody>(bytes) else { return };
+    let want = body.chunk_metadata.hash_sha256.clone();
+    let Ok(u) = check_upload("sess-fuzz", body, MAX) else { return };
+    assert!(u.data.len() <= MAX, "{} bytes decoded", u.data.len());
+    if let Some(want) = want {
+        let got = hex(ring::digest::digest(&ring::digest::SHA256, &u.data).as_ref());
+        assert!(want.trim().eq_ignore_ascii_case(&got), "hash {want} accepted for {got}");
+    }
+    assert!(crate::engine::check_chunk_id(&u.chunk_id).is_ok(), "chunk id {:?}", u.chunk_id);
+    assert_eq!(u.meta.get("chunk_id").and_then(Value::as_str), Some(u.chunk_id.as_str()), "{:?}", u.meta);
+}
+
+/// Stores one client chunk. A given `hash_sha256` must be the SHA-256 of the decoded
+/// data (clients rely on the check); the chunk is acknowledged after its commit.
+async fn upload(
+    State(engine): State<AppState>,
+    Path(sid): Path<String>,
+    LJson(body): LJson<UploadBody>,
+) -> ApiResult<Json<Value>> {
+    let CheckedUpload { data, chunk_id, meta } = check_upload(&sid, body, engine.cfg.max_chunk_bytes)?;
     let (e, s, c) = (engine.clone(), sid.clone(), chunk_id.clone());
     let stored = blocking(move || ingest(&e, &s, Some(&c), &data, meta)).await?;
     let a = &stored.appended;
@@ -276,46 +346,34 @@ async fn get_chunk(State(engine): State<AppState>, Path((sid, cid)): Path<(Strin
     })))
 }
 
-#[derive(Debug, Deserialize)]
-struct Page {
-    #[serde(default = "default_limit")]
-    limit: i64,
-    #[serde(default)]
-    offset: i64,
-}
-
-fn default_limit() -> i64 {
-    100
-}
-
-/// Chunks of a session in log order. `sequence_number` is the chunk's index in the
-/// session's Merkle log (the client's own `chunk_index` stays in its metadata). An
-/// unknown session lists no chunks (the contract names no 404 here).
+/// Chunks of a session in log order, one page. `offset` is a position in the session's
+/// log (`sequence_number`), the page starting at the first chunk there or after it; for
+/// a log of one-part chunks (every camera session, every upload up to a sealed part) that
+/// is the number of chunks before the page. `next_offset` says where the next page
+/// starts (past every part of the last chunk listed) and `total` counts the log's
+/// records. The client's own `chunk_index` stays in its metadata. An unknown session
+/// lists no chunks (the contract names no 404 here). Each page is a range read, whatever
+/// the session's length.
 async fn list(
     State(engine): State<AppState>,
     Path(sid): Path<String>,
-    LQuery(page): LQuery<Page>,
+    page: Page<100, 1000>,
 ) -> ApiResult<Json<Value>> {
-    if !(1..=1000).contains(&page.limit) {
-        return Err(ApiError::validation(&["query", "limit"], "limit must be between 1 and 1000"));
-    }
-    if page.offset < 0 {
-        return Err(ApiError::validation(&["query", "offset"], "offset must be at least 0"));
-    }
-    let (limit, offset) = (page.limit as usize, page.offset as usize);
+    let (limit, offset) = (page.limit, page.offset);
     let e = engine.clone();
     let s = sid.clone();
-    let chunks = blocking(move || match e.get(&s) {
-        Ok(_) => client_chunks(&e, &s),
-        Err(EngineError::NotFound { .. }) => Ok(Vec::new()),
+    let (chunks, next, total) = blocking(move || match e.get(&s) {
+        Ok(row) => {
+            // An offset past the log reads nothing (and any usize offset fits a u64).
+            let (chunks, next) = client_chunks_page(&e, &s, offset as u64, limit)?;
+            Ok((chunks, next.max(offset as u64), row.chunk_count))
+        }
+        Err(EngineError::NotFound { .. }) => Ok((Vec::new(), offset as u64, 0)),
         Err(err) => Err(err),
     })
     .await?;
-    let total = chunks.len();
     let items: Vec<Value> = chunks
         .iter()
-        .skip(offset)
-        .take(limit)
         .map(|c| {
             let meta_ts = c.meta.as_ref().and_then(|m| m.get("timestamp").or_else(|| m.get("stored_at")));
             let wall = c.views.first().map(|v| v.record.wall_clock_us).unwrap_or(0);
@@ -345,7 +403,8 @@ async fn list(
     Ok(Json(json!({
         "session_id": sid,
         "chunks": items,
-        "pagination": {"limit": limit, "offset": offset, "count": count, "total": total},
+        "pagination": {"limit": limit, "offset": offset, "count": count, "total": total,
+                       "has_next": next < total, "next_offset": (next < total).then_some(next)},
         "timestamp": now_rfc3339(),
     })))
 }

@@ -5,6 +5,7 @@
 mod harness;
 
 mod access;
+mod bounds;
 mod camera;
 mod compat;
 mod concurrency;
