@@ -45,6 +45,7 @@ fn info(i: u64) -> ChunkInfo {
         media_end_us: (i + 1) * 1_000_000,
         wall_us: 1_700_000_000_000_000 + i as i64 * 1_000_000,
         frames: 30,
+        quality: None,
     }
 }
 
