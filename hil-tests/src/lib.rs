@@ -10,6 +10,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,9 +50,12 @@ pub fn image_path() -> PathBuf {
     })
 }
 
-/// Where consoles and downloads of a run go.
+/// Where consoles, scratch disks and downloads of a run go: out/hil for the default board,
+/// out/hil/NAME for another board or machine variant (out/hil/rpi3-raspi3b), so runs on
+/// two machines at once do not share scratch disks.
 pub fn work_dir() -> PathBuf {
-    let d = repo().join("out/hil");
+    let name = xtask::assemble::out_name(&board_name(), machine_variant().as_deref(), 1);
+    let d = if name == BOARD { repo().join("out/hil") } else { repo().join("out/hil").join(name) };
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -156,7 +160,7 @@ pub fn free_ports() -> Result<[u16; 5]> {
     Ok(p)
 }
 
-/// A running QEMU with its console captured (kept in memory and in out/hil/NAME.console).
+/// A running QEMU with its console captured (kept in memory and in `work_dir()`/NAME.console).
 pub struct Qemu {
     child: Child,
     /// The console's input: a shell on it exists only in test variants (`console_shell`).
@@ -164,6 +168,61 @@ pub struct Qemu {
     console: Arc<Mutex<String>>,
     pub started: Instant,
     pub log: PathBuf,
+    /// Ends the hot-plug thread (`hotplug_each_boot`) with the machine.
+    stop: Arc<AtomicBool>,
+}
+
+/// Where Linux starts on the console: once per boot, before any driver.
+const KERNEL_START: &str = "Booting Linux on physical CPU";
+/// Linux's dwc2 has registered its root hub (`usb usb1: Manufacturer: ... dwc2_hsotg`).
+const DWC2_UP: &str = "dwc2_hsotg";
+/// The kernel's last line before it resets the board (an OTA's reboot, a rollback's).
+const RESTART: &str = "reboot: Restarting system";
+
+/// Plugs the machine's hot-plugged devices (`xtask::qemu::hotplug_devices`: raspi3b's hub
+/// and usb-net) in through the monitor once Linux's dwc2 is up (xtask::qemu::command says
+/// why), on every boot. A device QEMU kept across a reset would be present from power-on
+/// for the next kernel, which 7.2's DWC2 model loses the same way, so the devices are
+/// unplugged (`device_del`, in reverse) when the kernel announces the restart, and plugged
+/// back once the next kernel's dwc2 is up, as on the first boot. A reset without that line
+/// gets the unplug at the next dwc2 line instead.
+fn hotplug_each_boot(mon: &Path, console: &Mutex<String>, plug: &[String], stop: &AtomicBool) {
+    let mut monitor: Option<std::os::unix::net::UnixStream> = None;
+    // Console offset of the kernel start whose dwc2 got the devices, while they are in.
+    let mut plugged: Option<usize> = None;
+    let mut last_boot: Option<usize> = None;
+    let ids: Vec<&str> = plug.iter().rev().filter_map(|d| d.split(',').find_map(|kv| kv.strip_prefix("id="))).collect();
+    let send = |m: &mut Option<std::os::unix::net::UnixStream>, cmd: &str| {
+        if m.is_none() {
+            *m = std::os::unix::net::UnixStream::connect(mon).ok();
+        }
+        m.as_mut().is_some_and(|s| writeln!(s, "{cmd}").is_ok())
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let (boot, restart) = {
+            let c = console.lock().unwrap();
+            let boot = c.rfind(KERNEL_START).filter(|&at| c[at..].contains(DWC2_UP));
+            (boot, c.rfind(RESTART))
+        };
+        if let Some(at) = plugged {
+            let restarting = restart.is_some_and(|r| r > at);
+            let rebooted = boot.is_some_and(|b| b != at);
+            if restarting || rebooted {
+                for id in &ids {
+                    send(&mut monitor, &format!("device_del {id}"));
+                }
+                // USB devices leave at once; the pause lets the monitor finish.
+                std::thread::sleep(Duration::from_secs(1));
+                plugged = None;
+                last_boot = Some(at);
+            }
+        }
+        let new_boot = plugged.is_none() && boot.is_some() && boot != last_boot;
+        if new_boot && plug.iter().all(|d| send(&mut monitor, &format!("device_add {d}"))) {
+            plugged = boot;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 impl Qemu {
@@ -203,24 +262,13 @@ impl Qemu {
                 line.clear();
             }
         });
+        let stop = Arc::new(AtomicBool::new(false));
         let plug = xtask::qemu::hotplug_devices(&board);
         if !plug.is_empty() {
-            // The USB NIC goes in once Linux's dwc2 has its root hub (xtask::qemu::command).
-            let (mon, seen) = (xtask::qemu::monitor_path(disk), console.clone());
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                while !seen.lock().unwrap().contains("dwc2_hsotg") && t.elapsed() < Duration::from_secs(300) {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&mon) {
-                    for d in plug {
-                        let _ = writeln!(s, "device_add {d}");
-                    }
-                    std::thread::sleep(Duration::from_secs(2));
-                }
-            });
+            let (mon, seen, stop) = (xtask::qemu::monitor_path(disk), console.clone(), stop.clone());
+            std::thread::spawn(move || hotplug_each_boot(&mon, &seen, &plug, &stop));
         }
-        Ok(Qemu { child, stdin, console, started: Instant::now(), log })
+        Ok(Qemu { child, stdin, console, started: Instant::now(), log, stop })
     }
 
     /// Types one command line into the console (a test variant's shell).
@@ -261,6 +309,7 @@ impl Qemu {
 
     /// Pull the plug: SIGKILL, no shutdown (power-cut tests).
     pub fn kill(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -350,7 +399,7 @@ pub fn fat_write(image: &Path, n: u32, name: &str, content: &str) -> Result<()> 
     Ok(())
 }
 
-/// A sparse scratch copy of `src` in out/hil/NAME (raw), for tests that boot a disk more
+/// A sparse scratch copy of `src` in `work_dir()`/NAME (raw), for tests that boot a disk more
 /// than once or inspect its bytes afterwards; out/'s image stays pristine.
 pub fn scratch_copy(src: &Path, name: &str) -> Result<PathBuf> {
     let disk = work_dir().join(name);
@@ -383,15 +432,26 @@ pub fn partition_bytes(image: &Path, n: u32) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The OTA bundle of a build in out/NAME/ (`xtask::assemble::out_name`).
-pub fn bundle_path(variant: Option<&str>, build: u64) -> Result<PathBuf> {
-    let dir = repo().join("out").join(xtask::assemble::out_name(BOARD, variant, build));
+/// The variant list of one of this run's images: the machine variant (`raspi3b`), then
+/// `extra` stacked on it (`raspi3b,broken-daemon`, see `xtask::board::variant_layers`).
+pub fn stacked_variant(extra: Option<&str>) -> Option<String> {
+    match (machine_variant(), extra) {
+        (Some(m), Some(e)) => Some(format!("{m},{e}")),
+        (m, e) => m.or(e.map(str::to_owned)),
+    }
+}
+
+/// The OTA bundle of a build of the board under test in out/NAME/
+/// (`xtask::assemble::out_name`), `extra` stacked on its machine variant.
+pub fn bundle_path(extra: Option<&str>, build: u64) -> Result<PathBuf> {
+    let (board, variant) = (board_name(), stacked_variant(extra));
+    let dir = repo().join("out").join(xtask::assemble::out_name(&board, variant.as_deref(), build));
     let found = std::fs::read_dir(&dir)
         .with_context(|| {
             format!(
-                "{}: build it with ./scripts/image {BOARD} --build {build}{}",
+                "{}: build it with ./scripts/image {board} --build {build}{}",
                 dir.display(),
-                variant.map(|v| format!(" --variant {v}")).unwrap_or_default()
+                variant.as_deref().map(|v| format!(" --variant {v}")).unwrap_or_default()
             )
         })?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -47,12 +47,13 @@ pub struct Outputs {
     pub sizes: Vec<(String, u64)>,
 }
 
-/// Output directory name: the board, or `board-variant`.
+/// Output directory name: the board, or `board-variant` (stacked variants joined with
+/// `-`: `rpi3-raspi3b-broken-daemon`), then `-buildN` for N != 1.
 pub fn out_name(board: &str, variant: Option<&str>, build: u64) -> String {
     let mut s = board.to_owned();
     if let Some(v) = variant {
         s.push('-');
-        s.push_str(v);
+        s.push_str(&v.replace(',', "-"));
     }
     if build != 1 {
         write!(s, "-build{build}").unwrap();

@@ -500,11 +500,32 @@ pub fn from_table(path: &Path, table: toml::Table) -> Result<Board, BoardError> 
     Ok(board)
 }
 
-/// `board/<name>.toml`, plus `image/variants/<variant>.toml` on top when given.
+/// The variants of a `--variant` value, in merge order: `raspi3b,broken-daemon` stacks the
+/// broken daemon on the raspi3b machine (a later layer wins, like `inherit`). Empty for
+/// none. Each name is a file stem in image/variants/.
+pub fn variant_layers(variant: Option<&str>) -> Result<Vec<&str>, BoardError> {
+    let Some(v) = variant else { return Ok(Vec::new()) };
+    let layers: Vec<&str> = v.split(',').collect();
+    for l in &layers {
+        if l.is_empty() || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(BoardError::Invalid {
+                board: v.into(),
+                msg: format!("variant {l:?}: a list of image/variants/ names separated by commas, [A-Za-z0-9-]+ each"),
+            });
+        }
+        if layers.iter().filter(|o| *o == l).count() > 1 {
+            return Err(BoardError::Invalid { board: v.into(), msg: format!("variant {l} is listed twice") });
+        }
+    }
+    Ok(layers)
+}
+
+/// `board/<name>.toml`, plus each `image/variants/<variant>.toml` of `variant` (one name,
+/// or several separated by commas, see `variant_layers`) on top, in order.
 pub fn load(repo: &Path, name: &str, variant: Option<&str>) -> Result<Board, BoardError> {
     let path = repo.join("board").join(format!("{name}.toml"));
     let mut table = load_table(&path)?;
-    if let Some(v) = variant {
+    for v in variant_layers(variant)? {
         let vpath = repo.join("image/variants").join(format!("{v}.toml"));
         let vt = load_table(&vpath)?;
         merge(&mut table, vt);
@@ -588,6 +609,25 @@ mod tests {
         let b = load(&repo(), "qemu-aarch64-virt", Some("broken-daemon")).unwrap();
         assert!(b.expect_config_rejected);
         assert!(b.full_version().ends_with("-broken"));
+    }
+
+    #[test]
+    fn variants_stack_left_to_right() {
+        // The ota group's broken update for the Pi 3 image in QEMU: the raspi3b machine with
+        // the broken daemon on top, whose fps = 0 wins over raspi3b's 10.
+        let b = load(&repo(), "rpi3", Some("raspi3b,broken-daemon")).unwrap();
+        assert!(b.expect_config_rejected && b.full_version().ends_with("-broken"));
+        assert_eq!(b.lucidd.config["video"]["fps"].as_integer(), Some(0));
+        assert_eq!(b.lucidd.config["video"]["width"].as_integer(), Some(320), "raspi3b's layer stays");
+        assert_eq!(b.qemu.as_ref().map(|q| q.machine.as_str()), Some("raspi3b"));
+        assert_eq!(b.kernel.extra_modules, ["cdc_ether", "rndis_host"]);
+        assert_eq!(
+            crate::assemble::out_name("rpi3", Some("raspi3b,broken-daemon"), 3),
+            "rpi3-raspi3b-broken-daemon-build3"
+        );
+        for bad in ["raspi3b,", ",raspi3b", "raspi3b,,broken-daemon", "raspi3b,raspi3b", "../raspi3b"] {
+            assert!(load(&repo(), "rpi3", Some(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

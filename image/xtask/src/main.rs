@@ -22,7 +22,8 @@ enum Cmd {
         /// Build number (monotonic; an OTA test builds 2 over 1).
         #[arg(long, default_value_t = 1)]
         build: u64,
-        /// An image variant from image/variants/ (e.g. broken-daemon).
+        /// An image variant from image/variants/ (e.g. broken-daemon), or several stacked
+        /// left to right (`raspi3b,broken-daemon`: out/BOARD-raspi3b-broken-daemon/).
         #[arg(long)]
         variant: Option<String>,
         #[arg(long, default_value = "out")]

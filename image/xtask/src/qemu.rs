@@ -106,10 +106,14 @@ pub fn command(board: &Board, work: &Path, disk: &Path, forwards: &[(u16, u16)],
     Ok(c)
 }
 
-/// Devices to `device_add` on the monitor once the guest's USB host is up (see `command`).
+/// Devices to `device_add` on the monitor, in order, once the guest's USB host is up (see
+/// `command`). Each has an `id=`, so a harness can `device_del` them again (in reverse)
+/// before a reboot. The hub is ours because QEMU would otherwise chain one in by itself
+/// (the DWC2 root has a single port) without an id, and that hub, kept across a reset, is
+/// what the next kernel loses.
 pub fn hotplug_devices(board: &Board) -> Vec<String> {
     match board.qemu.as_ref().map(|q| q.nic) {
-        Some(QemuNic::UsbNet) => vec!["usb-net,netdev=n0,id=net0".into()],
+        Some(QemuNic::UsbNet) => vec!["usb-hub,id=hub0".into(), "usb-net,netdev=n0,id=net0".into()],
         _ => vec![],
     }
 }
@@ -179,7 +183,7 @@ mod tests {
         );
         assert!(all.contains("-drive if=sd,file=/tmp/x.qcow2,format=qcow2 "), "{all}");
         assert!(all.contains("-usb "), "{all}");
-        assert_eq!(hotplug_devices(&b), ["usb-net,netdev=n0,id=net0"]);
+        assert_eq!(hotplug_devices(&b), ["usb-hub,id=hub0", "usb-net,netdev=n0,id=net0"]);
         assert!(!all.contains("-bios") && !all.contains("virtio"), "{all}");
         for p in 8083..=8087 {
             assert!(all.contains(&format!("hostfwd=tcp:127.0.0.1:{}-:{p}", p + 10000)), "{all}");
