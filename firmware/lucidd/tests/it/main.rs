@@ -21,3 +21,4 @@ mod storage;
 mod store_upgrade;
 mod tidy;
 mod update;
+mod vlog;
