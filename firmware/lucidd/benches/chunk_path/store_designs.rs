@@ -3,6 +3,8 @@
 //!
 //! - `floor`: append the sealed bytes to a plain file and `fdatasync` it. No store can
 //!   do less and still promise durability.
+//! - `floor, preallocated`: the same, into space reserved with `fallocate(KEEP_SIZE)`
+//!   (its allocated bytes include the unused reserve).
 //! - `redb inline`: the layout before value logs, rebuilt here with redb directly (sealed
 //!   bytes as a value in a `chunks` table, rows beside them, one durable commit per chunk).
 //! - `vlog + durable redb`: `lucidd::store::Store` with a durable redb commit after every
@@ -100,14 +102,24 @@ trait Design {
 struct Floor {
     dir: PathBuf,
     files: std::collections::HashMap<String, (File, u64)>,
+    /// Reserve this many bytes per file up front (`fallocate` with `KEEP_SIZE`): does it
+    /// spare the flush the file system's allocation work?
+    prealloc: u64,
 }
 
 impl Design for Floor {
     fn name(&self) -> &'static str {
-        "floor: write+fdatasync"
+        if self.prealloc > 0 { "floor, preallocated (KEEP_SIZE)" } else { "floor: write+fdatasync" }
     }
     fn create(&mut self, sid: &str) {
         let f = File::create(self.dir.join(sid)).unwrap();
+        if self.prealloc > 0 {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fallocate reads only its integer arguments; `f` is open.
+            let r =
+                unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, self.prealloc as libc::off_t) };
+            assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
+        }
         File::open(&self.dir).unwrap().sync_all().unwrap();
         self.files.insert(sid.into(), (f, 0));
     }
@@ -227,13 +239,15 @@ fn designs(root: &Path) -> Vec<(Box<dyn Design>, PathBuf)> {
         d
     };
     let floor = dir("floor");
+    let pre = dir("prealloc");
     let inline = dir("inline");
     let two = dir("vlog2");
     let wal = dir("wal");
     let s2 = Store::open(&two.join("lucid.redb")).unwrap();
     s2.set_batch_policy(BatchPolicy { entries: 1, ..Default::default() });
     vec![
-        (Box::new(Floor { dir: floor.clone(), files: Default::default() }) as Box<dyn Design>, floor),
+        (Box::new(Floor { dir: floor.clone(), files: Default::default(), prealloc: 0 }) as Box<dyn Design>, floor),
+        (Box::new(Floor { dir: pre.clone(), files: Default::default(), prealloc: 64 << 20 }), pre),
         (Box::new(Inline { db: Database::create(inline.join("lucid.redb")).unwrap() }), inline),
         (Box::new(Vlog { name: "vlog + durable redb (2 flushes)", store: s2 }), two),
         (

@@ -50,6 +50,12 @@ pub trait VlogBackend: Send + Sync + 'static {
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Bytes the file occupies on the medium (allocated blocks), for space accounting.
     fn allocated(&self, name: &str) -> io::Result<u64>;
+    /// Reserves blocks for `[offset, offset+len)` without changing the size, so appends
+    /// into them leave the file system less to do at each flush. Best effort: a backend
+    /// without it does nothing.
+    fn reserve(&self, _name: &str, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The value logs as files in one directory, with their handles kept open.
@@ -86,7 +92,11 @@ impl FsVlog {
             Err(e) => return Err(e),
         };
         let f = Arc::new(f);
-        files.insert(name.to_owned(), f.clone());
+        // Only the logs being written keep a handle open: readers of old sessions open
+        // and close theirs, so thousands of sessions never hold thousands of descriptors.
+        if create {
+            files.insert(name.to_owned(), f.clone());
+        }
         Ok(Some(f))
     }
 
@@ -155,6 +165,15 @@ impl VlogBackend for FsVlog {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+    fn reserve(&self, name: &str, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let f = self.file(name, true)?.expect("created");
+        // SAFETY: fallocate only reads its integer arguments; `f` is open.
+        let r = unsafe {
+            libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset as libc::off_t, len as libc::off_t)
+        };
+        if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
     fn allocated(&self, name: &str) -> io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
