@@ -571,6 +571,7 @@ impl Store {
         }
         let txn = db!(self, "begin_write", db.begin_write())?;
         for (name, sid, mut off) in todo {
+            let durable_end = off;
             let len = self.vlog.len(&name).map_err(io("vlog length"))?;
             if off > len {
                 return Err(StoreError::Corrupt {
@@ -597,6 +598,10 @@ impl Store {
                 tracing::warn!(log = %name, at = off, dropped = len - off, "cutting a torn value-log tail");
                 self.vlog.set_len(&name, off).map_err(io("vlog truncate"))?;
                 self.vlog.sync_data(&name).map_err(io("vlog sync"))?;
+            } else if off > durable_end {
+                // This log was being written when the process died: hand back the blocks
+                // it had reserved past its end (truncating to the same size frees them).
+                self.vlog.set_len(&name, off).map_err(io("vlog truncate"))?;
             }
             lock(&self.logs).insert(sid, Arc::new(Mutex::new(LogState { end: Some(off), reserved: 0, broken: false })));
         }
