@@ -1,15 +1,17 @@
-//! Injected storage faults, redb-style: a backend that runs out of space, and a backend
-//! that "loses power" between two writes and leaves behind only what was synced plus a
-//! random subset of unsynced pages (a disk cache that reorders). After each, nothing that
-//! was acknowledged is lost, the log still verifies, and no nonce repeats.
+//! Injected storage faults, redb-style, over both files of the store (the redb database
+//! and the value logs): a disk that runs out of space, and a disk that "loses power"
+//! between two writes and leaves behind only what was synced plus a random subset of
+//! unsynced pages (a disk cache that reorders), torn logs included. After each, nothing
+//! that was acknowledged is lost, the log still verifies, and no nonce repeats.
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lucid_core::chunk::ChunkRecord;
 use lucidd::engine::{ChunkInfo, Engine, EngineError, Kind};
-use lucidd::store::Store;
+use lucidd::store::{BatchPolicy, Store, VlogBackend};
 use redb::StorageBackend;
 use serde_json::json;
 
@@ -17,10 +19,83 @@ use crate::harness::{Daemon, test_config};
 
 // ----- a disk that fills up ------------------------------------------------------------
 
+/// One small disk under both files: the redb image and the value logs share `limit`.
 #[derive(Debug, Clone)]
 struct SmallDisk {
     inner: Arc<redb::backends::InMemoryBackend>,
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     limit: Arc<AtomicU64>,
+}
+
+impl SmallDisk {
+    fn new(limit: Arc<AtomicU64>) -> SmallDisk {
+        SmallDisk { inner: Arc::new(redb::backends::InMemoryBackend::new()), files: Default::default(), limit }
+    }
+    /// Bytes in use on the disk: the database plus every log.
+    fn used(&self) -> u64 {
+        self.inner.len().unwrap() + self.files.lock().unwrap().values().map(|f| f.len() as u64).sum::<u64>()
+    }
+    fn open(&self, p: &std::path::Path) -> Result<Store, lucidd::store::StoreError> {
+        Store::open_with_backends(p, self.clone(), Arc::new(self.clone()))
+    }
+}
+
+impl VlogBackend for SmallDisk {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        Ok(self.files.lock().unwrap().keys().cloned().collect())
+    }
+    fn len(&self, name: &str) -> std::io::Result<u64> {
+        Ok(self.files.lock().unwrap().get(name).map_or(0, |f| f.len() as u64))
+    }
+    fn read(&self, name: &str, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        mem_read(self.files.lock().unwrap().get(name), offset, out)
+    }
+    fn write(&self, name: &str, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let grow = {
+            let files = self.files.lock().unwrap();
+            let cur = files.get(name).map_or(0, |f| f.len() as u64);
+            (offset + data.len() as u64).saturating_sub(cur)
+        };
+        if self.used() + grow > self.limit.load(Ordering::SeqCst) {
+            return Err(enospc());
+        }
+        mem_write(self.files.lock().unwrap().entry(name.to_owned()).or_default(), offset, data);
+        Ok(())
+    }
+    fn sync_data(&self, _: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.files.lock().unwrap().entry(name.to_owned()).or_default().resize(len as usize, 0);
+        Ok(())
+    }
+    fn punch_hole(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
+        mem_write(self.files.lock().unwrap().entry(name.to_owned()).or_default(), offset, &vec![0; len as usize]);
+        Ok(())
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.files.lock().unwrap().remove(name);
+        Ok(())
+    }
+    fn allocated(&self, name: &str) -> std::io::Result<u64> {
+        VlogBackend::len(self, name)
+    }
+}
+
+fn mem_read(f: Option<&Vec<u8>>, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+    let f = f.ok_or_else(|| std::io::Error::from(ErrorKind::NotFound))?;
+    let o = offset as usize;
+    let src = f.get(o..o + out.len()).ok_or_else(|| std::io::Error::new(ErrorKind::UnexpectedEof, "past end"))?;
+    out.copy_from_slice(src);
+    Ok(())
+}
+
+fn mem_write(f: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let o = offset as usize;
+    if o + data.len() > f.len() {
+        f.resize(o + data.len(), 0);
+    }
+    f[o..o + data.len()].copy_from_slice(data);
 }
 
 fn enospc() -> std::io::Error {
@@ -69,11 +144,8 @@ fn full_disk_refuses_cleanly_loses_nothing_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(dir.path());
     let limit = Arc::new(AtomicU64::new(8 << 20));
-    let l2 = limit.clone();
-    let engine = Engine::open_with(cfg, move |p| {
-        Store::open_with_backend(p, SmallDisk { inner: Arc::new(redb::backends::InMemoryBackend::new()), limit: l2 })
-    })
-    .unwrap();
+    let disk = SmallDisk::new(limit.clone());
+    let engine = Engine::open_with(cfg, move |p| disk.open(p)).unwrap();
     let row = engine.create_session(Some("sess-full0001".into()), "full".into(), Kind::Data, |_| {}).unwrap();
     let sid = row.id.clone();
     let mut acked = Vec::new();
@@ -124,11 +196,8 @@ fn full_disk_is_a_507_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(dir.path());
     let limit = Arc::new(AtomicU64::new(4 << 20));
-    let l2 = limit.clone();
-    let engine = Engine::open_with(cfg, move |p| {
-        Store::open_with_backend(p, SmallDisk { inner: Arc::new(redb::backends::InMemoryBackend::new()), limit: l2 })
-    })
-    .unwrap();
+    let disk = SmallDisk::new(limit.clone());
+    let engine = Engine::open_with(cfg, move |p| disk.open(p)).unwrap();
     let d = Daemon::serve(dir, engine);
     let c = d.client();
     use base64::Engine as _;
@@ -153,7 +222,7 @@ fn full_disk_is_a_507_over_http() {
 
 const PAGE: usize = 4096;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Disk {
     /// What survives a power cut for sure: the image as of the last sync.
     durable: Vec<u8>,
@@ -161,74 +230,139 @@ struct Disk {
     volatile: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Default)]
-struct PowerCutDisk(Arc<Mutex<Disk>>);
-
-impl StorageBackend for PowerCutDisk {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        Ok(self.0.lock().unwrap().volatile.len() as u64)
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        let d = self.0.lock().unwrap();
-        let (o, n) = (offset as usize, out.len());
-        if o + n > d.volatile.len() {
-            return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "read past end"));
-        }
-        out.copy_from_slice(&d.volatile[o..o + n]);
-        Ok(())
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.0.lock().unwrap().volatile.resize(len as usize, 0);
-        Ok(())
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        let mut d = self.0.lock().unwrap();
-        d.durable = d.volatile.clone();
-        Ok(())
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        let mut d = self.0.lock().unwrap();
-        let o = offset as usize;
-        if o + data.len() > d.volatile.len() {
-            d.volatile.resize(o + data.len(), 0);
-        }
-        d.volatile[o..o + data.len()].copy_from_slice(data);
-        Ok(())
-    }
-}
-
-impl PowerCutDisk {
+impl Disk {
     /// The file a power cut now would leave: the synced image, plus each unsynced page
     /// with probability 1/2 (torn: some of a transaction's pages made it, some did not).
-    fn after_power_cut(&self, seed: u64) -> Vec<u8> {
-        let d = self.0.lock().unwrap();
-        let mut img = d.durable.clone();
-        img.resize(d.volatile.len().max(d.durable.len()), 0);
-        let mut x = seed | 1;
-        for (i, page) in d.volatile.chunks(PAGE).enumerate() {
+    /// With `keep_len` false the file also falls back to its synced length half the time
+    /// (an unsynced append whose size change did not reach the journal).
+    fn after_power_cut(&self, x: &mut u64, keep_len: bool) -> Vec<u8> {
+        let mut img = self.durable.clone();
+        img.resize(self.volatile.len().max(self.durable.len()), 0);
+        for (i, page) in self.volatile.chunks(PAGE).enumerate() {
             let at = i * PAGE;
             let old = img.get(at..at + page.len()).map(|s| s.to_vec());
-            if old.as_deref() != Some(page) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                if x & 1 == 1 {
-                    img[at..at + page.len()].copy_from_slice(page);
-                }
+            if old.as_deref() != Some(page) && coin(x) {
+                img[at..at + page.len()].copy_from_slice(page);
+            }
+        }
+        if !keep_len {
+            img.truncate(self.volatile.len());
+            if coin(x) {
+                img.truncate(self.durable.len().min(img.len()));
             }
         }
         img
     }
 }
 
+fn coin(x: &mut u64) -> bool {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x & 1 == 1
+}
+
+/// The machine's disk: the redb file and the value logs, behind one lock so a power cut
+/// catches both at the same instant.
+#[derive(Debug, Default)]
+struct Machine {
+    redb: Disk,
+    logs: HashMap<String, Disk>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PowerCutDisk(Arc<Mutex<Machine>>);
+
+impl StorageBackend for PowerCutDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.0.lock().unwrap().redb.volatile.len() as u64)
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        mem_read(Some(&self.0.lock().unwrap().redb.volatile), offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.lock().unwrap().redb.volatile.resize(len as usize, 0);
+        Ok(())
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        let mut m = self.0.lock().unwrap();
+        m.redb.durable = m.redb.volatile.clone();
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        mem_write(&mut self.0.lock().unwrap().redb.volatile, offset, data);
+        Ok(())
+    }
+}
+
+impl VlogBackend for PowerCutDisk {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        Ok(self.0.lock().unwrap().logs.keys().cloned().collect())
+    }
+    fn len(&self, name: &str) -> std::io::Result<u64> {
+        Ok(self.0.lock().unwrap().logs.get(name).map_or(0, |d| d.volatile.len() as u64))
+    }
+    fn read(&self, name: &str, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        mem_read(self.0.lock().unwrap().logs.get(name).map(|d| &d.volatile), offset, out)
+    }
+    fn write(&self, name: &str, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        // A new name is durable at once (the real backend fsyncs the directory).
+        mem_write(&mut self.0.lock().unwrap().logs.entry(name.to_owned()).or_default().volatile, offset, data);
+        Ok(())
+    }
+    fn sync_data(&self, name: &str) -> std::io::Result<()> {
+        let mut m = self.0.lock().unwrap();
+        let d = m.logs.get_mut(name).ok_or_else(|| std::io::Error::from(ErrorKind::NotFound))?;
+        d.durable = d.volatile.clone();
+        Ok(())
+    }
+    fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.0.lock().unwrap().logs.entry(name.to_owned()).or_default().volatile.resize(len as usize, 0);
+        Ok(())
+    }
+    fn punch_hole(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
+        let mut m = self.0.lock().unwrap();
+        let d = m.logs.entry(name.to_owned()).or_default();
+        mem_write(&mut d.volatile, offset, &vec![0; len as usize]);
+        Ok(())
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.0.lock().unwrap().logs.remove(name);
+        Ok(())
+    }
+    fn allocated(&self, name: &str) -> std::io::Result<u64> {
+        VlogBackend::len(self, name)
+    }
+}
+
+impl PowerCutDisk {
+    /// What a power cut now leaves of the database and of each value log.
+    fn after_power_cut(&self, seed: u64) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+        let m = self.0.lock().unwrap();
+        let mut x = seed | 1;
+        let redb = m.redb.after_power_cut(&mut x, true);
+        let logs = m.logs.iter().map(|(n, d)| (n.clone(), d.after_power_cut(&mut x, false))).collect();
+        (redb, logs)
+    }
+}
+
 #[test]
 fn power_cut_mid_commit_keeps_every_acknowledged_chunk() {
-    for round in 0..6u64 {
+    for round in 0..8u64 {
         let dir = tempfile::tempdir().unwrap();
         let cfg = test_config(dir.path());
         let disk = PowerCutDisk::default();
         let d2 = disk.clone();
-        let engine = Engine::open_with(cfg.clone(), move |p| Store::open_with_backend(p, d2)).unwrap();
+        let engine = Engine::open_with(cfg.clone(), move |p| {
+            let s = Store::open_with_backends(p, d2.clone(), Arc::new(d2))?;
+            // Odd rounds make redb durable every few chunks, so recovery replays from the
+            // middle of the log; even rounds replay it all.
+            if round % 2 == 1 {
+                s.set_batch_policy(BatchPolicy { entries: 3, ..Default::default() });
+            }
+            Ok(s)
+        })
+        .unwrap();
         let sid = format!("sess-cut{round:05}");
         engine.create_session(Some(sid.clone()), "cut".into(), Kind::Data, |_| {}).unwrap();
         let acked = Arc::new(AtomicU64::new(0));
@@ -244,12 +378,17 @@ fn power_cut_mid_commit_keeps_every_acknowledged_chunk() {
         // Cut the power at a different moment each round.
         std::thread::sleep(std::time::Duration::from_millis(15 + round * 23));
         let acked_at_cut = acked.load(Ordering::SeqCst);
-        let image = disk.after_power_cut(round * 7919 + 1);
+        let (image, logs) = disk.after_power_cut(round * 7919 + 1);
         writer.join().unwrap();
         drop(engine);
 
-        // Boot again on the torn file.
+        // Boot again on the torn files.
         std::fs::write(cfg.store_path(), &image).unwrap();
+        let vdir = cfg.data_dir.join("vlog");
+        std::fs::create_dir_all(&vdir).unwrap();
+        for (name, bytes) in &logs {
+            std::fs::write(vdir.join(name), bytes).unwrap();
+        }
         let engine = Engine::open(cfg).expect("store opens after a power cut");
         let row = engine.get(&sid).unwrap();
         assert!(
@@ -272,6 +411,66 @@ fn power_cut_mid_commit_keeps_every_acknowledged_chunk() {
     }
 }
 
+/// The power cut lands inside a log entry: a later entry's header and part of its payload
+/// reached the disk, its flush did not. Recovery cuts exactly that tail, keeps every
+/// chunk before it (replaying those redb had not made durable), and appends go on after.
+#[test]
+fn a_torn_value_log_tail_is_cut_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config(dir.path());
+    let disk = PowerCutDisk::default();
+    let d2 = disk.clone();
+    let engine =
+        Engine::open_with(cfg.clone(), move |p| Store::open_with_backends(p, d2.clone(), Arc::new(d2))).unwrap();
+    let sid = "sess-torn0001";
+    engine.create_session(Some(sid.into()), "torn".into(), Kind::Data, |_| {}).unwrap();
+    for i in 0..5u64 {
+        engine.append(sid, &payload(i, 20_000), &ChunkInfo::default(), Some(&format!("c{i}")), None).unwrap();
+    }
+    let name = format!("{sid}.vlog");
+    let good = VlogBackend::len(&disk, &name).unwrap();
+    // Half of a sixth entry, never flushed, and the cut keeps all unsynced pages and the
+    // new length: the worst tail recovery can meet.
+    let mut head = vec![0u8; 24 + 9_000];
+    VlogBackend::read(&disk, &name, 0, &mut head[..24]).unwrap();
+    head[24..].fill(0xA5);
+    VlogBackend::write(&disk, &name, good, &head).unwrap();
+    let (image, logs) = {
+        let mut m = disk.0.lock().unwrap();
+        let log = m.logs.get_mut(&name).unwrap();
+        log.durable = log.volatile.clone();
+        drop(m);
+        disk.after_power_cut(3)
+    };
+    drop(engine);
+    std::fs::write(cfg.store_path(), &image).unwrap();
+    let vdir = cfg.data_dir.join("vlog");
+    std::fs::create_dir_all(&vdir).unwrap();
+    for (n, bytes) in &logs {
+        std::fs::write(vdir.join(n), bytes).unwrap();
+    }
+    assert_eq!(std::fs::metadata(vdir.join(&name)).unwrap().len(), good + head.len() as u64);
+
+    let engine = Engine::open(cfg.clone()).unwrap();
+    assert_eq!(std::fs::metadata(vdir.join(&name)).unwrap().len(), good, "the torn tail was not cut");
+    assert_eq!(engine.get(sid).unwrap().chunk_count, 5);
+    let reader = engine.reader(sid).unwrap();
+    for i in 0..5u64 {
+        assert_eq!(reader.plaintext(i).unwrap(), payload(i, 20_000));
+    }
+    let a = engine.append(sid, b"after", &ChunkInfo::default(), Some("after"), None).unwrap();
+    assert_eq!(a.first_index, 5);
+    drop(reader);
+    drop(engine);
+    // Once more through a clean close and open: nothing to replay, nothing lost.
+    let engine = Engine::open(cfg).unwrap();
+    assert_eq!(engine.reader(sid).unwrap().plaintext(5).unwrap(), b"after");
+    engine.finalize(sid).unwrap();
+    let mut tar = Vec::new();
+    engine.write_evidence(sid, &mut tar).unwrap();
+    assert_eq!(lucid_core::verify_evidence(tar.as_slice()).unwrap().chunk_count, 6);
+}
+
 /// A multi-part upload is all or nothing: when the disk fills during it, no part is
 /// committed (so no later chunk can be read as its continuation), and the retry of the
 /// same upload succeeds once there is room.
@@ -279,15 +478,14 @@ fn power_cut_mid_commit_keeps_every_acknowledged_chunk() {
 fn a_multi_part_upload_that_fails_leaves_no_parts_and_its_retry_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(dir.path());
-    let inner = Arc::new(redb::backends::InMemoryBackend::new());
     let limit = Arc::new(AtomicU64::new(u64::MAX));
-    let (i2, l2) = (inner.clone(), limit.clone());
-    let engine =
-        Engine::open_with(cfg, move |p| Store::open_with_backend(p, SmallDisk { inner: i2, limit: l2 })).unwrap();
+    let disk = SmallDisk::new(limit.clone());
+    let d2 = disk.clone();
+    let engine = Engine::open_with(cfg, move |p| d2.open(p)).unwrap();
     let sid = "sess-multi001";
     engine.ingest(sid, Some("before"), &payload(1, 1000), Default::default()).unwrap();
     // Room for about one sealed part, not three.
-    let used = inner.len().unwrap();
+    let used = disk.used();
     limit.store(used + (lucidd::engine::MAX_PART as u64) * 3 / 2, Ordering::SeqCst);
     let big = payload(2, 2 * lucidd::engine::MAX_PART + 1000);
     match engine.ingest(sid, Some("big"), &big, Default::default()) {

@@ -22,3 +22,4 @@ mod storage;
 mod store_upgrade;
 mod tidy;
 mod update;
+mod vlog;

@@ -1,9 +1,16 @@
 //! Benchmark of the chunk path: recorded fragments pushed through
-//! chunk -> compress -> seal -> digest -> log -> store (one durable redb commit per
-//! chunk), beside the floor of AEAD + BLAKE3 alone on the same buffers, plus per-chunk
-//! commit latency p50/p99. Run with `cargo bench -p lucidd` (or `./scripts/bench`).
+//! chunk -> compress -> seal -> digest -> log -> store, beside the floor of AEAD + BLAKE3
+//! alone on the same buffers; then the store's durable commit alone, for 50 KB, 500 KB
+//! and 2 MB chunks, comparing store layouts side by side in one run (see `store_designs`):
+//! per-chunk commit latency p50/p99 beside a plain write + fdatasync of the same bytes,
+//! bytes written per byte stored, and file-system space per byte stored after recording
+//! three times what the store keeps with deletions running. Last, the replay speed that
+//! bounds recovery after a power cut. Run with `cargo bench -p lucidd --bench chunk_path`
+//! (or `./scripts/bench`).
 //!
 //! Not a test: it asserts nothing about speed; it prints figures for the README.
+
+mod store_designs;
 
 use std::time::{Duration, Instant};
 
@@ -133,6 +140,11 @@ fn run(label: &str, bufs: &[Buf]) {
 }
 
 fn main() {
+    // `cargo bench -p lucidd --bench chunk_path -- store` runs the store comparison only.
+    if std::env::args().any(|a| a == "store") {
+        store_designs::main();
+        return;
+    }
     let (w, h, fps, secs, bitrate) = (1280, 720, 30, 60, 4_000_000);
     eprintln!("encoding {secs} s of {w}x{h}@{fps} from the synthetic camera (not timed)...");
     let recorded: Vec<Buf> = fragments(w, h, fps, secs, bitrate)
@@ -166,4 +178,6 @@ fn main() {
         })
         .collect();
     run("2 MB chunks (a 16 Mbit/s camera), incompressible", &big);
+
+    store_designs::main();
 }
