@@ -23,6 +23,8 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::fs::{FileExt, MetadataExt};
+
+use super::pseudo_random;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -65,18 +67,6 @@ fn usage(dir: &Path) -> (u64, u64) {
         }
     }
     out
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// One chunk as the engine commits it: sealed bytes, a record of the real size, the

@@ -126,17 +126,9 @@ impl StorageBackend for SmallDisk {
     }
 }
 
+/// Incompressible-ish bytes, so zstd does not make the disk look bigger than it is.
 fn payload(i: u64, len: usize) -> Vec<u8> {
-    // Incompressible-ish bytes, so zstd does not make the disk look bigger than it is.
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::storage::noise(len, i)
 }
 
 #[test]

@@ -12,17 +12,9 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::harness::test_config;
 
+/// Incompressible, so what is stored is what was sent.
 fn payload(i: u64, len: usize) -> Vec<u8> {
-    // Incompressible, so what is stored is what was sent.
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::storage::noise(len, i)
 }
 
 /// (file sizes, allocated bytes) of the store: the redb file and every value log.
