@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::page::Page;
 use super::{ApiError, ApiResult, AppState, LJson, LQuery, VERSION, blocking};
-use crate::engine::{Engine, EngineError, Kind, Status};
+use crate::engine::{Engine, EngineError, Kind};
 use crate::util::{hex, now_rfc3339};
 
 const OPENAPI: &str = include_str!("../../openapi.json");
@@ -250,6 +250,11 @@ impl ChannelWriter {
     /// fragment goes to the socket without another copy through the buffer.
     fn send(&mut self, bytes: Bytes) -> std::io::Result<()> {
         self.flush()?;
+        self.push(bytes)
+    }
+
+    /// Hands one frame to the response body; fails once the client has gone.
+    fn push(&self, bytes: Bytes) -> std::io::Result<()> {
         self.tx
             .blocking_send(Ok(bytes))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
@@ -270,9 +275,7 @@ impl Write for ChannelWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::take(&mut self.buf));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+        self.push(chunk)
     }
 }
 
@@ -373,7 +376,7 @@ pub const LIVE_WINDOW: u64 = 30;
 /// content asked for.
 fn playlist(e: &Engine, sid: &str, q: &str) -> Result<String, EngineError> {
     let row = camera_session(e, sid)?;
-    let live = matches!(row.status, Status::Recording | Status::Paused | Status::Starting);
+    let live = crate::engine::is_live(row.status);
     let first = if live { row.chunk_count.saturating_sub(LIVE_WINDOW) } else { 0 };
     let views = e.records_from(sid, first, usize::try_from(row.chunk_count - first).unwrap_or(usize::MAX))?;
     let gap = |v: &crate::engine::ChunkView| v.record.flags.contains(lucid_core::chunk::Flags::GAP_BEFORE);

@@ -905,13 +905,7 @@ fn time_range(row: &SessionRow, edges: Option<&(ChunkRecord, ChunkRecord)>) -> O
     let end = edges
         .map(|(_, last)| micros_to_rfc3339(last.wall_clock_us + (last.media_end_us - last.media_start_us) as i64))
         .or(row.stopped_at.clone())
-        .unwrap_or_else(|| {
-            if matches!(row.status, Status::Starting | Status::Recording | Status::Paused) {
-                now_rfc3339()
-            } else {
-                start.clone()
-            }
-        });
+        .unwrap_or_else(|| if crate::engine::is_live(row.status) { now_rfc3339() } else { start.clone() });
     Some(json!({"start": start, "end": end}))
 }
 

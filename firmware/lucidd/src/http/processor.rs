@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 
 use super::storage::{Stored, decode_b64_chunk, ensure_data_session, ingest, ratio, validate_sid};
 use super::{ApiError, AppState, Failure, LJson, VERSION, free_space};
-use crate::engine::{Engine, EngineError, Status};
+use crate::engine::{Engine, EngineError};
 use crate::util::{hex, now_rfc3339};
 
 const SERVICE: &str = "chunk-processor";
@@ -453,7 +453,7 @@ async fn merkle_root(State(engine): State<AppState>, Path(sid): Path<String>) ->
     let e = engine.clone();
     let s = sid.clone();
     let row = run_blocking(move || e.get(&s)).await?;
-    let recording = matches!(row.status, Status::Recording | Status::Paused | Status::Starting);
+    let recording = crate::engine::is_live(row.status);
     match row.root {
         Some(root) if !recording => Ok(Json(json!({
             "session_id": sid,

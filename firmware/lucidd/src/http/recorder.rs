@@ -60,7 +60,7 @@ pub fn recording_status(s: Status) -> &'static str {
 }
 
 fn is_recording(r: &SessionRow) -> bool {
-    matches!(r.status, Status::Recording | Status::Paused | Status::Starting)
+    crate::engine::is_live(r.status)
 }
 
 fn chunk_statistics(r: &SessionRow) -> Value {

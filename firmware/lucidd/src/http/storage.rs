@@ -456,7 +456,7 @@ async fn delete_all(State(engine): State<AppState>, Path(sid): Path<String>) -> 
             Err(EngineError::NotFound { .. }) => return Ok(None),
             Err(err) => return Err(err),
         };
-        if matches!(row.status, Status::Recording | Status::Paused | Status::Starting) {
+        if crate::engine::is_live(row.status) {
             return Err(EngineError::Conflict(format!("session {s} is {}; stop it first", row.status.as_str())));
         }
         e.delete(&s).map(Some)
@@ -476,7 +476,7 @@ async fn delete_all(State(engine): State<AppState>, Path(sid): Path<String>) -> 
 async fn set_archived(engine: AppState, sid: String, archived: bool) -> ApiResult<()> {
     blocking(move || {
         engine.update(&sid, |r| {
-            if archived && matches!(r.status, Status::Recording | Status::Paused | Status::Starting) {
+            if archived && crate::engine::is_live(r.status) {
                 return Err(EngineError::Conflict(format!("session {} is recording; stop it before archiving", r.id)));
             }
             r.archived = archived;
