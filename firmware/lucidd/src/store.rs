@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -169,6 +169,19 @@ struct LogState {
     broken: bool,
 }
 
+/// One session's value log: the writer's state, taken for a whole append, and how far
+/// the log holds acknowledged entries, readable without that lock. A reopen after an IO
+/// error replays only up to `acked`: the entry being appended past it belongs to the
+/// writer, which either applies its rows itself or takes it back out of the log.
+#[derive(Debug, Default)]
+struct LogSlot {
+    state: Mutex<LogState>,
+    /// The end of the last entry whose rows were committed to redb (not necessarily
+    /// durably). Raised while the committer still holds the database's read guard, so a
+    /// reopen (which takes the write side) sees every entry whose `commit_chunk` returned.
+    acked: AtomicU64,
+}
+
 /// How far ahead of a log's end blocks are reserved. Appending into reserved blocks took
 /// about a fifth off an append + `fdatasync` in the benchmark (the file system allocates
 /// at `fallocate`, not at each flush). One log holds a reserve at a time (the one being
@@ -183,7 +196,7 @@ pub struct Store {
     poisoned: AtomicBool,
     path: PathBuf,
     vlog: Arc<dyn VlogBackend>,
-    logs: Mutex<HashMap<String, Arc<Mutex<LogState>>>>,
+    logs: Mutex<HashMap<String, Arc<LogSlot>>>,
     pending: Mutex<Pending>,
     policy: Mutex<BatchPolicy>,
     /// The session whose log holds the reserve (`RESERVE`), if any.
@@ -289,8 +302,8 @@ impl Store {
                 *w = None;
                 let db = (self.opener)().map_err(|source| StoreError::Open { path: self.path.clone(), source })?;
                 // The rows of logged chunks that were not yet durable in redb went with
-                // the closed database: put them back from the value logs.
-                lock(&self.logs).clear();
+                // the closed database: put them back from the value logs (only the
+                // acknowledged entries: an append in flight is its writer's to finish).
                 self.replay(&db)?;
                 *w = Some(db);
                 self.poisoned.store(false, Ordering::SeqCst);
@@ -412,8 +425,8 @@ impl Store {
     /// behind. When this returns `Ok` the chunk survives a power cut.
     pub fn commit_chunk(&self, w: &ChunkWrite<'_>) -> Result<(), StoreError> {
         let (entry, sealed_at) = encode_entry(w);
-        let state = self.log_state(w.session_id);
-        let mut st = lock(&state);
+        let slot = self.log_state(w.session_id);
+        let mut st = lock(&slot.state);
         if st.broken {
             return Err(StoreError::Db {
                 op: "vlog append",
@@ -454,7 +467,7 @@ impl Store {
             p.bytes += entry.len() as u64;
             p.entries >= pol.entries || p.bytes >= pol.bytes || p.since.elapsed() >= pol.interval
         };
-        if let Err(e) = self.apply_chunk(w, &locs, end, durable) {
+        if let Err(e) = self.apply_chunk(w, &locs, end, durable, &slot.acked) {
             self.undo_append(&mut st, &name, start);
             return Err(e);
         }
@@ -482,6 +495,7 @@ impl Store {
         locs: &[Option<(u64, u32)>],
         end: u64,
         durable: bool,
+        acked: &AtomicU64,
     ) -> Result<(), StoreError> {
         let g = self.handle()?;
         let db = live(&g)?;
@@ -490,7 +504,14 @@ impl Store {
             db!(self, "set durability", txn.set_durability(Durability::None))?;
         }
         db!(self, "apply chunk", apply_rows(&txn, w, locs, end))?;
-        if durable { self.commit_durable(txn) } else { db!(self, "commit", txn.commit()) }
+        if durable {
+            self.commit_durable(txn)?;
+        } else {
+            db!(self, "commit", txn.commit())?;
+        }
+        // Still under the read guard `g`: no reopen can come between the commit and this.
+        acked.store(end, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Commits with `Durability::Immediate`, which also makes every earlier non-durable
@@ -520,8 +541,8 @@ impl Store {
     /// Frees the blocks reserved past a log's end. Skipped (and logged) when that log is
     /// being appended to right now: its own next reserve or close releases it.
     fn release_reserve(&self, sid: &str) {
-        let Some(state) = lock(&self.logs).get(sid).cloned() else { return };
-        let Ok(mut st) = state.try_lock() else { return };
+        let Some(slot) = lock(&self.logs).get(sid).cloned() else { return };
+        let Ok(mut st) = slot.state.try_lock() else { return };
         if let Some(end) = st.end
             && st.reserved > end
         {
@@ -535,7 +556,7 @@ impl Store {
         }
     }
 
-    fn log_state(&self, sid: &str) -> Arc<Mutex<LogState>> {
+    fn log_state(&self, sid: &str) -> Arc<LogSlot> {
         lock(&self.logs).entry(sid.to_owned()).or_default().clone()
     }
 
@@ -543,6 +564,12 @@ impl Store {
     /// anything else uses it: removes the logs of deleted sessions, applies each log's
     /// intact entries after the durable `VLOG_END`, cuts a torn tail, and commits that
     /// durably. Entries are flushed one at a time, so only the last can be torn.
+    ///
+    /// A reopen after an IO error runs this while writers may be mid-append: for a log
+    /// this process already writes (it has a `LogSlot`) only the acknowledged entries are
+    /// applied and nothing is cut. The entry past them is its writer's, which applies its
+    /// rows itself or takes it back out; applying it here would let redb durably point past
+    /// a log the writer then truncates.
     fn replay(&self, db: &Database) -> Result<(), StoreError> {
         let io = |op: &'static str| move |e: std::io::Error| classify(op, e.to_string());
         let names = self.vlog.list().map_err(io("vlog list"))?;
@@ -579,7 +606,22 @@ impl Store {
                     msg: format!("redb holds entries up to {off}, the log is {len} bytes"),
                 });
             }
-            while let Some(payload) = vlog::read_entry(&*self.vlog, &name, off, len).map_err(io("vlog read"))? {
+            let slot = lock(&self.logs).get(&sid).cloned();
+            // How far to replay: to the acknowledged end of a log being written, else to
+            // the log's end.
+            let limit = slot.as_ref().map_or(len, |s| s.acked.load(Ordering::SeqCst).min(len));
+            while off < limit {
+                let Some(payload) = vlog::read_entry(&*self.vlog, &name, off, len).map_err(io("vlog read"))? else {
+                    if slot.is_none() {
+                        break; // a torn tail, cut below
+                    }
+                    return Err(StoreError::Corrupt {
+                        key: format!("vlog/{name}@{off}"),
+                        msg: format!(
+                            "an acknowledged entry (the log is acknowledged up to {limit}) does not read back"
+                        ),
+                    });
+                };
                 let next = off + (vlog::HEADER + payload.len()) as u64;
                 let (w, sealed_at) = decode_entry(&payload).ok_or_else(|| StoreError::Corrupt {
                     key: format!("vlog/{name}@{off}"),
@@ -594,6 +636,20 @@ impl Store {
                 bytes += next - off;
                 off = next;
             }
+            if let Some(slot) = slot {
+                // A writer's log: its tail is its own, except after an append that could
+                // not be taken back, which is cut here (under its lock) so it can go on.
+                if let Ok(mut st) = slot.state.try_lock()
+                    && st.broken
+                {
+                    let cut = self.vlog.set_len(&name, off).and_then(|()| self.vlog.sync_data(&name));
+                    if cut.is_ok() {
+                        tracing::warn!(log = %name, at = off, "cut the entry a failed append left behind");
+                        *st = LogState { end: Some(off), reserved: 0, broken: false };
+                    }
+                }
+                continue;
+            }
             if off < len {
                 tracing::warn!(log = %name, at = off, dropped = len - off, "cutting a torn value-log tail");
                 self.vlog.set_len(&name, off).map_err(io("vlog truncate"))?;
@@ -603,7 +659,11 @@ impl Store {
                 // it had reserved past its end (truncating to the same size frees them).
                 self.vlog.set_len(&name, off).map_err(io("vlog truncate"))?;
             }
-            lock(&self.logs).insert(sid, Arc::new(Mutex::new(LogState { end: Some(off), reserved: 0, broken: false })));
+            let slot = LogSlot {
+                state: Mutex::new(LogState { end: Some(off), reserved: 0, broken: false }),
+                acked: AtomicU64::new(off),
+            };
+            lock(&self.logs).insert(sid, Arc::new(slot));
         }
         db!(self, "commit", txn.commit())?;
         for name in orphans {
@@ -771,8 +831,8 @@ impl Store {
     /// where they were; the entry's digest then no longer matches, which is fine because
     /// recovery never reads an entry redb durably holds.
     pub fn redact_chunk(&self, sid: &str, index: u64) -> Result<bool, StoreError> {
-        let state = self.log_state(sid);
-        let _st = lock(&state);
+        let slot = self.log_state(sid);
+        let _st = lock(&slot.state);
         let g = self.handle()?;
         let db = live(&g)?;
         let txn = db!(self, "begin_write", db.begin_write())?;
@@ -921,8 +981,8 @@ impl Store {
     /// Deletes a session and everything it owns, in one transaction. Returns the number
     /// of chunks removed.
     pub fn delete_session(&self, sid: &str) -> Result<u64, StoreError> {
-        let state = self.log_state(sid);
-        let mut st = lock(&state);
+        let slot = self.log_state(sid);
+        let mut st = lock(&slot.state);
         let g = self.handle()?;
         let db = live(&g)?;
         let txn = db!(self, "begin_write", db.begin_write())?;

@@ -501,3 +501,170 @@ fn a_multi_part_upload_that_fails_leaves_no_parts_and_its_retry_succeeds() {
     engine.write_evidence(sid, &mut tar).unwrap();
     assert_eq!(lucid_core::verify_evidence(tar.as_slice()).unwrap().chunk_count, 5);
 }
+
+// ----- an IO error while another chunk is being appended -------------------------------
+
+/// A disk whose redb writes fail while `fail` is set, and whose value-log flush can be
+/// held (`hold`), so a test can put a reopen of the store between a chunk's append and its
+/// rows: the interleaving two threads meet when one of them hits an IO error.
+#[derive(Debug, Clone)]
+struct Flaky {
+    disk: SmallDisk,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+    /// 0 free, 1 the next flush waits, 2 a flush is waiting, 3 released.
+    gate: Arc<(Mutex<u8>, std::sync::Condvar)>,
+}
+
+impl Flaky {
+    fn new() -> Flaky {
+        Flaky {
+            disk: SmallDisk::new(Arc::new(AtomicU64::new(u64::MAX))),
+            fail: Default::default(),
+            gate: Default::default(),
+        }
+    }
+    fn open(&self, p: &std::path::Path) -> Result<Store, lucidd::store::StoreError> {
+        let s = Store::open_with_backends(p, self.clone(), Arc::new(self.clone()))?;
+        // Every chunk commit durable, so a failing disk fails it for sure.
+        s.set_batch_policy(BatchPolicy { entries: 1, bytes: u64::MAX, interval: std::time::Duration::MAX });
+        Ok(s)
+    }
+    fn failing(&self, on: bool) {
+        self.fail.store(on, Ordering::SeqCst);
+    }
+    fn check(&self) -> std::io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) { Err(std::io::Error::from_raw_os_error(5)) } else { Ok(()) }
+    }
+    fn set_gate(&self, to: u8) {
+        let (m, cv) = &*self.gate;
+        *m.lock().unwrap() = to;
+        cv.notify_all();
+    }
+    fn wait_gate(&self, state: u8) {
+        let (m, cv) = &*self.gate;
+        let _g = cv.wait_while(m.lock().unwrap(), |s| *s != state).unwrap();
+    }
+}
+
+impl StorageBackend for Flaky {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        StorageBackend::len(&self.disk)
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        StorageBackend::read(&self.disk, offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.check()?;
+        StorageBackend::set_len(&self.disk, len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.check()?;
+        StorageBackend::sync_data(&self.disk)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        StorageBackend::write(&self.disk, offset, data)
+    }
+}
+
+impl VlogBackend for Flaky {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.disk.list()
+    }
+    fn len(&self, name: &str) -> std::io::Result<u64> {
+        VlogBackend::len(&self.disk, name)
+    }
+    fn read(&self, name: &str, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        VlogBackend::read(&self.disk, name, offset, out)
+    }
+    fn write(&self, name: &str, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        VlogBackend::write(&self.disk, name, offset, data)
+    }
+    fn sync_data(&self, name: &str) -> std::io::Result<()> {
+        let (m, cv) = &*self.gate;
+        let mut g = m.lock().unwrap();
+        if *g == 1 {
+            *g = 2;
+            cv.notify_all();
+            g = cv.wait_while(g, |s| *s != 3).unwrap();
+            *g = 0;
+        }
+        drop(g);
+        VlogBackend::sync_data(&self.disk, name)
+    }
+    fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
+        VlogBackend::set_len(&self.disk, name, len)
+    }
+    fn punch_hole(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
+        self.disk.punch_hole(name, offset, len)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.disk.remove(name)
+    }
+    fn allocated(&self, name: &str) -> std::io::Result<u64> {
+        self.disk.allocated(name)
+    }
+}
+
+/// Commits chunk `index` of `sid` straight through the store (opaque record bytes: the
+/// store does not parse them).
+fn commit_raw(store: &Store, sid: &str, index: u64) -> Result<(), lucidd::store::StoreError> {
+    use lucidd::store::{ChunkWrite, PartWrite};
+    let sealed = payload(index, 4000);
+    let record = format!("record {index}").into_bytes();
+    let parts = [PartWrite { index, sealed: Some(&sealed), record: &record, client_id: None, client_meta: None }];
+    let row = serde_json::to_vec(&json!({ "id": sid, "chunks": index + 1 })).unwrap();
+    store.commit_chunk(&ChunkWrite { session_id: sid, parts: &parts, nodes: &[], session_row: &row })
+}
+
+/// An IO error on one thread reopens the store while another thread has appended a
+/// chunk's log entry but not yet committed its rows. The reopen must leave that entry to
+/// its writer: when the writer then fails and takes the entry back, redb must not be left
+/// pointing past the end of the log (the next open refused the store as corrupt), and when
+/// the writer succeeds the chunk is there exactly once.
+#[test]
+fn a_reopen_during_an_append_leaves_the_entry_to_its_writer() {
+    for writer_fails in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lucid.redb");
+        let disk = Flaky::new();
+        let sid = "sess-race0001";
+        let store = Arc::new(disk.open(&path).unwrap());
+        store.put_session(sid, &json!({ "id": sid })).unwrap();
+        commit_raw(&store, sid, 0).unwrap();
+
+        // The writer appends chunk 1 and is held before the log's flush returns.
+        disk.set_gate(1);
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || commit_raw(&store, sid, 1))
+        };
+        disk.wait_gate(2);
+        // Meanwhile another request hits an IO error, and the next one reopens the store.
+        disk.failing(true);
+        assert!(store.put_checkpoint(sid, 1, "checkpoint").is_err());
+        disk.failing(false);
+        assert!(store.get_session::<serde_json::Value>(sid).unwrap().is_some());
+        // The writer goes on, on a disk that fails again or not.
+        disk.failing(writer_fails);
+        disk.set_gate(3);
+        let result = writer.join().unwrap();
+        disk.failing(false);
+        assert_eq!(result.is_err(), writer_fails, "{result:?}");
+
+        let has = |s: &Store, i: u64| s.get_record(sid, i).unwrap().is_some();
+        assert!(has(&store, 0));
+        assert_eq!(has(&store, 1), !writer_fails, "chunk 1 after the writer's {result:?}");
+        drop(store);
+        // What the next start finds agrees, and the log goes on.
+        let store = disk.open(&path).expect("the store reopens after the race");
+        assert!(has(&store, 0));
+        assert_eq!(has(&store, 1), !writer_fails);
+        if writer_fails {
+            commit_raw(&store, sid, 1).unwrap();
+        }
+        commit_raw(&store, sid, 2).unwrap();
+        assert_eq!(store.get_sealed(sid, 1).unwrap().unwrap(), payload(1, 4000));
+        assert_eq!(store.get_sealed(sid, 2).unwrap().unwrap(), payload(2, 4000));
+    }
+}
