@@ -6,8 +6,9 @@
 //! evidence (`media`), and the signed OTA update bundle (`bundle`).
 //!
 //! Architecture invariant: this crate does no IO (no files, sockets, clocks or threads)
-//! and compiles for every target, so the daemon, the offline verifier and the tests all
-//! run the same code. Randomness comes in through `ring::rand::SecureRandom` arguments.
+//! and compiles for every target (`./scripts/test` builds it for `wasm32-unknown-unknown`
+//! too, where the web app will run the verifier), so the daemon, the offline verifier and
+//! the tests all run the same code. Randomness comes in through `ring::rand::SecureRandom` arguments.
 //!
 //! The front door re-exports the main types; the modules hold the details.
 //!
