@@ -6,6 +6,11 @@
 //! files or sockets: the writer takes any `io::Write` and the verifier any `io::Read`,
 //! and the verifier needs no key but the device's public one (it checks integrity and
 //! order, not content, so it never decrypts).
+//!
+//! The bundle carries its own `device.vkey`, so on its own it proves only that *some*
+//! key signed it. A [`Pin`] names the device the reader expects (its verifier key, or its
+//! device id); the verifier refuses any other signer as soon as `device.vkey` is read, and
+//! the report says whether a pin was checked.
 
 use std::io::{self, Read, Write};
 
@@ -298,6 +303,9 @@ pub enum VerifyError {
     /// manifest.device_id is not derived from the device key.
     #[error("manifest device id {manifest} is not the key's id {key}")]
     DeviceIdMismatch { manifest: String, key: String },
+    /// device.vkey is not the pinned device's key.
+    #[error("signer is not the pinned device: expected {expected}, bundle is signed by device {device_id} key {vkey}")]
+    PinMismatch { expected: String, device_id: String, vkey: String },
     /// Manifest fields contradict each other.
     #[error("manifest is inconsistent: {reason}")]
     ManifestInconsistent { reason: &'static str },
@@ -388,6 +396,70 @@ pub enum VerifyError {
     InclusionFailed { index: u64 },
 }
 
+/// The signer a reader expects. Without a pin the verifier proves only that the key in
+/// the bundle signed it, and anyone can make a key: the reader must then compare the
+/// reported device id and key with the device's own (`GET /api/v1/device`, or its console
+/// at start-up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Pin {
+    /// Any signer; [`EvidenceReport::pin`] says so and callers must tell the reader.
+    #[default]
+    Unpinned,
+    /// Exactly this verifier key: the same key name and Ed25519 public key.
+    Vkey(Verifier),
+    /// A key whose device id (`lucid-` + 16 hex digits, the first 64 bits of the key's
+    /// SHA-256) is this one. Shorter to read aloud than a key, and as good unless someone
+    /// spends about 2^64 work on a key with the same prefix; prefer [`Pin::Vkey`].
+    DeviceId(String),
+}
+
+/// Why a pin could not be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// The verifier key text does not parse.
+    #[error("pinned verifier key: {0}")]
+    BadVkey(#[source] NoteError),
+    /// Not `lucid-` followed by 16 hex digits.
+    #[error("pinned device id {0:?} is not lucid- followed by 16 hex digits")]
+    BadDeviceId(String),
+}
+
+impl Pin {
+    /// A pin on verifier key text (`device.vkey`, or `verifier_key` of
+    /// `GET /api/v1/device`); surrounding whitespace is ignored.
+    pub fn vkey(text: &str) -> Result<Pin, PinError> {
+        Verifier::from_vkey(text.trim()).map(Pin::Vkey).map_err(PinError::BadVkey)
+    }
+
+    /// A pin on a device id; hex digits in either case.
+    pub fn device_id(id: &str) -> Result<Pin, PinError> {
+        let id = id.trim().to_ascii_lowercase();
+        let ok = id.strip_prefix("lucid-").is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok {
+            return Err(PinError::BadDeviceId(id));
+        }
+        Ok(Pin::DeviceId(id))
+    }
+
+    /// Whether a pin is set.
+    pub fn is_pinned(&self) -> bool {
+        !matches!(self, Pin::Unpinned)
+    }
+
+    /// Checks the bundle's key against the pin.
+    pub fn check(&self, signer: &Verifier) -> Result<(), VerifyError> {
+        let (matches, expected) = match self {
+            Pin::Unpinned => return Ok(()),
+            Pin::Vkey(v) => (v == signer, format!("device {} key {}", v.device_id(), v.vkey())),
+            Pin::DeviceId(id) => (*id == signer.device_id(), format!("device {id}")),
+        };
+        if matches {
+            return Ok(());
+        }
+        Err(VerifyError::PinMismatch { expected, device_id: signer.device_id(), vkey: signer.vkey() })
+    }
+}
+
 /// What a successful verification established.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvidenceReport {
@@ -395,6 +467,11 @@ pub struct EvidenceReport {
     pub session_id: String,
     /// The recording device, derived from its key.
     pub device_id: String,
+    /// The key that signed the manifest and every checkpoint (`device.vkey`).
+    pub device_vkey: String,
+    /// The pin the signer was checked against; [`Pin::Unpinned`] when none was given, in
+    /// which case the report proves only that `device_vkey` signed the bundle.
+    pub pin: Pin,
     /// Chunks present, recorded, and proven included.
     pub chunk_count: u64,
     /// Checkpoints whose signature, root and consistency were checked.
@@ -403,16 +480,27 @@ pub struct EvidenceReport {
     pub root_hex: String,
     /// The verified manifest.
     pub manifest: Manifest,
+    /// Every chunk's record, in log order (index i at position i): each one proven
+    /// included in the final checkpoint. [`crate::media`] checks an export against their
+    /// plaintext digests.
+    pub records: Vec<ChunkRecord>,
 }
 
 /// Verifies a bundle read from `r`, streaming: chunks are checked as they arrive and
 /// dropped, so memory grows with the number of records, not the size of the media, and
 /// the number of records is capped ([`MAX_LOG_SIZE`]). Returns the first failure; see
-/// the design document for the order of checks and the limits.
+/// the design document for the order of checks and the limits. Unpinned: any key that
+/// signed the bundle is accepted, see [`verify_evidence_pinned`].
 pub fn verify_evidence<R: Read>(r: R) -> Result<EvidenceReport, VerifyError> {
+    verify_evidence_pinned(r, &Pin::Unpinned)
+}
+
+/// [`verify_evidence`], refusing any signer but the pinned one. The pin is checked as soon
+/// as `device.vkey` is read (the second entry), before anything it signed.
+pub fn verify_evidence_pinned<R: Read>(r: R, pin: &Pin) -> Result<EvidenceReport, VerifyError> {
     let mut input = Counted { inner: r, read: 0 };
     let archive_err = |source| VerifyError::Archive { source };
-    let mut v = Verification::default();
+    let mut v = Verification { pin: pin.clone(), ..Verification::default() };
     // Where the last entry's data (padded to a block) ends: the end marker starts there.
     let mut end = 0;
     {
@@ -531,6 +619,7 @@ struct Head {
 /// Verification state between entries.
 #[derive(Default)]
 struct Verification {
+    pin: Pin,
     last: Option<(Section, u64)>,
     /// The section whose exit checks have not run yet.
     stage: Option<Section>,
@@ -619,6 +708,7 @@ impl Verification {
                     .and_then(|t| t.strip_suffix('\n'))
                     .ok_or_else(|| malformed(section, "not UTF-8 text ending in a newline"))?;
                 let verifier = Verifier::from_vkey(text).map_err(|source| VerifyError::BadDeviceKey { source })?;
+                self.pin.check(&verifier)?;
                 self.vkey = Some((text.to_owned(), verifier));
             }
             Section::Manifest => self.manifest_bytes = Some(data),
@@ -805,10 +895,13 @@ impl Verification {
         Ok(EvidenceReport {
             session_id: head.manifest.session_id.clone(),
             device_id: head.manifest.device_id.clone(),
+            device_vkey: head.manifest.device_vkey.clone(),
+            pin: self.pin,
             chunk_count: self.records.len() as u64,
             checkpoints_checked: self.checkpoints.len(),
             root_hex: hex::encode(&head.root),
             manifest: head.manifest,
+            records: self.records,
         })
     }
 }
@@ -816,6 +909,7 @@ impl Verification {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::note::Signer;
     use crate::testutil::{Fixture, entries, tar_of};
 
     fn fixture() -> Fixture {
@@ -860,6 +954,47 @@ mod tests {
         assert_eq!(paths.len(), 48);
         // A round trip through the test's own tar writer changes nothing.
         assert_eq!(tar_of(&entries(&bundle)), bundle);
+    }
+
+    #[test]
+    fn a_bundle_re_signed_with_another_key_fails_a_pin() {
+        let f = fixture();
+        let bundle = f.bundle();
+        let (vkey, id) = (f.signer.vkey(), f.signer.verifier().device_id());
+        let report = verify_evidence(&bundle[..]).unwrap();
+        assert_eq!((report.pin.clone(), report.device_vkey.as_str()), (Pin::Unpinned, vkey.as_str()));
+        assert!(!report.pin.is_pinned());
+        for pin in [Pin::vkey(&format!("{vkey}\n")).unwrap(), Pin::device_id(&id.to_uppercase()).unwrap()] {
+            let r = verify_evidence_pinned(&bundle[..], &pin).unwrap();
+            assert_eq!(r.pin, pin);
+            assert!(r.pin.is_pinned());
+        }
+
+        // The attack: the same session (same chunks, same data key) signed end to end by
+        // a fresh key. Unpinned it verifies; that is what a pin is for.
+        let attacker = Fixture::with_key("sess-1", 20, &[5, 12, 20], f.key.as_bytes(), &Fixture::fresh_pkcs8());
+        let forged = attacker.bundle();
+        assert_eq!(verify_evidence(&forged[..]).unwrap().records, report.records);
+        let their_id = attacker.signer.verifier().device_id();
+        for pin in [Pin::vkey(&vkey).unwrap(), Pin::device_id(&id).unwrap()] {
+            let err = verify_evidence_pinned(&forged[..], &pin).unwrap_err();
+            assert!(matches!(&err, VerifyError::PinMismatch { device_id, .. } if *device_id == their_id), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(&id) && text.contains(&their_id) && text.contains(&attacker.signer.vkey()), "{text}");
+        }
+
+        // The same key under another name is another verifier key (the name is in every
+        // signature line), but the same device id.
+        let renamed = Signer::from_pkcs8("another-name", &f.pkcs8).unwrap();
+        let err = verify_evidence_pinned(&bundle[..], &Pin::vkey(&renamed.vkey()).unwrap()).unwrap_err();
+        assert!(matches!(err, VerifyError::PinMismatch { .. }), "{err}");
+        verify_evidence_pinned(&bundle[..], &Pin::device_id(&renamed.verifier().device_id()).unwrap()).unwrap();
+
+        // Pins that do not parse.
+        assert!(matches!(Pin::vkey("lucid-x+00000000+AAAA"), Err(PinError::BadVkey(_))));
+        for bad in ["lucid-0123", "device-0123456789abcdef", "lucid-0123456789abcdeg", ""] {
+            assert!(matches!(Pin::device_id(bad), Err(PinError::BadDeviceId(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! lucid-core: every Lucid format that must be reproduced byte for byte by someone who
 //! does not trust the device. It owns the chunk header and record encodings, sealing
 //! (AEAD) and key wrapping, the RFC 9162 Merkle log, signed checkpoints (C2SP signed
-//! notes), the signed session manifest, the evidence bundle with its verifier, and the
-//! signed OTA update bundle (`bundle`).
+//! notes), the signed session manifest, the evidence bundle with its verifier (with an
+//! optional pin on the signing device), the check of an exported MP4 against verified
+//! evidence (`media`), and the signed OTA update bundle (`bundle`).
 //!
 //! Architecture invariant: this crate does no IO (no files, sockets, clocks or threads)
-//! and compiles for every target, so the daemon, the offline verifier and the tests all
-//! run the same code. Randomness comes in through `ring::rand::SecureRandom` arguments.
+//! and compiles for every target (`./scripts/test` builds it for `wasm32-unknown-unknown`
+//! too, where the web app will run the verifier), so the daemon, the offline verifier and
+//! the tests all run the same code. Randomness comes in through `ring::rand::SecureRandom` arguments.
 //!
 //! The front door re-exports the main types; the modules hold the details.
 //!
@@ -29,6 +31,7 @@ pub mod bundle;
 pub mod chunk;
 pub mod evidence;
 pub mod manifest;
+pub mod media;
 pub mod merkle;
 pub mod note;
 pub mod seal;
@@ -44,8 +47,11 @@ pub use bundle::{
     PayloadInfo, VerifiedManifest,
 };
 pub use chunk::{ChunkHeader, ChunkRecord, Flags, FormatError, MAX_SEALED_CHUNK, validate_session_id};
-pub use evidence::{EvidenceError, EvidenceReport, EvidenceWriter, VerifyError, verify_evidence};
+pub use evidence::{
+    EvidenceError, EvidenceReport, EvidenceWriter, Pin, PinError, VerifyError, verify_evidence, verify_evidence_pinned,
+};
 pub use manifest::{Manifest, ManifestError, SessionKind, SignedManifest, sign_manifest, verify_manifest};
+pub use media::{MediaError, MediaReport, verify_media};
 pub use merkle::{Hash, MerkleError, MerkleTree};
 pub use note::{Checkpoint, NoteError, Signer, Verifier, device_id_from_public_key, sign_checkpoint};
 pub use seal::{Cipher, DataKey, Kek, SealError, open_chunk, seal_chunk, unwrap_data_key, wrap_data_key};

@@ -25,6 +25,8 @@ pub(crate) struct Fixture {
     pub sealed: Vec<Vec<u8>>,
     pub records: Vec<ChunkRecord>,
     pub notes: Vec<String>,
+    /// Chunk payloads given by the test; chunks beyond them get the synthetic payload.
+    pub payloads: Vec<Vec<u8>>,
 }
 
 fn payload(index: u64) -> Vec<u8> {
@@ -58,7 +60,29 @@ impl Fixture {
         Self::build(sid, n, sizes, key, pkcs8, false)
     }
 
+    /// A camera session whose init segment and chunk payloads (one chunk each) are given,
+    /// with one checkpoint at the end.
+    pub fn with_media(sid: &str, init: &[u8], payloads: &[Vec<u8>]) -> Self {
+        let key = DataKey::generate(&SystemRandom::new()).unwrap();
+        let n = payloads.len() as u64;
+        Self::build_with(sid, n, &[n], key.as_bytes(), &Self::fresh_pkcs8(), Some(init), payloads)
+    }
+
     fn build(sid: &str, n: u64, sizes: &[u64], key: &[u8; 32], pkcs8: &[u8], camera: bool) -> Self {
+        let init: &[u8] = b"ftyp....moov....init";
+        Self::build_with(sid, n, sizes, key, pkcs8, camera.then_some(init), &[])
+    }
+
+    fn build_with(
+        sid: &str,
+        n: u64,
+        sizes: &[u64],
+        key: &[u8; 32],
+        pkcs8: &[u8],
+        init: Option<&[u8]>,
+        payloads: &[Vec<u8>],
+    ) -> Self {
+        let camera = init.is_some();
         let signer = Signer::from_pkcs8("lucid-test-device", pkcs8).unwrap();
         let mut f = Fixture {
             signer,
@@ -66,17 +90,18 @@ impl Fixture {
             key: DataKey::from_bytes(*key),
             sid: sid.into(),
             camera,
-            init: if camera { b"ftyp....moov....init".to_vec() } else { Vec::new() },
+            init: init.unwrap_or_default().to_vec(),
             sealed: Vec::new(),
             records: Vec::new(),
             notes: Vec::new(),
+            payloads: payloads.to_vec(),
         };
         for i in 0..n {
             let sealed = f.seal_extra(i);
             let frames = if camera { 30 } else { 0 };
             let record = ChunkRecord::from_sealed(
                 &sealed,
-                *blake3::hash(&payload(i)).as_bytes(),
+                *blake3::hash(&f.payload(i)).as_bytes(),
                 i * 1_000_000,
                 (i + 1) * 1_000_000,
                 1_700_000_000_000_000 + i as i64 * 1_000_000,
@@ -93,9 +118,14 @@ impl Fixture {
         f
     }
 
-    /// Seals the synthetic payload of `index` for this session (epoch 1, then 2 from 10).
+    /// The plaintext of chunk `index`: the test's, or the synthetic one.
+    pub fn payload(&self, index: u64) -> Vec<u8> {
+        self.payloads.get(index as usize).cloned().unwrap_or_else(|| payload(index))
+    }
+
+    /// Seals the payload of `index` for this session (epoch 1, then 2 from 10).
     pub fn seal_extra(&self, index: u64) -> Vec<u8> {
-        let p = payload(index);
+        let p = self.payload(index);
         let header = ChunkHeader {
             cipher: Cipher::ChaCha20Poly1305,
             flags: if self.camera { Flags::MEDIA } else { Flags::empty() },

@@ -22,6 +22,17 @@ enum Cmd {
     Verify {
         /// The evidence tar from GET /api/v1/sessions/{id}/evidence.
         evidence: PathBuf,
+        /// Fail unless the bundle is signed by this verifier key (a file holding the
+        /// `verifier_key` of the device's GET /api/v1/device).
+        #[arg(long, value_name = "FILE", conflicts_with = "device_id")]
+        vkey: Option<PathBuf>,
+        /// Fail unless the bundle is signed by this device (lucid- and 16 hex digits).
+        #[arg(long, value_name = "ID")]
+        device_id: Option<String>,
+        /// Also check this export (GET /api/v1/sessions/{id}/export.mp4) against the
+        /// evidence: the init segment and every fragment, in order.
+        #[arg(long, value_name = "EXPORT.mp4")]
+        media: Option<PathBuf>,
     },
     /// Print the effective configuration (secrets omitted) and exit.
     Config(RunArgs),
@@ -351,28 +362,56 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Verify { evidence } => match lucidd::verify::verify_file(&evidence) {
-            Ok(r) => {
-                let m = &r.manifest;
-                println!("session      {} ({:?}, {})", r.session_id, m.kind, m.name);
-                println!("device       {}", r.device_id);
-                println!(
-                    "recorded     {} .. {}",
-                    m.started_at.as_deref().unwrap_or("-"),
-                    m.stopped_at.as_deref().unwrap_or("-")
-                );
-                println!("chunks       {} (every one sealed, recorded and included)", r.chunk_count);
-                println!("checkpoints  {} (signatures, roots and consistency checked)", r.checkpoints_checked);
-                println!("root         {}", r.root_hex);
-                println!("cipher       {}{}", m.cipher, if m.recovered { ", closed by crash recovery" } else { "" });
+        Cmd::Verify { evidence, vkey, device_id, media } => {
+            let pin = match lucidd::verify::pin(vkey.as_deref(), device_id.as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("lucidd verify: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let r = match lucidd::verify::verify_file(&evidence, &pin) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let m = &r.manifest;
+            println!("{}", lucidd::verify::signer_line(&r));
+            println!("session      {} ({:?}, {})", r.session_id, m.kind, m.name);
+            println!("device       {}", r.device_id);
+            println!(
+                "recorded     {} .. {}",
+                m.started_at.as_deref().unwrap_or("-"),
+                m.stopped_at.as_deref().unwrap_or("-")
+            );
+            println!("chunks       {} (every one sealed, recorded and included)", r.chunk_count);
+            println!("checkpoints  {} (signatures, roots and consistency checked)", r.checkpoints_checked);
+            println!("root         {}", r.root_hex);
+            println!("cipher       {}{}", m.cipher, if m.recovered { ", closed by crash recovery" } else { "" });
+            let Some(media) = media else {
                 println!("OK: evidence verified");
-                ExitCode::SUCCESS
+                return ExitCode::SUCCESS;
+            };
+            match lucidd::verify::verify_media_file(&r, &media) {
+                Ok(mr) => {
+                    println!(
+                        "media        {}: init segment ({} bytes) and {} fragments ({} bytes) match the signed digests",
+                        media.display(),
+                        mr.init_len,
+                        mr.fragments,
+                        mr.total_len
+                    );
+                    println!("OK: evidence and media verified");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Cmd::Config(a) => match build_config(&a) {
             Ok(c) => {
                 print!("{}", toml::to_string_pretty(&c).unwrap_or_default());

@@ -1,13 +1,51 @@
-//! `lucidd verify EVIDENCE.tar`: the offline check anyone can run without the device or
-//! any secret. All the logic is `lucid_core::evidence`; this module only reads the file
-//! and prints the report or the first failure.
+//! `lucidd verify EVIDENCE.tar [--vkey FILE | --device-id ID] [--media EXPORT.mp4]`: the
+//! offline check anyone can run without the device or any secret. All the logic is
+//! `lucid_core::evidence` (the bundle and the pin) and `lucid_core::media` (the export);
+//! this module only reads the files, and `main` prints the report or the first failure.
 
 use std::path::Path;
 
-/// Verifies the bundle at `path`; `Err` carries the first failure, worded for people.
-pub fn verify_file(path: &Path) -> anyhow::Result<lucid_core::evidence::EvidenceReport> {
+use lucid_core::evidence::{EvidenceReport, Pin};
+use lucid_core::media::MediaReport;
+
+/// The pin from the command line: the text of a verifier key file (`device.vkey`, or the
+/// `verifier_key` of `GET /api/v1/device` saved to a file), or a device id. `Err` is a
+/// usage error.
+pub fn pin(vkey_file: Option<&Path>, device_id: Option<&str>) -> anyhow::Result<Pin> {
+    Ok(match (vkey_file, device_id) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--vkey {}: {e}", path.display()))?;
+            Pin::vkey(&text).map_err(|e| anyhow::anyhow!("--vkey {}: {e}", path.display()))?
+        }
+        (None, Some(id)) => Pin::device_id(id).map_err(|e| anyhow::anyhow!("--device-id: {e}"))?,
+        (None, None) => Pin::Unpinned,
+    })
+}
+
+/// Verifies the bundle at `path` against `pin`; `Err` carries the first failure, worded
+/// for people.
+pub fn verify_file(path: &Path, pin: &Pin) -> anyhow::Result<EvidenceReport> {
     let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let report = lucid_core::evidence::verify_evidence(std::io::BufReader::new(f))
+    let report = lucid_core::evidence::verify_evidence_pinned(std::io::BufReader::new(f), pin)
         .map_err(|e| anyhow::anyhow!("{}: verification FAILED: {e}", path.display()))?;
     Ok(report)
+}
+
+/// Checks the export at `path` against verified evidence.
+pub fn verify_media_file(report: &EvidenceReport, path: &Path) -> anyhow::Result<MediaReport> {
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    lucid_core::media::verify_media(report, std::io::BufReader::with_capacity(1 << 16, f))
+        .map_err(|e| anyhow::anyhow!("{}: media verification FAILED: {e}", path.display()))
+}
+
+/// The first line of the output: who signed, and whether that was checked.
+pub fn signer_line(r: &EvidenceReport) -> String {
+    match &r.pin {
+        Pin::Unpinned => format!(
+            "UNPINNED: signer not pinned; compare with the device's /api/v1/device: device {} key {}",
+            r.device_id, r.device_vkey
+        ),
+        Pin::Vkey(_) => format!("PINNED: signed by the pinned key {} (device {})", r.device_vkey, r.device_id),
+        Pin::DeviceId(_) => format!("PINNED: signed by the pinned device {} (key {})", r.device_id, r.device_vkey),
+    }
 }

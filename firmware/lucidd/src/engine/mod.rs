@@ -247,6 +247,9 @@ impl Engine {
         let epoch = store.next_epoch()?;
         let access = access::Access::new(keys.api_token, &keys.url_key, access::load(&store)?);
         tracing::info!(epoch, device = %keys.device_id, "store open");
+        // Public, and what an owner records at set-up to pin evidence later
+        // (`lucidd verify --vkey`); the same text as `verifier_key` of GET /api/v1/device.
+        tracing::info!(device = %keys.device_id, vkey = %keys.signer.vkey(), "device verifier key");
         let engine = Arc::new(Engine {
             store,
             signer: keys.signer,

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Client, Daemon};
 
-fn create(d: &Daemon, c: &Client, name: &str) -> String {
+pub fn create(d: &Daemon, c: &Client, name: &str) -> String {
     let r = c.post_json(&d.url("gateway", "/api/v1/sessions"), &json!({"name": name, "metadata": {"project": "it"}}));
     assert_eq!(r.status, 201, "{}", r.text());
     r.json()["session_id"].as_str().unwrap().to_owned()
@@ -26,7 +26,7 @@ fn session(d: &Daemon, c: &Client, sid: &str) -> Value {
 }
 
 /// Waits until the session has at least `n` committed chunks.
-fn wait_chunks(d: &Daemon, c: &Client, sid: &str, n: u64) {
+pub fn wait_chunks(d: &Daemon, c: &Client, sid: &str, n: u64) {
     let t = Instant::now();
     while session(d, c, sid)["statistics"]["chunks_count"].as_u64().unwrap() < n {
         assert!(t.elapsed() < Duration::from_secs(60), "no {n} chunks after 60 s");

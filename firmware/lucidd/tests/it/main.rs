@@ -22,4 +22,5 @@ mod storage;
 mod store_upgrade;
 mod tidy;
 mod update;
+mod verify;
 mod vlog;

@@ -1,0 +1,218 @@
+//! `lucidd verify` as a recipient runs it (issue 10): evidence and an export fetched over
+//! HTTP from a real recording, checked by the real binary. A bundle re-signed end to end
+//! with a fresh key verifies unpinned (the first line then says so) and fails against the
+//! device's key or id; `--media` passes on the export and names the fragment an altered,
+//! dropped, duplicated or reordered export gets wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lucid_core::{Checkpoint, Manifest, Signer, Verifier};
+
+use crate::gateway::{create, retar, wait_chunks};
+use crate::harness::{Client, Daemon};
+
+/// Runs `lucidd verify` with `args`; (exit code, stdout, stderr).
+fn verify(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lucidd"));
+    cmd.arg("verify");
+    for a in args {
+        cmd.arg(a);
+    }
+    let out = cmd.output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// A stopped camera session of at least `chunks` chunks: (session id, evidence, export).
+fn record(d: &Daemon, c: &Client, chunks: u64) -> (String, Vec<u8>, Vec<u8>) {
+    let sid = create(d, c, "verify");
+    assert_eq!(c.post(&d.url("gateway", &format!("/api/v1/sessions/{sid}/start"))).status, 200);
+    wait_chunks(d, c, &sid, chunks);
+    assert_eq!(c.post(&d.url("gateway", &format!("/api/v1/sessions/{sid}/stop"))).status, 200);
+    let ev = c.get(&d.url("gateway", &format!("/api/v1/sessions/{sid}/evidence")));
+    assert_eq!(ev.status, 200, "{}", ev.text());
+    let mp4 = c.get(&d.url("gateway", &format!("/api/v1/sessions/{sid}/export.mp4")));
+    assert_eq!(mp4.status, 200);
+    (sid, ev.body, mp4.body)
+}
+
+/// What an attacker with the bundle (but not the device key) can make: the same chunks
+/// and records under a fresh key, with every checkpoint and the manifest signed again.
+fn re_signed(good: &[u8]) -> (Vec<u8>, Signer) {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Signer::generate_pkcs8(&rng).unwrap();
+    let probe = Signer::from_pkcs8("probe", &pkcs8).unwrap();
+    let id = probe.verifier().device_id();
+    let signer = Signer::from_pkcs8(&id, &pkcs8).unwrap();
+    let bytes = retar(good, |e| {
+        let old = String::from_utf8(e.iter().find(|(p, _)| p.ends_with("device.vkey")).unwrap().1.clone()).unwrap();
+        let old = Verifier::from_vkey(old.trim_end()).unwrap();
+        let mut manifest: Manifest =
+            serde_json::from_slice(&e.iter().find(|(p, _)| p.ends_with("manifest.json")).unwrap().1).unwrap();
+        let origin = lucid_core::note::session_origin(&id, &manifest.session_id);
+        let mut last_note = String::new();
+        for (path, data) in e.iter_mut() {
+            if path.contains("/checkpoints/") {
+                let cp = old.verify_checkpoint(std::str::from_utf8(data).unwrap()).unwrap();
+                let cp = Checkpoint { origin: origin.clone(), ..cp };
+                last_note = lucid_core::sign_checkpoint(&cp, &signer).unwrap();
+                *data = last_note.clone().into_bytes();
+            }
+        }
+        manifest.device_id = id.clone();
+        manifest.device_vkey = signer.vkey();
+        manifest.final_checkpoint = last_note;
+        let signed = lucid_core::sign_manifest(&manifest, &signer).unwrap();
+        for (path, data) in e.iter_mut() {
+            match path.rsplit('/').next().unwrap() {
+                "device.vkey" => *data = format!("{}\n", signer.vkey()).into_bytes(),
+                "manifest.json" => *data = signed.bytes.clone(),
+                "manifest.json.sig" => *data = signed.signature_file().into_bytes(),
+                _ => {}
+            }
+        }
+    });
+    (bytes, signer)
+}
+
+/// The top-level boxes of an MP4 as (type, start, end), read with no trust in the file
+/// beyond what this test made.
+fn boxes(mp4: &[u8]) -> Vec<([u8; 4], usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < mp4.len() {
+        let size = u32::from_be_bytes(mp4[at..at + 4].try_into().unwrap()) as usize;
+        assert!(size >= 8, "the exporter writes 32-bit box sizes");
+        out.push((mp4[at + 4..at + 8].try_into().unwrap(), at, at + size));
+        at += size;
+    }
+    out
+}
+
+/// The export's init segment and fragments (moof + mdat), as byte vectors.
+fn split(mp4: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let b = boxes(mp4);
+    let first = b.iter().position(|x| &x.0 == b"moof").unwrap();
+    let frags = b[first..]
+        .chunks(2)
+        .map(|p| {
+            assert_eq!((&p[0].0, &p[1].0), (b"moof", b"mdat"));
+            mp4[p[0].1..p[1].2].to_vec()
+        })
+        .collect();
+    (mp4[..b[first].1].to_vec(), frags)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn issue_10_pinned_verification_refuses_a_re_signed_bundle() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (_sid, evidence, _) = record(&d, &c, 3);
+    let dir = d.dir.path();
+
+    // The device shows its key; that is what an owner records at set-up.
+    let dev = c.get(&d.url("gateway", "/api/v1/device")).json();
+    let (id, vkey) = (dev["device_id"].as_str().unwrap(), dev["verifier_key"].as_str().unwrap());
+    assert_eq!(Verifier::from_vkey(vkey).unwrap().device_id(), id);
+    let vkey_file = write(dir, "device.vkey", format!("{vkey}\n").as_bytes());
+    let good = write(dir, "evidence.tar", &evidence);
+
+    // Unpinned: verifies, and the first line says the signer was not checked and what to
+    // compare.
+    let (code, out, err) = verify(&[&good]);
+    assert_eq!(code, 0, "{out}{err}");
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with("UNPINNED: ") && first.contains(id) && first.contains(vkey), "{first}");
+    // Pinned by key or by id: verifies, and says so.
+    for pin in [["--vkey", vkey_file.to_str().unwrap()], ["--device-id", id]] {
+        let (code, out, err) = verify(&[&good, &pin[0], &pin[1]]);
+        assert_eq!(code, 0, "{pin:?}: {out}{err}");
+        assert!(out.starts_with("PINNED: ") && out.lines().next().unwrap().contains(id), "{out}");
+        assert!(out.contains("OK: evidence verified"), "{out}");
+    }
+
+    // The attack: the same recording, re-signed by a fresh key. Unpinned it still
+    // verifies (nothing in the bundle can tell), but the first line names a stranger.
+    let (forged, attacker) = re_signed(&evidence);
+    let their_id = attacker.verifier().device_id();
+    let forged = write(dir, "forged.tar", &forged);
+    let (code, out, err) = verify(&[&forged]);
+    assert_eq!(code, 0, "the re-signed bundle is well formed: {out}{err}");
+    assert!(out.lines().next().unwrap().contains(&their_id), "{out}");
+    // Pinned: refused, naming the expected and the found device.
+    for pin in [["--vkey", vkey_file.to_str().unwrap()], ["--device-id", id]] {
+        let (code, out, err) = verify(&[&forged, &pin[0], &pin[1]]);
+        assert_eq!(code, 1, "{pin:?} accepted a bundle signed by another key: {out}{err}");
+        assert!(err.contains("not the pinned device") && err.contains(id) && err.contains(&their_id), "{err}");
+        assert!(!out.contains("OK"), "{out}");
+    }
+
+    // A pin that does not parse is a usage error, not a verdict.
+    let junk = write(dir, "junk.vkey", b"not a key\n");
+    assert_eq!(verify(&[&good, &"--vkey", &junk]).0, 2);
+    assert_eq!(verify(&[&good, &"--device-id", &"lucid-xyz"]).0, 2);
+}
+
+#[test]
+fn issue_10_verify_media_checks_every_fragment_of_an_export() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (_sid, evidence, mp4) = record(&d, &c, 4);
+    let dir = d.dir.path();
+    let ev = write(dir, "evidence.tar", &evidence);
+    let (init, frags) = split(&mp4);
+    let chunks = lucid_core::verify_evidence(&evidence[..]).unwrap().chunk_count;
+    assert_eq!(frags.len() as u64, chunks, "one fragment per chunk");
+    assert!(chunks >= 4);
+
+    let run = |name: &str, bytes: &[u8]| {
+        let p = write(dir, name, bytes);
+        verify(&[&ev, &"--media", &p])
+    };
+    let (code, out, err) = run("export.mp4", &mp4);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("and {chunks} fragments")) && out.contains("OK: evidence and media verified"),
+        "{out}"
+    );
+
+    let rebuilt = |f: &[Vec<u8>]| [init.clone(), f.concat()].concat();
+    let fails = |name: &str, bytes: Vec<u8>, expect: &str| {
+        let (code, out, err) = run(name, &bytes);
+        assert_eq!(code, 1, "{name} passed: {out}{err}");
+        assert!(err.contains(expect), "{name}: expected {expect:?} in {err}");
+        assert!(!out.contains("OK"), "{out}");
+    };
+    // A byte of picture data in fragment 2.
+    let mut f = frags.clone();
+    let n = f[2].len();
+    f[2][n - 5] ^= 0x01;
+    fails("flipped.mp4", rebuilt(&f), "fragment 2 at byte");
+    // Dropped, duplicated, swapped.
+    let mut f = frags.clone();
+    f.remove(1);
+    fails("dropped.mp4", rebuilt(&f), "chunk 1's fragment is missing");
+    let mut f = frags.clone();
+    f.insert(2, frags[1].clone());
+    fails("duplicated.mp4", rebuilt(&f), "second copy of chunk 1");
+    let mut f = frags.clone();
+    f.swap(1, 2);
+    fails("swapped.mp4", rebuilt(&f), "is chunk 2, expected chunk 1: out of order");
+    // The last fragment cut off, or one too many at the end.
+    fails("short.mp4", rebuilt(&frags[..frags.len() - 1]), &format!("chunk {}'s fragment is missing", chunks - 1));
+    let mut f = frags.clone();
+    f.push(frags[0].clone());
+    fails("long.mp4", rebuilt(&f), "second copy of chunk 0");
+    // Another init segment: one byte of the moov changed.
+    let mut bad_init = init.clone();
+    let at = bad_init.len() - 10;
+    bad_init[at] ^= 0x01;
+    fails("init.mp4", [bad_init, frags.concat()].concat(), "init segment");
+}
