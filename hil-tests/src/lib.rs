@@ -536,13 +536,22 @@ pub fn record_session(dev: &Device, name: &str) -> (String, serde_json::Value) {
     (sid, stats)
 }
 
-/// Downloads a session's evidence and checks it with the host's `lucidd verify`.
+/// Downloads a session's evidence and checks it with the host's `lucidd verify`, pinned to
+/// the device id the device reports (as an owner who noted it at set-up would).
 pub fn verify_evidence(dev: &Device, sid: &str, tag: &str) {
     let (code, evidence) = http("GET", &dev.gateway(&format!("/api/v1/sessions/{sid}/evidence")), None, None).unwrap();
     assert_eq!(code, 200, "evidence of {sid}: {}", String::from_utf8_lossy(&evidence));
+    let (code, device) = http("GET", &dev.gateway("/api/v1/device"), None, None).unwrap();
+    assert_eq!(code, 200, "device: {}", String::from_utf8_lossy(&device));
+    let device_id = json(&device).unwrap()["device_id"].as_str().unwrap().to_owned();
     let path = work_dir().join(format!("{tag}-evidence.tar"));
     std::fs::write(&path, &evidence).unwrap();
-    let out = Command::new(host_lucidd().unwrap()).arg("verify").arg(&path).output().unwrap();
+    let out = Command::new(host_lucidd().unwrap())
+        .arg("verify")
+        .args(["--device-id", &device_id])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "lucidd verify: {}{}",
