@@ -1,6 +1,7 @@
 //! Writes the seed corpora of the fuzz targets (`fuzz/seeds/<target>/`) from real outputs
 //! of this crate: evidence bundles, an OTA bundle, sealed chunks, records, checkpoints,
-//! the device key text and manifests, all made by the same code the daemon runs.
+//! the device key text and manifests, an export-shaped MP4, all made by the same code the
+//! daemon runs.
 //!
 //! Test-only and ignored: `./scripts/fuzz seeds` runs it. It must not write anywhere but
 //! the seed directory, and its output must be the same on every run (fixed keys, fixed
@@ -101,4 +102,24 @@ fn write_fuzz_seeds() {
     seed.extend_from_slice(&boot);
     seed.extend_from_slice(&rootfs);
     write("bundle_reader", "manifest-and-payloads", &seed);
+
+    // The media target: an export-shaped file (init boxes, then moof + mdat pairs) and
+    // the lengths of its init segment and fragments, from which the target derives the
+    // digests it checks against.
+    let bx = |kind: &[u8; 4], body: &[u8]| {
+        let mut b = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(kind);
+        b.extend_from_slice(body);
+        b
+    };
+    let init = [bx(b"ftyp", b"isomiso6"), bx(b"moov", &[7; 40])].concat();
+    let frags: Vec<Vec<u8>> =
+        (0..3u8).map(|i| [bx(b"moof", &[i; 24]), bx(b"mdat", &vec![i ^ 0x5a; 60 + i as usize])].concat()).collect();
+    let pieces: Vec<&[u8]> = std::iter::once(&init[..]).chain(frags.iter().map(|f| &f[..])).collect();
+    let mut seed = vec![pieces.len() as u8];
+    for p in &pieces {
+        seed.extend_from_slice(&(p.len() as u16).to_le_bytes());
+    }
+    seed.extend(pieces.concat());
+    write("media", "export-3-fragments", &seed);
 }

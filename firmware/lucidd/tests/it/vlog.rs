@@ -193,3 +193,80 @@ fn a_data_directory_with_inline_chunks_keeps_working_beside_new_ones() {
     assert_eq!(engine.delete("sess-inline02").unwrap(), 1);
     assert_eq!(engine.store().totals().unwrap().0, 7, "inline and logged chunks are both counted");
 }
+
+const RECORDS: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("records");
+
+/// Rewrites every entry header of a log in the first framing ("LVE1", 16 bytes of the
+/// payload's BLAKE3) and returns the entries' offsets.
+fn reframe_as_lve1(log: &Path) -> Vec<usize> {
+    let mut bytes = std::fs::read(log).unwrap();
+    let (mut at, mut starts) = (0usize, Vec::new());
+    while at < bytes.len() {
+        assert_eq!(&bytes[at..at + 4], b"LVE2", "entry at {at}");
+        let n = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        let digest = blake3::hash(&bytes[at + 24..at + 24 + n]);
+        bytes[at..at + 4].copy_from_slice(b"LVE1");
+        bytes[at + 8..at + 24].copy_from_slice(&digest.as_bytes()[..16]);
+        starts.push(at);
+        at += 24 + n;
+    }
+    std::fs::write(log, &bytes).unwrap();
+    starts
+}
+
+/// Logs written before the CRC-32 framing ("LVE1" entries) still replay after a crash:
+/// their BLAKE3 check bytes are checked, a torn "LVE1" tail is cut, and new entries
+/// ("LVE2") follow them in the same file.
+#[test]
+fn a_log_in_the_first_framing_replays_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config(dir.path());
+    let sid = "sess-lve1old1";
+    {
+        let engine = Engine::open(cfg.clone()).unwrap();
+        engine.create_session(Some(sid.into()), "old".into(), Kind::Data, |_| {}).unwrap();
+        for i in 0..5 {
+            engine.append(sid, &payload(i, 20_000), &ChunkInfo::default(), None, None).unwrap();
+        }
+    }
+    let log = dir.path().join("vlog").join(format!("{sid}.vlog"));
+    let starts = reframe_as_lve1(&log);
+    assert_eq!(starts.len(), 5);
+    // The last entry torn: one byte of its payload changed.
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[starts[4] + 100] ^= 1;
+    std::fs::write(&log, &bytes).unwrap();
+    // As if the crash came before redb made any of it durable: replay rebuilds every row.
+    {
+        let db = redb::Database::create(dir.path().join("lucid.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut records = w.open_table(RECORDS).unwrap();
+            let mut locs = w.open_table(CHUNK_LOC).unwrap();
+            for i in 0..5u64 {
+                records.remove((sid, i)).unwrap();
+                locs.remove((sid, i)).unwrap();
+            }
+            w.open_table(VLOG_END).unwrap().insert(sid, 0).unwrap();
+        }
+        w.commit().unwrap();
+    }
+
+    let engine = Engine::open(cfg.clone()).unwrap();
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), starts[4] as u64, "the torn LVE1 entry was not cut");
+    assert_eq!(engine.get(sid).unwrap().chunk_count, 4);
+    let a = engine.append(sid, &payload(9, 20_000), &ChunkInfo::default(), None, None).unwrap();
+    assert_eq!(a.first_index, 4);
+    let reader = engine.reader(sid).unwrap();
+    for i in 0..4 {
+        assert_eq!(reader.plaintext(i).unwrap(), payload(i, 20_000), "replayed LVE1 chunk {i}");
+    }
+    assert_eq!(reader.plaintext(4).unwrap(), payload(9, 20_000));
+    drop(reader);
+    let new = std::fs::read(&log).unwrap();
+    assert_eq!(&new[starts[4]..starts[4] + 4], b"LVE2", "new entries use the CRC-32 framing");
+    engine.finalize(sid).unwrap();
+    let mut tar = Vec::new();
+    engine.write_evidence(sid, &mut tar).unwrap();
+    assert_eq!(lucid_core::verify_evidence(tar.as_slice()).unwrap().chunk_count, 5);
+}
