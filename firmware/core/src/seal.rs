@@ -6,6 +6,8 @@
 //! not store keys, pick epochs or decompress payloads (the daemon does), and it gets all
 //! randomness from a `SecureRandom` argument.
 
+use std::ops::Range;
+
 use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::SecureRandom;
 
@@ -222,6 +224,17 @@ pub fn seal_chunk(key: &DataKey, cipher: Cipher, header: &ChunkHeader, payload: 
 /// Opens a sealed chunk. Returns the header and the payload, still zstd-compressed if
 /// the ZSTD flag is set (decompression is the daemon's job).
 pub fn open_chunk(key: &DataKey, sealed: &[u8]) -> Result<(ChunkHeader, Vec<u8>), SealError> {
+    let mut buf = sealed.to_vec();
+    let (header, payload) = open_chunk_in_place(key, &mut buf)?;
+    buf.truncate(payload.end);
+    buf.drain(..payload.start);
+    Ok((header, buf))
+}
+
+/// [`open_chunk`] without a copy: decrypts the ciphertext where it lies in `sealed` and
+/// returns the header and where the payload now is (`sealed[payload]`). The daemon's read
+/// path hands that range of the buffer it read to the socket as it is.
+pub fn open_chunk_in_place(key: &DataKey, sealed: &mut [u8]) -> Result<(ChunkHeader, Range<usize>), SealError> {
     let (header, hlen) = ChunkHeader::decode(sealed)?;
     let body_len = sealed.len() - hlen;
     if body_len != header.cipher_len as usize {
@@ -232,21 +245,20 @@ pub fn open_chunk(key: &DataKey, sealed: &[u8]) -> Result<(ChunkHeader, Vec<u8>)
         }
         .into());
     }
-    let mut body = sealed[hlen..].to_vec();
+    let (aad, body) = sealed.split_at_mut(hlen);
     let nonce = Nonce::assume_unique_for_key(chunk_nonce(header.epoch, header.index));
     let plain_len = aead_key(header.cipher, &key.0)
-        .open_in_place(nonce, Aad::from(&sealed[..hlen]), &mut body)
+        .open_in_place(nonce, Aad::from(&aad[..]), body)
         .map_err(|_| SealError::Authentication { session_id: header.session_id.clone(), index: header.index })?
         .len();
-    body.truncate(plain_len);
-    if !header.flags.contains(crate::chunk::Flags::ZSTD) && body.len() != header.plain_len as usize {
+    if !header.flags.contains(crate::chunk::Flags::ZSTD) && plain_len != header.plain_len as usize {
         return Err(SealError::PlainLenMismatch {
             index: header.index,
             header: header.plain_len.into(),
-            actual: body.len() as u64,
+            actual: plain_len as u64,
         });
     }
-    Ok((header, body))
+    Ok((header, hlen..hlen + plain_len))
 }
 
 fn wrap_aad(session_id: &str) -> Vec<u8> {

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
 use lucid_core::chunk::{ChunkHeader, ChunkRecord, Flags, MAX_SEALED_CHUNK};
 use lucid_core::merkle::{self, Hash};
 use lucid_core::note::{Checkpoint, Signer, Verifier};
@@ -1102,7 +1103,7 @@ impl Engine {
         if row.kind != Kind::Camera {
             return Err(EngineError::BadInput(format!("session {sid} holds uploaded data, not video")));
         }
-        self.segments.get_or_load(sid, index, || self.reader(sid)?.plaintext(index))
+        self.segments.get_or_load(sid, index, || self.reader(sid)?.plaintext_bytes(index))
     }
 
     /// The segment if it is decrypted and cached now; never touches the store, so the
@@ -1353,24 +1354,31 @@ pub struct ChunkReader<'a> {
 impl ChunkReader<'_> {
     /// The plaintext of chunk `index`: opened, checked against its record, decompressed.
     pub fn plaintext(&self, index: u64) -> Result<Vec<u8>> {
+        self.plaintext_bytes(index).map(Vec::from)
+    }
+
+    /// [`Self::plaintext`] as shared bytes: an uncompressed chunk is decrypted in the buffer
+    /// its sealed bytes were read into and handed out as a slice of it, no copy (export and
+    /// the segment cache send these to sockets).
+    pub fn plaintext_bytes(&self, index: u64) -> Result<Bytes> {
         let e = self.engine;
-        let sealed = e
+        let mut sealed = e
             .store
             .get_sealed(&self.sid, index)?
             .ok_or_else(|| EngineError::NotFound { what: "chunk", id: index.to_string() })?;
-        let (header, payload) = seal::open_chunk(&self.key, &sealed).map_err(internal)?;
+        let (header, payload) = seal::open_chunk_in_place(&self.key, &mut sealed).map_err(internal)?;
         if header.session_id != self.sid || header.index != index {
             return Err(internal(format!("chunk {index} of {} is not where it belongs", self.sid)));
         }
         let plain = if header.flags.contains(Flags::ZSTD) {
             let t = Instant::now();
-            let p = zstd::bulk::decompress(&payload, header.plain_len as usize).map_err(internal)?;
+            let p = zstd::bulk::decompress(&sealed[payload], header.plain_len as usize).map_err(internal)?;
             e.metrics.decompressions.fetch_add(1, Relaxed);
             e.metrics.bytes_decompressed.fetch_add(p.len() as u64, Relaxed);
             e.metrics.compress_ns.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
-            p
+            Bytes::from(p)
         } else {
-            payload
+            Bytes::from(sealed).slice(payload)
         };
         if plain.len() != header.plain_len as usize {
             return Err(internal(format!("chunk {index}: length mismatch")));

@@ -71,7 +71,7 @@ impl SegmentCache {
     /// The segment, loading it with `load` if no one has; concurrent callers for one
     /// segment run `load` once. Blocks while another caller loads: call it off the async
     /// runtime. A failed load is not cached (the next caller tries again).
-    pub fn get_or_load<E>(&self, sid: &str, index: u64, load: impl FnOnce() -> Result<Vec<u8>, E>) -> Result<Bytes, E> {
+    pub fn get_or_load<E>(&self, sid: &str, index: u64, load: impl FnOnce() -> Result<Bytes, E>) -> Result<Bytes, E> {
         let generation = self.generation.load(Ordering::Acquire);
         let key = (sid.to_owned(), index);
         let slot = {
@@ -87,7 +87,7 @@ impl SegmentCache {
             return Ok(b.clone());
         }
         let bytes = match load() {
-            Ok(v) => Bytes::from(v),
+            Ok(v) => v,
             Err(e) => {
                 drop(g);
                 self.drop_if_empty(&key, &slot);
@@ -176,7 +176,7 @@ mod tests {
                         .get_or_load::<()>("s", 7, || {
                             loads.fetch_add(1, Ordering::SeqCst);
                             std::thread::sleep(std::time::Duration::from_millis(50));
-                            Ok(vec![7u8; 1000])
+                            Ok(Bytes::from(vec![7u8; 1000]))
                         })
                         .unwrap()
                 })
@@ -193,10 +193,10 @@ mod tests {
     fn stays_within_budget_and_drops_the_least_recent() {
         let cache = SegmentCache::new(3000);
         for i in 0..3 {
-            cache.get_or_load::<()>("s", i, || Ok(vec![0; 1000])).unwrap();
+            cache.get_or_load::<()>("s", i, || Ok(Bytes::from(vec![0; 1000]))).unwrap();
         }
         cache.peek("s", 0); // 0 is now more recent than 1
-        cache.get_or_load::<()>("s", 3, || Ok(vec![0; 1000])).unwrap();
+        cache.get_or_load::<()>("s", 3, || Ok(Bytes::from(vec![0; 1000]))).unwrap();
         assert_eq!(cache.usage(), (3, 3000));
         assert!(cache.peek("s", 1).is_none());
         assert!(cache.peek("s", 0).is_some());
@@ -211,13 +211,13 @@ mod tests {
         let b = cache
             .get_or_load::<()>("s", 2, || {
                 cache.evict_session("s");
-                Ok(vec![1; 10])
+                Ok(Bytes::from(vec![1; 10]))
             })
             .unwrap();
         assert_eq!(b.len(), 10);
         assert!(cache.peek("s", 2).is_none());
-        cache.get_or_load::<()>("s", 3, || Ok(vec![1; 10])).unwrap();
-        cache.get_or_load::<()>("t", 3, || Ok(vec![1; 10])).unwrap();
+        cache.get_or_load::<()>("s", 3, || Ok(Bytes::from(vec![1; 10]))).unwrap();
+        cache.get_or_load::<()>("t", 3, || Ok(Bytes::from(vec![1; 10]))).unwrap();
         cache.evict("s", 3);
         assert!(cache.peek("s", 3).is_none() && cache.peek("t", 3).is_some());
         assert_eq!(cache.usage(), (1, 10));

@@ -429,8 +429,8 @@ async fn export(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<
         let reader = e.reader(&sid)?;
         w.write_all(&init).map_err(|x| EngineError::Internal(x.to_string()))?;
         for i in 0..count {
-            match reader.plaintext(i) {
-                Ok(frag) => w.send(Bytes::from(frag)).map_err(|x| EngineError::Internal(x.to_string()))?,
+            match reader.plaintext_bytes(i) {
+                Ok(frag) => w.send(frag).map_err(|x| EngineError::Internal(x.to_string()))?,
                 // A redacted chunk leaves a gap in the export, as in the playlist.
                 Err(EngineError::NotFound { .. }) => continue,
                 Err(x) => return Err(x),
