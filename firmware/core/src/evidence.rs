@@ -37,7 +37,7 @@ pub const MAX_LOG_SIZE: u64 = 1 << 22;
 
 /// Tar's block size, and its record size (20 blocks, the blocking factor of GNU and BSD
 /// tar): an archive may be zero-padded after its end marker up to the next record.
-const BLOCK: u64 = 512;
+pub(crate) const BLOCK: u64 = 512;
 const RECORD: u64 = 20 * BLOCK;
 
 /// The kinds of entry, in the order they must appear.
@@ -542,7 +542,7 @@ pub fn verify_evidence_pinned<R: Read>(r: R, pin: &Pin) -> Result<EvidenceReport
 }
 
 /// The name of a tar extension entry type, or `None` for an ordinary entry.
-fn extension_kind(kind: tar::EntryType) -> Option<&'static str> {
+pub(crate) fn extension_kind(kind: tar::EntryType) -> Option<&'static str> {
     match kind {
         tar::EntryType::GNULongName => Some("GNU long name"),
         tar::EntryType::GNULongLink => Some("GNU long link"),
@@ -554,9 +554,9 @@ fn extension_kind(kind: tar::EntryType) -> Option<&'static str> {
 
 /// A reader that counts what it hands out, so the verifier knows where the tar crate
 /// stopped.
-struct Counted<R> {
-    inner: R,
-    read: u64,
+pub(crate) struct Counted<R> {
+    pub(crate) inner: R,
+    pub(crate) read: u64,
 }
 
 impl<R: Read> Read for Counted<R> {
@@ -571,7 +571,7 @@ impl<R: Read> Read for Counted<R> {
 /// zero blocks, then nothing but zero padding up to the next 10 KiB tar record. The tar
 /// crate stops at the first zero block (or at a clean end of input), so this reads the
 /// rest itself, in fixed-size pieces.
-fn check_end_of_archive<R: Read>(input: &mut Counted<R>, end: u64) -> Result<(), VerifyError> {
+pub(crate) fn check_end_of_archive<R: Read>(input: &mut Counted<R>, end: u64) -> Result<(), VerifyError> {
     let archive_err = |source| VerifyError::Archive { source };
     let missing = VerifyError::MissingEndOfArchive { offset: end };
     // Either nothing was read past the entries (input ended) or the first zero block.

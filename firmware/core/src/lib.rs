@@ -29,6 +29,7 @@
 
 pub mod bundle;
 pub mod chunk;
+pub mod devlog;
 pub mod evidence;
 pub mod manifest;
 pub mod media;
@@ -47,6 +48,10 @@ pub use bundle::{
     PayloadInfo, VerifiedManifest,
 };
 pub use chunk::{ChunkHeader, ChunkRecord, Flags, FormatError, MAX_SEALED_CHUNK, validate_session_id};
+pub use devlog::{
+    DeviceEvidenceWriter, DeviceLogError, DeviceLogReport, DeviceLogVerifier, Event, EventKind, verify_device_evidence,
+    verify_device_log,
+};
 pub use evidence::{
     EvidenceError, EvidenceReport, EvidenceWriter, Pin, PinError, VerifyError, verify_evidence, verify_evidence_pinned,
 };

@@ -91,6 +91,15 @@ pub struct Manifest {
     pub init_segment_blake3: Option<String>,
     /// The sealing epochs that occur in the session, ascending.
     pub epochs: Vec<u32>,
+    /// Which manifest of the session this is: 1 for the first stop or finalize, then 2,
+    /// 3, … (a camera session can be started again after a stop). Absent in manifests
+    /// signed before the device log existed, which still verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// The index in the device log (`devlog`) of this manifest's `SessionHead` event,
+    /// whose digest covers these bytes. Absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_log_index: Option<u64>,
 }
 
 /// A manifest as signed: the exact JSON bytes and the Ed25519 signature over them.
@@ -163,6 +172,8 @@ pub(crate) fn sample(signer: &Signer) -> Manifest {
         fps: Some(30),
         init_segment_blake3: None,
         epochs: vec![1, 2],
+        generation: Some(1),
+        device_log_index: Some(0),
     }
 }
 
@@ -204,6 +215,12 @@ mod tests {
             verify_manifest(&bytes, &s.sign(&bytes), &s.verifier()),
             Err(ManifestError::UnsupportedFormat(_))
         ));
+        // A manifest from before `generation` and `device_log_index` still verifies.
+        let mut old = sample(&s);
+        (old.generation, old.device_log_index) = (None, None);
+        let bytes = serde_json::to_vec_pretty(&old).unwrap();
+        assert!(!std::str::from_utf8(&bytes).unwrap().contains("generation"));
+        assert_eq!(verify_manifest(&bytes, &s.sign(&bytes), &s.verifier()).unwrap(), old);
         let extra = br#"{"format":"lucid-manifest-1","surprise":1}"#;
         assert!(matches!(verify_manifest(extra, &s.sign(extra), &s.verifier()), Err(ManifestError::Json(_))));
         let good = sign_manifest(&sample(&s), &s).unwrap().signature_file();

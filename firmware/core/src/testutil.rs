@@ -172,6 +172,8 @@ impl Fixture {
             fps: self.camera.then_some(30),
             init_segment_blake3: self.camera.then(|| hex::encode(blake3::hash(&self.init).as_bytes())),
             epochs: vec![1, 2],
+            generation: None,
+            device_log_index: None,
         }
     }
 

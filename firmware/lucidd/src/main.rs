@@ -34,6 +34,19 @@ enum Cmd {
         #[arg(long, value_name = "EXPORT.mp4")]
         media: Option<PathBuf>,
     },
+    /// Verify a device's evidence (GET /api/v1/device/evidence) offline and list every
+    /// session the device ever created, with its latest head and any deletion. Fails on a
+    /// gap, a reordering or a fork of the device log.
+    VerifyDevice {
+        /// The device-evidence tar.
+        evidence: PathBuf,
+        /// Fail unless the log is signed by this verifier key file.
+        #[arg(long, value_name = "FILE", conflicts_with = "device_id")]
+        vkey: Option<PathBuf>,
+        /// Fail unless the log is signed by this device (lucid- and 16 hex digits).
+        #[arg(long, value_name = "ID")]
+        device_id: Option<String>,
+    },
     /// Print the effective configuration (secrets omitted) and exit.
     Config(RunArgs),
     /// Make, check and sign OTA update bundles (host side).
@@ -404,6 +417,26 @@ fn main() -> ExitCode {
                         mr.total_len
                     );
                     println!("OK: evidence and media verified");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::VerifyDevice { evidence, vkey, device_id } => {
+            let pin = match lucidd::verify::pin(vkey.as_deref(), device_id.as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("lucidd verify-device: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match lucidd::verify::verify_device_file(&evidence, &pin) {
+                Ok(r) => {
+                    print!("{}", lucidd::verify::device_report(&r));
+                    println!("OK: device log verified");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

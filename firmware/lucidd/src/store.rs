@@ -61,6 +61,15 @@ const CHUNK_LOC: TableDefinition<(&str, u64), (u64, u32)> = TableDefinition::new
 /// durable redb state holds every entry before it, recovery replays those after it.
 const VLOG_END: TableDefinition<&str, u64> = TableDefinition::new("vlog_end");
 
+/// The device log (docs/design.md, "Device log"): event index -> the event's canonical
+/// bytes (`lucid_core::devlog::Event::encode`). Indices run 0..n without gaps.
+const DEVICE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("device_log");
+/// Signed device checkpoints (signed-note text), keyed by tree size: one per append.
+const DEVICE_CHECKPOINTS: TableDefinition<u64, &str> = TableDefinition::new("device_checkpoints");
+/// Complete-subtree hashes of the device log, keyed by (level, index), as `MERKLE_NODES`
+/// for the session logs: a proof or a new root reads O(log n) of them.
+const DEVICE_NODES: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("device_nodes");
+
 mod vlog;
 pub use vlog::{FsVlog, VlogBackend};
 
@@ -128,6 +137,17 @@ pub struct ChunkWrite<'a> {
     /// The session row after this chunk, written in the same transaction so counters
     /// never disagree with the chunks that exist.
     pub session_row: &'a [u8],
+}
+
+/// One device-log append: the event, the subtree hashes it completes and the checkpoint
+/// signed over the log with it, written in the transaction of the change it records.
+pub struct DeviceAppend<'a> {
+    /// Must be the number of events already stored; the write is refused otherwise.
+    pub index: u64,
+    pub event: &'a [u8],
+    pub nodes: &'a [Node],
+    /// The signed checkpoint of size `index + 1`.
+    pub note: &'a str,
 }
 
 type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
@@ -281,6 +301,9 @@ impl Store {
             db!(store, "open", txn.open_table(MERKLE_NODES))?;
             db!(store, "open", txn.open_table(CHUNK_LOC))?;
             db!(store, "open", txn.open_table(VLOG_END))?;
+            db!(store, "open", txn.open_table(DEVICE_LOG))?;
+            db!(store, "open", txn.open_table(DEVICE_CHECKPOINTS))?;
+            db!(store, "open", txn.open_table(DEVICE_NODES))?;
         }
         store.commit_durable(txn)?;
         store.replay(db)?;
@@ -387,6 +410,121 @@ impl Store {
             db!(self, "insert session", t.insert(id, bytes.as_slice()))?;
         }
         self.commit_durable(txn)
+    }
+
+    /// Stores a new session row and, in the same transaction, its device-log event.
+    pub fn create_session<T: Serialize>(&self, id: &str, row: &T, dev: &DeviceAppend<'_>) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(row).map_err(|e| StoreError::Corrupt { key: id.into(), msg: e.to_string() })?;
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
+        {
+            let mut t = db!(self, "open sessions", txn.open_table(SESSIONS))?;
+            db!(self, "insert session", t.insert(id, bytes.as_slice()))?;
+        }
+        self.write_device(&txn, dev)?;
+        self.commit_durable(txn)
+    }
+
+    /// Appends a device-log event on its own (events that record no other store change).
+    pub fn append_device(&self, dev: &DeviceAppend<'_>) -> Result<(), StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_write", db.begin_write())?;
+        self.write_device(&txn, dev)?;
+        self.commit_durable(txn)
+    }
+
+    fn write_device(&self, txn: &redb::WriteTransaction, dev: &DeviceAppend<'_>) -> Result<(), StoreError> {
+        let mut log = db!(self, "open device_log", txn.open_table(DEVICE_LOG))?;
+        let len = db!(self, "len device_log", log.len())?;
+        if len != dev.index {
+            return Err(StoreError::Corrupt {
+                key: format!("device_log/{}", dev.index),
+                msg: format!("append at {} to a log of {len} events", dev.index),
+            });
+        }
+        db!(self, "insert device event", log.insert(dev.index, dev.event))?;
+        let mut cps = db!(self, "open device_checkpoints", txn.open_table(DEVICE_CHECKPOINTS))?;
+        db!(self, "insert device checkpoint", cps.insert(dev.index + 1, dev.note))?;
+        let mut nodes = db!(self, "open device_nodes", txn.open_table(DEVICE_NODES))?;
+        for (level, index, hash) in dev.nodes {
+            db!(self, "insert device node", nodes.insert((*level as u8, *index), &hash[..]))?;
+        }
+        Ok(())
+    }
+
+    /// Number of device-log events.
+    pub fn device_log_len(&self) -> Result<u64, StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open device_log", txn.open_table(DEVICE_LOG))?;
+        db!(self, "len device_log", t.len())
+    }
+
+    /// Device-log events `[start, end)`, in index order.
+    pub fn device_events(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open device_log", txn.open_table(DEVICE_LOG))?;
+        let mut out = Vec::new();
+        if start < end {
+            for item in db!(self, "range device_log", t.range(start..end))? {
+                let (k, v) = db!(self, "range device_log", item)?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Device checkpoints of sizes `[from, to]`, ascending.
+    pub fn device_checkpoints(&self, from: u64, to: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open device_checkpoints", txn.open_table(DEVICE_CHECKPOINTS))?;
+        let mut out = Vec::new();
+        if from <= to {
+            for item in db!(self, "range device_checkpoints", t.range(from..=to))? {
+                let (k, v) = db!(self, "range device_checkpoints", item)?;
+                out.push((k.value(), v.value().to_owned()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The latest device checkpoint, one lookup.
+    pub fn last_device_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let t = db!(self, "open device_checkpoints", txn.open_table(DEVICE_CHECKPOINTS))?;
+        match db!(self, "last device checkpoint", t.last())? {
+            None => Ok(None),
+            Some((k, v)) => Ok(Some((k.value(), v.value().to_owned()))),
+        }
+    }
+
+    /// `with_merkle_nodes` for the device log; also returns the number of events in the
+    /// same snapshot, so a proof never asks for a node the snapshot lacks.
+    pub fn with_device_nodes<R>(
+        &self,
+        f: impl FnOnce(u64, &mut dyn FnMut(u32, u64) -> Result<[u8; 32], StoreError>) -> R,
+    ) -> Result<R, StoreError> {
+        let g = self.handle()?;
+        let db = live(&g)?;
+        let txn = db!(self, "begin_read", db.begin_read())?;
+        let len = db!(self, "len device_log", db!(self, "open device_log", txn.open_table(DEVICE_LOG))?.len())?;
+        let t = db!(self, "open device_nodes", txn.open_table(DEVICE_NODES))?;
+        let mut lookup = |level: u32, index: u64| -> Result<[u8; 32], StoreError> {
+            let corrupt =
+                |msg: &str| StoreError::Corrupt { key: format!("device_nodes/{level}/{index}"), msg: msg.into() };
+            let v = db!(self, "get device node", t.get((level as u8, index)))?.ok_or_else(|| corrupt("missing"))?;
+            v.value().try_into().map_err(|_| corrupt("not 32 bytes"))
+        };
+        Ok(f(len, &mut lookup))
     }
 
     pub fn get_session<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>, StoreError> {
@@ -948,9 +1086,9 @@ impl Store {
         sid: &str,
         size: u64,
         note: &str,
-        manifest: &[u8],
-        signature: &[u8],
+        (manifest, signature): (&[u8], &[u8]),
         row: &[u8],
+        dev: &DeviceAppend<'_>,
     ) -> Result<(), StoreError> {
         let g = self.handle()?;
         let db = live(&g)?;
@@ -963,6 +1101,7 @@ impl Store {
             let mut s = db!(self, "open sessions", txn.open_table(SESSIONS))?;
             db!(self, "update session", s.insert(sid, row))?;
         }
+        self.write_device(&txn, dev)?;
         self.commit_durable(txn)
     }
 
@@ -978,9 +1117,9 @@ impl Store {
         }))
     }
 
-    /// Deletes a session and everything it owns, in one transaction. Returns the number
-    /// of chunks removed.
-    pub fn delete_session(&self, sid: &str) -> Result<u64, StoreError> {
+    /// Deletes a session and everything it owns, and appends its deletion to the device
+    /// log, in one transaction. Returns the number of chunks removed.
+    pub fn delete_session(&self, sid: &str, dev: Option<&DeviceAppend<'_>>) -> Result<u64, StoreError> {
         let slot = self.log_state(sid);
         let mut st = lock(&slot.state);
         let g = self.handle()?;
@@ -1027,6 +1166,9 @@ impl Store {
             db!(self, "delete session", s.remove(sid))?;
             removed
         };
+        if let Some(dev) = dev {
+            self.write_device(&txn, dev)?;
+        }
         self.commit_durable(txn)?;
         // redb durably forgot the session: its log goes now, freeing the card at once (a
         // crash before the unlink leaves an orphan that the next open removes).

@@ -1,10 +1,13 @@
-//! `lucidd verify EVIDENCE.tar [--vkey FILE | --device-id ID] [--media EXPORT.mp4]`: the
-//! offline check anyone can run without the device or any secret. All the logic is
-//! `lucid_core::evidence` (the bundle and the pin) and `lucid_core::media` (the export);
-//! this module only reads the files, and `main` prints the report or the first failure.
+//! `lucidd verify EVIDENCE.tar [--vkey FILE | --device-id ID] [--media EXPORT.mp4]` and
+//! `lucidd verify-device DEVICE.tar [--vkey FILE | --device-id ID]`: the offline checks
+//! anyone can run without the device or any secret. All the logic is
+//! `lucid_core::evidence` (the bundle and the pin), `lucid_core::media` (the export) and
+//! `lucid_core::devlog` (the device log); this module only reads the files and words the
+//! reports, and `main` prints them or the first failure.
 
 use std::path::Path;
 
+use lucid_core::devlog::DeviceLogReport;
 use lucid_core::evidence::{EvidenceReport, Pin};
 use lucid_core::media::MediaReport;
 
@@ -48,4 +51,67 @@ pub fn signer_line(r: &EvidenceReport) -> String {
         Pin::Vkey(_) => format!("PINNED: signed by the pinned key {} (device {})", r.device_vkey, r.device_id),
         Pin::DeviceId(_) => format!("PINNED: signed by the pinned device {} (key {})", r.device_id, r.device_vkey),
     }
+}
+
+/// Verifies the device-evidence tar at `path` against `pin`.
+pub fn verify_device_file(path: &Path, pin: &Pin) -> anyhow::Result<DeviceLogReport> {
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    lucid_core::devlog::verify_device_evidence(std::io::BufReader::new(f), pin)
+        .map_err(|e| anyhow::anyhow!("{}: verification FAILED: {e}", path.display()))
+}
+
+fn utc(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .map(crate::util::rfc3339)
+        .unwrap_or_else(|_| format!("{us} us"))
+}
+
+/// The report of `verify-device`: the signer line, then one line per session ever
+/// created (its latest head and its deletion, with who and why), then other events.
+pub fn device_report(r: &DeviceLogReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let signer = match &r.pin {
+        Pin::Unpinned => format!(
+            "UNPINNED: signer not pinned; compare with the device's /api/v1/device: device {} key {}",
+            r.device_id, r.device_vkey
+        ),
+        Pin::Vkey(_) => format!("PINNED: signed by the pinned key {} (device {})", r.device_vkey, r.device_id),
+        Pin::DeviceId(_) => format!("PINNED: signed by the pinned device {} (key {})", r.device_id, r.device_vkey),
+    };
+    let _ = writeln!(out, "{signer}");
+    let _ = writeln!(out, "device       {}", r.device_id);
+    let _ = writeln!(out, "events       {} (indices contiguous, every one under the last checkpoint)", r.events);
+    let _ = writeln!(out, "checkpoints  {} (signatures, roots, consistency; no fork)", r.checkpoints_checked);
+    let _ = writeln!(out, "root         {}", r.root_hex);
+    let _ = writeln!(out, "sessions     {} ever created", r.sessions.len());
+    for s in &r.sessions {
+        let head = match &s.head {
+            Some(h) => format!(
+                "generation {} size {} root {} manifest sha256 {} (event {})",
+                h.generation,
+                h.tree_size,
+                crate::util::hex(&h.root),
+                crate::util::hex(&h.manifest_digest),
+                h.index
+            ),
+            None => "no signed head".into(),
+        };
+        let fate = match &s.deleted {
+            Some(d) => format!("DELETED at {} by {}: {} (event {})", utc(d.at_us), d.by.as_str(), d.reason, d.index),
+            None => "present".into(),
+        };
+        let _ = writeln!(
+            out,
+            "session      {} ({:?}) created {} (event {}); {head}; {fate}",
+            s.session_id,
+            s.kind,
+            utc(s.created_at_us),
+            s.created_index
+        );
+    }
+    for (i, e) in &r.device_events {
+        let _ = writeln!(out, "event        {i} at {}: {:?}", utc(e.at_us), e.kind);
+    }
+    out
 }

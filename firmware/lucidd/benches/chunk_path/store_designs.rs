@@ -191,7 +191,7 @@ impl Design for Vlog {
             .unwrap();
     }
     fn delete(&mut self, sid: &str) {
-        self.store.delete_session(sid).unwrap();
+        self.store.delete_session(sid, None).unwrap();
     }
     fn finish(&mut self) {
         self.store.flush().unwrap();

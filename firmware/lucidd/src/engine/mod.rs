@@ -17,6 +17,7 @@
 
 pub mod access;
 pub mod camera;
+pub mod devlog;
 pub mod pipeline;
 pub mod row;
 pub mod segments;
@@ -191,6 +192,9 @@ pub struct Engine {
     pub camera_state: camera::CameraState,
     /// Decrypted media segments that viewers asked for recently (see `segments`).
     segments: segments::SegmentCache,
+    /// Serializes device-log appends (see `engine/devlog.rs`). Taken after a session's
+    /// transition lock and its log's lock, never before them.
+    devlog: Mutex<()>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -265,6 +269,7 @@ impl Engine {
             camera: Mutex::new(None),
             camera_state: camera::CameraState::default(),
             segments: segments::SegmentCache::new(segments::DEFAULT_BUDGET),
+            devlog: Mutex::new(()),
             cfg,
         });
         engine.recover()?;
@@ -383,9 +388,11 @@ impl Engine {
             pipeline: None,
             last_error: None,
             counters: LogCounters { version: LogCounters::VERSION, ..LogCounters::default() },
+            generation: 0,
         };
         fill(&mut row);
-        self.store.put_session(&id, &row)?;
+        // The row and its `SessionCreated` event commit together.
+        self.store_new_session(&row)?;
         Ok(row)
     }
 
@@ -443,15 +450,22 @@ impl Engine {
         Ok(row)
     }
 
-    /// Deletes a session and all its chunks. A session being recorded is refused.
+    /// Deletes a session and all its chunks through the API. A session being recorded is
+    /// refused.
     pub fn delete(&self, sid: &str) -> Result<u64> {
+        self.delete_because(sid, lucid_core::devlog::DeletedBy::Api, "deleted through the API")
+    }
+
+    /// `delete`, saying who deletes and why: both go into the device log's
+    /// `SessionDeleted` event, in the transaction that deletes.
+    pub fn delete_because(&self, sid: &str, by: lucid_core::devlog::DeletedBy, reason: &str) -> Result<u64> {
         let lk = self.session_lock(sid);
         let _g = lock(&lk);
-        self.delete_row(sid)
+        self.delete_row(sid, by, reason)
     }
 
     /// `delete` for a caller holding the transition lock.
-    fn delete_row(&self, sid: &str) -> Result<u64> {
+    fn delete_row(&self, sid: &str, by: lucid_core::devlog::DeletedBy, reason: &str) -> Result<u64> {
         let row = self.get(sid)?;
         if is_live(row.status) {
             return Err(EngineError::Transition {
@@ -468,7 +482,7 @@ impl Engine {
             g.deleted = true;
             g
         });
-        let freed = self.store.delete_session(sid)?;
+        let freed = self.store_delete_session(sid, by, reason)?;
         // After the store: a segment load racing this delete either read nothing or is
         // discarded by the cache's generation check.
         self.segments.evict_session(sid);
@@ -838,36 +852,55 @@ impl Engine {
         let note = self.sign_checkpoint(sid, &l.tree);
         row.root = Some(hex(&root));
         let init = self.store.get_init(sid)?;
-        let manifest = lucid_core::manifest::Manifest {
-            format: lucid_core::manifest::MANIFEST_FORMAT.to_owned(),
-            device_id: self.device_id.clone(),
-            device_vkey: self.signer.vkey(),
-            session_id: sid.to_owned(),
-            name: row.name.clone(),
-            kind: match row.kind {
-                Kind::Camera => lucid_core::SessionKind::Camera,
-                Kind::Data => lucid_core::SessionKind::Data,
+        // The manifest names its head's device-log index, and the head names the
+        // manifest's digest: both are made under the device-log lock, and the manifest,
+        // its checkpoint, the row and the head event commit in one transaction.
+        row.generation += 1;
+        let generation = row.generation;
+        self.device_append(
+            |index| {
+                let manifest = lucid_core::manifest::Manifest {
+                    format: lucid_core::manifest::MANIFEST_FORMAT.to_owned(),
+                    device_id: self.device_id.clone(),
+                    device_vkey: self.signer.vkey(),
+                    session_id: sid.to_owned(),
+                    name: row.name.clone(),
+                    kind: devlog::kind_of(row.kind),
+                    status: row.status.as_str().to_owned(),
+                    created_at: row.created_at.clone(),
+                    started_at: row.started_at.clone(),
+                    stopped_at: row.stopped_at.clone(),
+                    recovered: row.recovered,
+                    chunk_count: row.chunk_count,
+                    tree_size: size,
+                    root: hex(&root),
+                    final_checkpoint: note.clone(),
+                    cipher: row.cipher.clone(),
+                    codec: row.codec.clone(),
+                    width: row.width,
+                    height: row.height,
+                    fps: row.fps,
+                    init_segment_blake3: init.as_ref().map(|i| hex(blake3::hash(i).as_bytes())),
+                    epochs: row.epochs.clone(),
+                    generation: Some(generation),
+                    device_log_index: Some(index),
+                };
+                let signed = lucid_core::manifest::sign_manifest(&manifest, &self.signer).map_err(internal)?;
+                let head = lucid_core::devlog::EventKind::SessionHead {
+                    session_id: sid.to_owned(),
+                    generation,
+                    tree_size: size,
+                    root,
+                    manifest_digest: devlog::sha256(&signed.bytes),
+                };
+                Ok((head, signed))
             },
-            status: row.status.as_str().to_owned(),
-            created_at: row.created_at.clone(),
-            started_at: row.started_at.clone(),
-            stopped_at: row.stopped_at.clone(),
-            recovered: row.recovered,
-            chunk_count: row.chunk_count,
-            tree_size: size,
-            root: hex(&root),
-            final_checkpoint: note.clone(),
-            cipher: row.cipher.clone(),
-            codec: row.codec.clone(),
-            width: row.width,
-            height: row.height,
-            fps: row.fps,
-            init_segment_blake3: init.as_ref().map(|i| hex(blake3::hash(i).as_bytes())),
-            epochs: row.epochs.clone(),
-        };
-        let signed = lucid_core::manifest::sign_manifest(&manifest, &self.signer).map_err(internal)?;
-        let row_bytes = serde_json::to_vec(&row).map_err(internal)?;
-        self.store.close_session(sid, size, &note, &signed.bytes, &signed.signature, &row_bytes)?;
+            |p, signed| {
+                let row_bytes = serde_json::to_vec(&row).map_err(internal)?;
+                let dev = p.append();
+                Ok(self.store.close_session(sid, size, &note, (&signed.bytes, &signed.signature), &row_bytes, &dev)?)
+            },
+        )?;
         l.row = row.clone();
         l.last_checkpoint = size;
         Ok(row)
@@ -881,6 +914,11 @@ impl Engine {
             self.backfill_nodes(&row.id, row.chunk_count)?;
             self.backfill_counters(row)?;
         }
+        // Before any recovery seal, so the heads recovery owes follow their sessions'
+        // creation in the device log. Rows are read again: the backfill may set
+        // `generation`.
+        self.backfill_device_log(&rows)?;
+        let rows: Vec<SessionRow> = self.store.list_sessions()?;
         for row in rows {
             let open_camera =
                 row.kind == Kind::Camera && matches!(row.status, Status::Starting | Status::Recording | Status::Paused);

@@ -134,6 +134,9 @@ pub struct SessionRow {
     /// scan the log (issue #8: no per-request read grows with the session).
     #[serde(default)]
     pub counters: LogCounters,
+    /// Manifests signed for this session so far (the last one's `generation`).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// What the statistics routes report about a session's records, counted at commit in

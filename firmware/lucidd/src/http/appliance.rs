@@ -238,7 +238,7 @@ async fn consistency(
 
 /// A `Write` that feeds a response body through a bounded channel. When the client goes
 /// away the receiver is dropped and the next write fails, which stops the producer.
-struct ChannelWriter {
+pub(super) struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     buf: Vec<u8>,
 }
@@ -297,7 +297,7 @@ fn stream_slot() -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
 }
 
 /// Runs `produce` on a blocking thread and streams what it writes as the response body.
-fn stream_body<F>(produce: F) -> ApiResult<Body>
+pub(super) fn stream_body<F>(produce: F) -> ApiResult<Body>
 where
     F: FnOnce(&mut ChannelWriter) -> Result<(), EngineError> + Send + 'static,
 {

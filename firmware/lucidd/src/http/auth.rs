@@ -38,6 +38,14 @@ pub const PUBLIC: &[(&str, &str, &str)] = &[
         "/api/v1/sessions/{id}/evidence",
         "sealed chunks (AEAD under a key wrapped by the KEK), records, signatures",
     ),
+    // The device log names sessions by id (already public: it is the origin of every
+    // session checkpoint) and holds kinds, counts, digests, times and fixed deletion
+    // reasons; never a name, a description or a key.
+    ("GET", "/api/v1/device/log/checkpoint", "a signed tree head of the device log: digests only"),
+    ("GET", "/api/v1/device/log/entries", "device-log events: session ids, counts, digests, no names"),
+    ("GET", "/api/v1/device/log/proof", "a Merkle path: digests only"),
+    ("GET", "/api/v1/device/log/consistency", "a Merkle consistency proof: digests only"),
+    ("GET", "/api/v1/device/evidence", "the device log's events and signed checkpoints, the public key"),
 ];
 
 /// Mutations a viewer may make: asking for a share URL changes nothing on the device.

@@ -12,6 +12,7 @@
 
 pub mod appliance;
 pub mod auth;
+pub mod device_log;
 pub mod gateway;
 pub mod page;
 pub mod pipeline;
@@ -475,7 +476,11 @@ pub fn routers(engine: &AppState) -> Vec<(&'static str, u16, Router)> {
             label(
                 "lucid-session-api",
                 finish(
-                    gateway::router().merge(appliance::router()).merge(update::router()).merge(tokens::router()),
+                    gateway::router()
+                        .merge(appliance::router())
+                        .merge(device_log::router())
+                        .merge(update::router())
+                        .merge(tokens::router()),
                     engine,
                 ),
             ),

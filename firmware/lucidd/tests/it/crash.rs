@@ -174,3 +174,78 @@ fn sigkill_mid_recording_recovers_and_never_reuses_a_nonce() {
     let st = b.child.wait().unwrap();
     assert!(st.success(), "lucidd exited with {st} on SIGTERM");
 }
+
+/// The device log across a SIGKILL (issue 10): every session whose create was
+/// acknowledged before the kill is in the log afterwards, the recovery appends the head it
+/// owes for the interrupted recording, and the checkpoint after is consistent with the one
+/// before (no fork); the device evidence then verifies with the real `verify-device`.
+#[test]
+fn sigkill_loses_no_device_log_event_and_forks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let mut a = spawn(dir.path());
+    let r = c.post_json(&format!("{}/api/v1/sessions", a.base), &json!({"name": "rec"}));
+    assert_eq!(r.status, 201);
+    let rec = r.json()["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(c.post(&format!("{}/api/v1/sessions/{rec}/start", a.base)).status, 200);
+    // Creates keep arriving until the kill; those answered 201 were acknowledged.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let creator = {
+        let (base, stop) = (a.base.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let c = client();
+            let mut acked = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(r) = c
+                    .http
+                    .post(format!("{base}/api/v1/sessions"))
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"name": "n"}))
+                    .send()
+                else {
+                    break;
+                };
+                if r.status().as_u16() == 201 {
+                    acked.push(r.json::<Value>().unwrap()["session_id"].as_str().unwrap().to_owned());
+                }
+            }
+            acked
+        })
+    };
+    let t = Instant::now();
+    while get(&a, &format!("/api/v1/sessions/{rec}"))["statistics"]["chunks_count"].as_u64().unwrap() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = client().get(&format!("{}/api/v1/device/log/checkpoint", a.base)).text();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = creator.join().unwrap();
+
+    let mut b = spawn(dir.path());
+    let after = client().get(&format!("{}/api/v1/device/log/checkpoint", b.base)).text();
+    let vkey = get(&b, "/api/v1/device")["verifier_key"].as_str().unwrap().to_owned();
+    let v = lucid_core::Verifier::from_vkey(&vkey).unwrap();
+    let (cb, ca) = (v.verify_checkpoint(&before).unwrap(), v.verify_checkpoint(&after).unwrap());
+    assert!(cb.size < ca.size, "the recovery head follows: {} then {}", cb.size, ca.size);
+    let cons = get(&b, &format!("/api/v1/device/log/consistency?from={}&to={}", cb.size, ca.size));
+    let h = |v: &Value| -> [u8; 32] {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap().try_into().unwrap()
+    };
+    let path: Vec<[u8; 32]> = cons["consistency_path"].as_array().unwrap().iter().map(h).collect();
+    lucid_core::merkle::verify_consistency(cb.size, ca.size, &cb.root, &ca.root, &path).expect("no fork");
+
+    let ev = client().get(&format!("{}/api/v1/device/evidence", b.base));
+    assert_eq!(ev.status, 200);
+    let (code, out, err) = crate::devlog::verify_device(&ev.body, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let line = out.lines().find(|l| l.starts_with("session ") && l.contains(&rec)).unwrap();
+    assert!(line.contains("generation 1"), "the recovery appended the head it owed: {line}");
+    for sid in &acked {
+        assert!(out.contains(&format!("session      {sid} ")), "acknowledged create of {sid} lost:\n{out}");
+    }
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+}

@@ -11,6 +11,7 @@ mod compat;
 mod concurrency;
 mod conformance;
 mod crash;
+mod devlog;
 mod faults;
 mod gateway;
 mod inputs;
