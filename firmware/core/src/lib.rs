@@ -2,7 +2,8 @@
 //! does not trust the device. It owns the chunk header and record encodings, sealing
 //! (AEAD) and key wrapping, the RFC 9162 Merkle log, signed checkpoints (C2SP signed
 //! notes), the signed session manifest, the evidence bundle with its verifier (with an
-//! optional pin on the signing device), the check of an exported MP4 against verified
+//! optional pin on the signing device), clip evidence (a contiguous run of records with
+//! their inclusion proofs, `clip`), the check of an exported MP4 against verified
 //! evidence (`media`), and the signed OTA update bundle (`bundle`).
 //!
 //! Architecture invariant: this crate does no IO (no files, sockets, clocks or threads)
@@ -29,6 +30,7 @@
 
 pub mod bundle;
 pub mod chunk;
+pub mod clip;
 pub mod evidence;
 pub mod manifest;
 pub mod media;
@@ -47,6 +49,7 @@ pub use bundle::{
     PayloadInfo, VerifiedManifest,
 };
 pub use chunk::{ChunkHeader, ChunkRecord, Flags, FormatError, MAX_SEALED_CHUNK, validate_session_id};
+pub use clip::{ClipEvidenceWriter, ClipReport, verify_clip_evidence};
 pub use evidence::{
     EvidenceError, EvidenceReport, EvidenceWriter, Pin, PinError, VerifyError, verify_evidence, verify_evidence_pinned,
 };
