@@ -1,10 +1,12 @@
 //! `lucidd verify EVIDENCE.tar [--vkey FILE | --device-id ID] [--media EXPORT.mp4]`: the
 //! offline check anyone can run without the device or any secret. All the logic is
-//! `lucid_core::evidence` (the bundle and the pin) and `lucid_core::media` (the export);
-//! this module only reads the files, and `main` prints the report or the first failure.
+//! `lucid_core::evidence` (the bundle and the pin), `lucid_core::clip` (clip evidence,
+//! told apart by its first entry) and `lucid_core::media` (the export or the clip); this
+//! module only reads the files, and `main` prints the report or the first failure.
 
 use std::path::Path;
 
+use lucid_core::clip::ClipReport;
 use lucid_core::evidence::{EvidenceReport, Pin};
 use lucid_core::media::MediaReport;
 
@@ -40,12 +42,52 @@ pub fn verify_media_file(report: &EvidenceReport, path: &Path) -> anyhow::Result
 
 /// The first line of the output: who signed, and whether that was checked.
 pub fn signer_line(r: &EvidenceReport) -> String {
-    match &r.pin {
+    signer_line_of(&r.pin, &r.device_id, &r.device_vkey)
+}
+
+/// [`signer_line`] of any report.
+pub fn signer_line_of(pin: &Pin, device_id: &str, device_vkey: &str) -> String {
+    match pin {
         Pin::Unpinned => format!(
-            "UNPINNED: signer not pinned; compare with the device's /api/v1/device: device {} key {}",
-            r.device_id, r.device_vkey
+            "UNPINNED: signer not pinned; compare with the device's /api/v1/device: device {device_id} key {device_vkey}"
         ),
-        Pin::Vkey(_) => format!("PINNED: signed by the pinned key {} (device {})", r.device_vkey, r.device_id),
-        Pin::DeviceId(_) => format!("PINNED: signed by the pinned device {} (key {})", r.device_id, r.device_vkey),
+        Pin::Vkey(_) => format!("PINNED: signed by the pinned key {device_vkey} (device {device_id})"),
+        Pin::DeviceId(_) => format!("PINNED: signed by the pinned device {device_id} (key {device_vkey})"),
     }
+}
+
+/// Whether the file at `path` is clip evidence (its first tar header names
+/// `lucid-clip/VERSION`). Anything unreadable is left to the session verifier to report.
+pub fn is_clip_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut first = [0u8; 512];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut first)).is_ok()
+        && lucid_core::clip::is_clip_evidence(&first)
+}
+
+/// Verifies the clip evidence at `path` against `pin`.
+pub fn verify_clip_file(path: &Path, pin: &Pin) -> anyhow::Result<ClipReport> {
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    lucid_core::clip::verify_clip_evidence(std::io::BufReader::new(f), pin)
+        .map_err(|e| anyhow::anyhow!("{}: clip verification FAILED: {e}", path.display()))
+}
+
+/// Checks the clip at `path` against verified clip evidence.
+pub fn verify_clip_media_file(report: &ClipReport, path: &Path) -> anyhow::Result<MediaReport> {
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    lucid_core::media::verify_clip_media(report, std::io::BufReader::with_capacity(1 << 16, f))
+        .map_err(|e| anyhow::anyhow!("{}: media verification FAILED: {e}", path.display()))
+}
+
+/// Unix microseconds as RFC 3339 UTC with microseconds (`2026-11-26T03:00:00.250000Z`).
+pub fn rfc3339_us(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| format!("{us} us"))
 }
