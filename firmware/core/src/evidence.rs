@@ -25,7 +25,7 @@ use crate::seal::Cipher;
 pub const EVIDENCE_VERSION: &str = "lucid-evidence 1\n";
 
 /// A record is at most its fixed part plus a 64-byte session id.
-const MAX_RECORD: u64 = 121 + chunk::MAX_SESSION_ID_LEN as u64;
+pub(crate) const MAX_RECORD: u64 = 121 + chunk::MAX_SESSION_ID_LEN as u64;
 
 /// The longest log a bundle may hold: 2^22 chunks, 48 days of one-second chunks. The
 /// verifier keeps each record (about 250 bytes with its leaf and tree node) until the
@@ -394,6 +394,18 @@ pub enum VerifyError {
     /// A chunk's inclusion proof against the final checkpoint fails.
     #[error("chunk {index} is not included in the final checkpoint")]
     InclusionFailed { index: u64 },
+    /// Clip evidence: a record that does not follow the one before it.
+    #[error("record {found} follows record {previous}: a clip's chunks must be contiguous")]
+    NotContiguous { previous: u64, found: u64 },
+    /// Clip evidence: a record without its inclusion proof.
+    #[error("record {index} has no inclusion proof")]
+    MissingProof { index: u64 },
+    /// Clip evidence: a proof of a chunk whose record is not in the clip.
+    #[error("proof {index} has no record in the clip")]
+    ProofWithoutRecord { index: u64 },
+    /// Clip evidence without a single record.
+    #[error("the clip has no records")]
+    EmptyClip,
 }
 
 /// The signer a reader expects. Without a pin the verifier proves only that the key in
@@ -498,9 +510,30 @@ pub fn verify_evidence<R: Read>(r: R) -> Result<EvidenceReport, VerifyError> {
 /// [`verify_evidence`], refusing any signer but the pinned one. The pin is checked as soon
 /// as `device.vkey` is read (the second entry), before anything it signed.
 pub fn verify_evidence_pinned<R: Read>(r: R, pin: &Pin) -> Result<EvidenceReport, VerifyError> {
+    let mut v = Verification { pin: pin.clone(), ..Verification::default() };
+    walk_archive(r, &mut v)?;
+    v.advance(Section::End)?;
+    v.report()
+}
+
+/// What a bundle's verifier does with each entry [`walk_archive`] hands it. Shared by the
+/// session bundle and the clip bundle (`crate::clip`), so both refuse the same hostile
+/// archives the same way.
+pub(crate) trait EntryVisitor {
+    /// Places an entry by its path before any of its data is read: refuses paths outside
+    /// the layout, non-regular files (`regular` is false), duplicates and entries out of
+    /// order, and returns the largest size this entry may have.
+    fn open(&mut self, path: &str, regular: bool) -> Result<u64, VerifyError>;
+    /// Takes the data of the entry just opened (at most the size `open` allowed).
+    fn data(&mut self, path: &str, data: Vec<u8>) -> Result<(), VerifyError>;
+}
+
+/// Reads a bundle's entries in order and hands each to `v`, streaming: no entry larger
+/// than `v` allows is read, no tar extension header is obeyed, and the archive must end
+/// with its end-of-archive marker and nothing but zero padding after it.
+pub(crate) fn walk_archive<R: Read>(r: R, v: &mut impl EntryVisitor) -> Result<(), VerifyError> {
     let mut input = Counted { inner: r, read: 0 };
     let archive_err = |source| VerifyError::Archive { source };
-    let mut v = Verification { pin: pin.clone(), ..Verification::default() };
     // Where the last entry's data (padded to a block) ends: the end marker starts there.
     let mut end = 0;
     {
@@ -514,31 +547,41 @@ pub fn verify_evidence_pinned<R: Read>(r: R, pin: &Pin) -> Result<EvidenceReport
                 return Err(VerifyError::ExtensionHeader { kind, offset });
             }
             let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let (section, n) = parse_path(&path).ok_or_else(|| VerifyError::UnknownEntry { path: path.clone() })?;
-            if entry.header().entry_type() != tar::EntryType::Regular {
-                return Err(VerifyError::NotRegularFile { path });
-            }
-            if v.seen(section, n) {
-                return Err(VerifyError::DuplicateEntry { path });
-            }
-            if v.last.is_some_and(|last| (section, n) <= last) {
-                return Err(VerifyError::OutOfOrder { path });
-            }
-            v.last = Some((section, n));
-            let (size, max) = (entry.size(), section.max_size());
+            let max = v.open(&path, entry.header().entry_type() == tar::EntryType::Regular)?;
+            let size = entry.size();
             if size > max {
                 return Err(VerifyError::EntryTooLarge { path, size, max });
             }
             end = entry.raw_file_position() + size.div_ceil(BLOCK) * BLOCK;
             let mut data = Vec::with_capacity(size as usize);
             (&mut entry).take(max + 1).read_to_end(&mut data).map_err(archive_err)?;
-            v.advance(section)?;
-            v.entry(section, n, &path, data)?;
+            v.data(&path, data)?;
         }
     }
-    check_end_of_archive(&mut input, end)?;
-    v.advance(Section::End)?;
-    v.report()
+    check_end_of_archive(&mut input, end)
+}
+
+impl EntryVisitor for Verification {
+    fn open(&mut self, path: &str, regular: bool) -> Result<u64, VerifyError> {
+        let (section, n) = parse_path(path).ok_or_else(|| VerifyError::UnknownEntry { path: path.into() })?;
+        if !regular {
+            return Err(VerifyError::NotRegularFile { path: path.into() });
+        }
+        if self.seen(section, n) {
+            return Err(VerifyError::DuplicateEntry { path: path.into() });
+        }
+        if self.last.is_some_and(|last| (section, n) <= last) {
+            return Err(VerifyError::OutOfOrder { path: path.into() });
+        }
+        self.last = Some((section, n));
+        Ok(section.max_size())
+    }
+
+    fn data(&mut self, path: &str, data: Vec<u8>) -> Result<(), VerifyError> {
+        let (section, n) = self.last.unwrap_or_else(|| unreachable!("data follows open"));
+        self.advance(section)?;
+        self.entry(section, n, path, data)
+    }
 }
 
 /// The name of a tar extension entry type, or `None` for an ordinary entry.
@@ -607,13 +650,70 @@ pub(crate) fn check_end_of_archive<R: Read>(input: &mut Counted<R>, end: u64) ->
     }
 }
 
-/// Verified manifest context.
-struct Head {
+/// Checks a signed manifest against the bundle's key (`vkey_text`, parsed as `verifier`)
+/// and its fields against each other; `manifest_path` names the entry in errors. Shared
+/// by the session and the clip bundle.
+pub(crate) fn verify_head(
+    vkey_text: &str,
     verifier: Verifier,
-    manifest: Manifest,
-    origin: String,
-    init_blake3: Option<[u8; 32]>,
-    root: [u8; 32],
+    bytes: &[u8],
+    sig: &[u8; 64],
+    manifest_path: &str,
+) -> Result<Head, VerifyError> {
+    let malformed = |reason: String| VerifyError::MalformedEntry { path: manifest_path.into(), reason };
+    let manifest = manifest::verify_manifest(bytes, sig, &verifier).map_err(|e| match e {
+        ManifestError::BadSignature => VerifyError::BadManifestSignature,
+        other => malformed(other.to_string()),
+    })?;
+    if manifest.device_vkey != vkey_text {
+        return Err(VerifyError::DeviceKeyMismatch { manifest: manifest.device_vkey, bundle: vkey_text.into() });
+    }
+    let key_id = verifier.device_id();
+    if manifest.device_id != key_id {
+        return Err(VerifyError::DeviceIdMismatch { manifest: manifest.device_id, key: key_id });
+    }
+    chunk::validate_session_id(&manifest.session_id).map_err(|e| malformed(e.to_string()))?;
+    if manifest.chunk_count > MAX_LOG_SIZE {
+        return Err(VerifyError::LogTooLarge { chunk_count: manifest.chunk_count, max: MAX_LOG_SIZE });
+    }
+    let inconsistent = |reason| Err(VerifyError::ManifestInconsistent { reason });
+    if manifest.tree_size != manifest.chunk_count {
+        return inconsistent("tree_size is not chunk_count");
+    }
+    if Cipher::from_name(&manifest.cipher).is_none() {
+        return inconsistent("unknown cipher name");
+    }
+    let Some(root) = hex::decode_32(&manifest.root) else {
+        return inconsistent("root is not 64 lowercase hex digits");
+    };
+    let init_blake3 = match &manifest.init_segment_blake3 {
+        None => None,
+        Some(h) => match hex::decode_32(h) {
+            Some(d) => Some(d),
+            None => return inconsistent("init_segment_blake3 is not 64 lowercase hex digits"),
+        },
+    };
+    let origin = note::session_origin(&manifest.device_id, &manifest.session_id);
+    Ok(Head { verifier, manifest, origin, init_blake3, root })
+}
+
+/// Parses `device.vkey` (text ending in one newline) and checks it against the pin.
+pub(crate) fn parse_vkey(data: &[u8], path: &str, pin: &Pin) -> Result<(String, Verifier), VerifyError> {
+    let text = std::str::from_utf8(data).ok().and_then(|t| t.strip_suffix('\n')).ok_or_else(|| {
+        VerifyError::MalformedEntry { path: path.into(), reason: "not UTF-8 text ending in a newline".into() }
+    })?;
+    let verifier = Verifier::from_vkey(text).map_err(|source| VerifyError::BadDeviceKey { source })?;
+    pin.check(&verifier)?;
+    Ok((text.to_owned(), verifier))
+}
+
+/// Verified manifest context.
+pub(crate) struct Head {
+    pub(crate) verifier: Verifier,
+    pub(crate) manifest: Manifest,
+    pub(crate) origin: String,
+    pub(crate) init_blake3: Option<[u8; 32]>,
+    pub(crate) root: [u8; 32],
 }
 
 /// Verification state between entries.
@@ -702,15 +802,7 @@ impl Verification {
                 }
                 self.version = true;
             }
-            Section::Vkey => {
-                let text = std::str::from_utf8(&data)
-                    .ok()
-                    .and_then(|t| t.strip_suffix('\n'))
-                    .ok_or_else(|| malformed(section, "not UTF-8 text ending in a newline"))?;
-                let verifier = Verifier::from_vkey(text).map_err(|source| VerifyError::BadDeviceKey { source })?;
-                self.pin.check(&verifier)?;
-                self.vkey = Some((text.to_owned(), verifier));
-            }
+            Section::Vkey => self.vkey = Some(parse_vkey(&data, section.path(), &self.pin)?),
             Section::Manifest => self.manifest_bytes = Some(data),
             Section::ManifestSig => {
                 self.signature = Some(manifest::parse_signature_file(&data).map_err(|e| malformed(section, e))?);
@@ -733,40 +825,7 @@ impl Verification {
         let (vkey_text, verifier) = self.vkey.clone().ok_or_else(|| missing(Section::Vkey))?;
         let bytes = self.manifest_bytes.as_deref().ok_or_else(|| missing(Section::Manifest))?;
         let sig = self.signature.ok_or_else(|| missing(Section::ManifestSig))?;
-        let manifest = manifest::verify_manifest(bytes, &sig, &verifier).map_err(|e| match e {
-            ManifestError::BadSignature => VerifyError::BadManifestSignature,
-            other => malformed(Section::Manifest, other),
-        })?;
-        if manifest.device_vkey != vkey_text {
-            return Err(VerifyError::DeviceKeyMismatch { manifest: manifest.device_vkey, bundle: vkey_text });
-        }
-        let key_id = verifier.device_id();
-        if manifest.device_id != key_id {
-            return Err(VerifyError::DeviceIdMismatch { manifest: manifest.device_id, key: key_id });
-        }
-        chunk::validate_session_id(&manifest.session_id).map_err(|e| malformed(Section::Manifest, e))?;
-        if manifest.chunk_count > MAX_LOG_SIZE {
-            return Err(VerifyError::LogTooLarge { chunk_count: manifest.chunk_count, max: MAX_LOG_SIZE });
-        }
-        let inconsistent = |reason| Err(VerifyError::ManifestInconsistent { reason });
-        if manifest.tree_size != manifest.chunk_count {
-            return inconsistent("tree_size is not chunk_count");
-        }
-        if Cipher::from_name(&manifest.cipher).is_none() {
-            return inconsistent("unknown cipher name");
-        }
-        let Some(root) = hex::decode_32(&manifest.root) else {
-            return inconsistent("root is not 64 lowercase hex digits");
-        };
-        let init_blake3 = match &manifest.init_segment_blake3 {
-            None => None,
-            Some(h) => match hex::decode_32(h) {
-                Some(d) => Some(d),
-                None => return inconsistent("init_segment_blake3 is not 64 lowercase hex digits"),
-            },
-        };
-        let origin = note::session_origin(&manifest.device_id, &manifest.session_id);
-        self.head = Some(Head { verifier, manifest, origin, init_blake3, root });
+        self.head = Some(verify_head(&vkey_text, verifier, bytes, &sig, Section::Manifest.path())?);
         Ok(())
     }
 

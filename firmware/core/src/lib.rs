@@ -2,7 +2,8 @@
 //! does not trust the device. It owns the chunk header and record encodings, sealing
 //! (AEAD) and key wrapping, the RFC 9162 Merkle log, signed checkpoints (C2SP signed
 //! notes), the signed session manifest, the evidence bundle with its verifier (with an
-//! optional pin on the signing device), the check of an exported MP4 against verified
+//! optional pin on the signing device), clip evidence (a contiguous run of records with
+//! their inclusion proofs, `clip`), the check of an exported MP4 against verified
 //! evidence (`media`), and the signed OTA update bundle (`bundle`).
 //!
 //! Architecture invariant: this crate does no IO (no files, sockets, clocks or threads)
@@ -29,6 +30,7 @@
 
 pub mod bundle;
 pub mod chunk;
+pub mod clip;
 pub mod devlog;
 pub mod evidence;
 pub mod manifest;
@@ -48,6 +50,7 @@ pub use bundle::{
     PayloadInfo, VerifiedManifest,
 };
 pub use chunk::{ChunkHeader, ChunkRecord, Flags, FormatError, MAX_SEALED_CHUNK, validate_session_id};
+pub use clip::{ClipEvidenceWriter, ClipReport, verify_clip_evidence};
 pub use devlog::{
     DeviceEvidenceWriter, DeviceLogError, DeviceLogReport, DeviceLogVerifier, Event, EventKind, verify_device_evidence,
     verify_device_log,

@@ -16,8 +16,10 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 
+use crate::clip::ClipReport;
 use crate::evidence::EvidenceReport;
 use crate::hex;
+use crate::manifest::Manifest;
 use crate::merkle::Hash;
 
 /// What a successful check established.
@@ -63,20 +65,21 @@ pub enum MediaError {
     /// The bytes before the first `moof` are not the signed init segment.
     #[error("init segment (bytes 0..{len}) does not match the manifest's init_segment_blake3")]
     InitMismatch { len: u64 },
-    /// Fragment i is no chunk's plaintext: its bytes were changed.
-    #[error("fragment {fragment} at byte {offset} does not match chunk {fragment}'s plaintext BLAKE3: altered")]
-    FragmentAltered { fragment: u64, offset: u64 },
+    /// Fragment i is no chunk's plaintext: its bytes were changed. `chunk` is the chunk
+    /// it should be (i in an export, the clip's first chunk + i in a clip).
+    #[error("fragment {fragment} at byte {offset} does not match chunk {chunk}'s plaintext BLAKE3: altered")]
+    FragmentAltered { fragment: u64, offset: u64, chunk: u64 },
     /// Fragment i is an earlier chunk's, again.
     #[error("fragment {fragment} at byte {offset} is a second copy of chunk {chunk}")]
     FragmentDuplicated { fragment: u64, offset: u64, chunk: u64 },
-    /// Fragment i is a later chunk's and chunk i's comes after it.
-    #[error("fragment {fragment} at byte {offset} is chunk {chunk}, expected chunk {fragment}: out of order")]
-    FragmentReordered { fragment: u64, offset: u64, chunk: u64 },
+    /// Fragment i is a later chunk's and the expected chunk's comes after it.
+    #[error("fragment {fragment} at byte {offset} is chunk {chunk}, expected chunk {expected}: out of order")]
+    FragmentReordered { fragment: u64, offset: u64, chunk: u64, expected: u64 },
     /// Chunk i's fragment is nowhere after the fragments that matched.
     #[error("chunk {chunk}'s fragment is missing (expected at byte {offset})")]
     FragmentMissing { chunk: u64, offset: u64 },
-    /// More fragments than the session has chunks.
-    #[error("fragment {fragment} at byte {offset} is beyond the session's {chunk_count} chunks")]
+    /// More fragments than the session (or the clip) has chunks.
+    #[error("fragment {fragment} at byte {offset} is beyond the {chunk_count} chunks it is checked against")]
     ExtraFragment { fragment: u64, offset: u64, chunk_count: u64 },
 }
 
@@ -86,18 +89,44 @@ pub enum MediaError {
 /// unpinned [`crate::evidence::verify_evidence`]): the digests are only as good as the
 /// verification that produced them.
 pub fn verify_media<R: Read>(evidence: &EvidenceReport, media: R) -> Result<MediaReport, MediaError> {
-    let m = &evidence.manifest;
+    let init = video_init(&evidence.manifest)?;
+    let fragments: Vec<Hash> = evidence.records.iter().map(|r| r.plain_blake3).collect();
+    check_export(&init, &fragments, media)
+}
+
+/// Checks a clip (`GET /api/v1/sessions/{id}/clip.mp4`) against verified clip evidence:
+/// the init segment against the manifest's digest, then fragment i against the record of
+/// chunk `first + i`, where `first` is the clip's first chunk. Errors name both the
+/// fragment (in file order) and the chunk it should be. Call it only with a report from
+/// [`crate::clip::verify_clip_evidence`].
+pub fn verify_clip_media<R: Read>(clip: &ClipReport, media: R) -> Result<MediaReport, MediaError> {
+    let init = video_init(&clip.manifest)?;
+    let fragments: Vec<Hash> = clip.records.iter().map(|r| r.plain_blake3).collect();
+    check_fragments(&init, clip.first(), &fragments, media)
+}
+
+/// The init segment digest of a session with MP4 video.
+fn video_init(m: &Manifest) -> Result<Hash, MediaError> {
     if m.codec.as_deref() == Some("fwht") {
         return Err(MediaError::NotMp4 { codec: "fwht".into() });
     }
-    let init = m.init_segment_blake3.as_deref().and_then(hex::decode_32).ok_or(MediaError::NoVideo)?;
-    let fragments: Vec<Hash> = evidence.records.iter().map(|r| r.plain_blake3).collect();
-    check_export(&init, &fragments, media)
+    m.init_segment_blake3.as_deref().and_then(hex::decode_32).ok_or(MediaError::NoVideo)
 }
 
 /// [`verify_media`] on bare digests: `init` is the BLAKE3 of the init segment,
 /// `fragments[i]` that of fragment i.
 pub fn check_export<R: Read>(init: &Hash, fragments: &[Hash], media: R) -> Result<MediaReport, MediaError> {
+    check_fragments(init, 0, fragments, media)
+}
+
+/// [`check_export`] of a run of chunks starting at chunk `first`: `fragments[i]` is the
+/// digest of chunk `first + i`, and errors name chunks by their index in the session.
+pub fn check_fragments<R: Read>(
+    init: &Hash,
+    first: u64,
+    fragments: &[Hash],
+    media: R,
+) -> Result<MediaReport, MediaError> {
     let mut input = Boxes { inner: media, offset: 0 };
 
     // The init segment: every top-level box before the first moof.
@@ -139,13 +168,14 @@ pub fn check_export<R: Read>(init: &Hash, fragments: &[Hash], media: R) -> Resul
             break;
         }
     }
-    compare(fragments, &found, input.offset)?;
+    compare(first, fragments, &found, input.offset)?;
     Ok(MediaReport { init_len, fragments: found.len() as u64, total_len: input.offset })
 }
 
 /// Names the first position where the file's fragments (digest, offset) and the
-/// expected digests part. `end` is the offset where the file's fragments stop.
-fn compare(expected: &[Hash], found: &[(Hash, u64)], end: u64) -> Result<(), MediaError> {
+/// expected digests part. `end` is the offset where the file's fragments stop; `first`
+/// is the session index of `expected[0]`, added to every chunk named.
+fn compare(first: u64, expected: &[Hash], found: &[(Hash, u64)], end: u64) -> Result<(), MediaError> {
     let Some(i) = (0..expected.len().max(found.len())).find(|&i| expected.get(i) != found.get(i).map(|f| &f.0)) else {
         return Ok(());
     };
@@ -156,19 +186,24 @@ fn compare(expected: &[Hash], found: &[(Hash, u64)], end: u64) -> Result<(), Med
     }
     let fragment = i as u64;
     let Some(&(digest, offset)) = found.get(i) else {
-        return Err(MediaError::FragmentMissing { chunk: fragment, offset: end });
+        return Err(MediaError::FragmentMissing { chunk: first + fragment, offset: end });
     };
     match chunk_of.get(&digest).copied() {
         // Everything before i matched, so an earlier chunk here is a second copy.
-        Some(j) if j < i => Err(MediaError::FragmentDuplicated { fragment, offset, chunk: j as u64 }),
-        None if i < expected.len() => Err(MediaError::FragmentAltered { fragment, offset }),
+        Some(j) if j < i => Err(MediaError::FragmentDuplicated { fragment, offset, chunk: first + j as u64 }),
+        None if i < expected.len() => Err(MediaError::FragmentAltered { fragment, offset, chunk: first + fragment }),
         None => Err(MediaError::ExtraFragment { fragment, offset, chunk_count: expected.len() as u64 }),
         // A later chunk (j > i, so chunk i exists): reordered if chunk i comes later.
         Some(j) => {
             if found[i + 1..].iter().any(|f| f.0 == expected[i]) {
-                Err(MediaError::FragmentReordered { fragment, offset, chunk: j as u64 })
+                Err(MediaError::FragmentReordered {
+                    fragment,
+                    offset,
+                    chunk: first + j as u64,
+                    expected: first + fragment,
+                })
             } else {
-                Err(MediaError::FragmentMissing { chunk: fragment, offset })
+                Err(MediaError::FragmentMissing { chunk: first + fragment, offset })
             }
         }
     }
@@ -357,7 +392,7 @@ mod tests {
             frags[i][at] ^= 0x01;
             let err = s.check(&frags).unwrap_err();
             assert!(
-                matches!(err, MediaError::FragmentAltered { fragment, offset } if fragment == i as u64 && offset == s.offset_of(i)),
+                matches!(err, MediaError::FragmentAltered { fragment, offset, .. } if fragment == i as u64 && offset == s.offset_of(i)),
                 "flip at fragment {i} byte {at}: {err}"
             );
             assert!(err.to_string().starts_with(&format!("fragment {i} at byte ")), "{err}");
@@ -406,7 +441,7 @@ mod tests {
         frags.swap(1, 4);
         let err = s.check(&frags).unwrap_err();
         assert!(
-            matches!(err, MediaError::FragmentReordered { fragment: 1, chunk: 4, offset } if offset == s.offset_of(1)),
+            matches!(err, MediaError::FragmentReordered { fragment: 1, chunk: 4, offset, .. } if offset == s.offset_of(1)),
             "{err}"
         );
         let mut frags = s.frags.clone();

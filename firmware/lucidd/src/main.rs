@@ -20,7 +20,8 @@ enum Cmd {
     Run(RunArgs),
     /// Verify an evidence bundle offline (no device, no secrets needed).
     Verify {
-        /// The evidence tar from GET /api/v1/sessions/{id}/evidence.
+        /// The evidence tar from GET /api/v1/sessions/{id}/evidence, or clip evidence from
+        /// GET /api/v1/sessions/{id}/clip-evidence (told apart by its VERSION entry).
         evidence: PathBuf,
         /// Fail unless the bundle is signed by this verifier key (a file holding the
         /// `verifier_key` of the device's GET /api/v1/device).
@@ -30,7 +31,8 @@ enum Cmd {
         #[arg(long, value_name = "ID")]
         device_id: Option<String>,
         /// Also check this export (GET /api/v1/sessions/{id}/export.mp4) against the
-        /// evidence: the init segment and every fragment, in order.
+        /// evidence: the init segment and every fragment, in order; with clip evidence, the
+        /// clip (GET /api/v1/sessions/{id}/clip.mp4 of the same range).
         #[arg(long, value_name = "EXPORT.mp4")]
         media: Option<PathBuf>,
     },
@@ -383,6 +385,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if lucidd::verify::is_clip_file(&evidence) {
+                return verify_clip(&evidence, &pin, media.as_deref());
+            }
             let r = match lucidd::verify::verify_file(&evidence, &pin) {
                 Ok(r) => r,
                 Err(e) => {
@@ -478,6 +483,65 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `lucidd verify CLIP-EVIDENCE.tar [--media CLIP.mp4]`: the clip's records are proven in
+/// the signed session; with `--media`, the clip is those chunks' fragments, unaltered.
+fn verify_clip(
+    evidence: &std::path::Path,
+    pin: &lucid_core::evidence::Pin,
+    media: Option<&std::path::Path>,
+) -> ExitCode {
+    let r = match lucidd::verify::verify_clip_file(evidence, pin) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let m = &r.manifest;
+    println!("{}", lucidd::verify::signer_line_of(&r.pin, &r.device_id, &r.device_vkey));
+    println!("session      {} ({:?}, {})", r.session_id, m.kind, m.name);
+    println!("device       {}", r.device_id);
+    println!(
+        "clip         chunks {}..={} ({} of the session's {}, contiguous, each included in the final checkpoint)",
+        r.first(),
+        r.last(),
+        r.records.len(),
+        r.tree_size
+    );
+    let (ms, me) = r.media_span_us();
+    println!("media time   {:.3} s .. {:.3} s", ms as f64 / 1e6, me as f64 / 1e6);
+    let (ws, we) = r.wall_span_us();
+    println!(
+        "wall clock   {} .. {} (the device clock's)",
+        lucidd::verify::rfc3339_us(ws),
+        lucidd::verify::rfc3339_us(we)
+    );
+    println!("root         {}", r.root_hex);
+    let Some(media) = media else {
+        println!("OK: clip evidence verified");
+        return ExitCode::SUCCESS;
+    };
+    match lucidd::verify::verify_clip_media_file(&r, media) {
+        Ok(mr) => {
+            println!(
+                "media        {}: init segment ({} bytes) and {} fragments ({} bytes) match chunks {}..={}",
+                media.display(),
+                mr.init_len,
+                mr.fragments,
+                mr.total_len,
+                r.first(),
+                r.last()
+            );
+            println!("OK: clip evidence and media verified");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

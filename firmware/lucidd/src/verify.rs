@@ -1,12 +1,14 @@
 //! `lucidd verify EVIDENCE.tar [--vkey FILE | --device-id ID] [--media EXPORT.mp4]` and
 //! `lucidd verify-device DEVICE.tar [--vkey FILE | --device-id ID]`: the offline checks
 //! anyone can run without the device or any secret. All the logic is
-//! `lucid_core::evidence` (the bundle and the pin), `lucid_core::media` (the export) and
+//! `lucid_core::evidence` (the bundle and the pin), `lucid_core::clip` (clip evidence,
+//! told apart by its first entry), `lucid_core::media` (the export or the clip) and
 //! `lucid_core::devlog` (the device log); this module only reads the files and words the
 //! reports, and `main` prints them or the first failure.
 
 use std::path::Path;
 
+use lucid_core::clip::ClipReport;
 use lucid_core::devlog::DeviceLogReport;
 use lucid_core::evidence::{EvidenceReport, Pin};
 use lucid_core::media::MediaReport;
@@ -43,13 +45,17 @@ pub fn verify_media_file(report: &EvidenceReport, path: &Path) -> anyhow::Result
 
 /// The first line of the output: who signed, and whether that was checked.
 pub fn signer_line(r: &EvidenceReport) -> String {
-    match &r.pin {
+    signer_line_of(&r.pin, &r.device_id, &r.device_vkey)
+}
+
+/// [`signer_line`] of any report.
+pub fn signer_line_of(pin: &Pin, device_id: &str, device_vkey: &str) -> String {
+    match pin {
         Pin::Unpinned => format!(
-            "UNPINNED: signer not pinned; compare with the device's /api/v1/device: device {} key {}",
-            r.device_id, r.device_vkey
+            "UNPINNED: signer not pinned; compare with the device's /api/v1/device: device {device_id} key {device_vkey}"
         ),
-        Pin::Vkey(_) => format!("PINNED: signed by the pinned key {} (device {})", r.device_vkey, r.device_id),
-        Pin::DeviceId(_) => format!("PINNED: signed by the pinned device {} (key {})", r.device_id, r.device_vkey),
+        Pin::Vkey(_) => format!("PINNED: signed by the pinned key {device_vkey} (device {device_id})"),
+        Pin::DeviceId(_) => format!("PINNED: signed by the pinned device {device_id} (key {device_vkey})"),
     }
 }
 
@@ -60,25 +66,12 @@ pub fn verify_device_file(path: &Path, pin: &Pin) -> anyhow::Result<DeviceLogRep
         .map_err(|e| anyhow::anyhow!("{}: verification FAILED: {e}", path.display()))
 }
 
-fn utc(us: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
-        .map(crate::util::rfc3339)
-        .unwrap_or_else(|_| format!("{us} us"))
-}
-
 /// The report of `verify-device`: the signer line, then one line per session ever
 /// created (its latest head and its deletion, with who and why), then other events.
 pub fn device_report(r: &DeviceLogReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let signer = match &r.pin {
-        Pin::Unpinned => format!(
-            "UNPINNED: signer not pinned; compare with the device's /api/v1/device: device {} key {}",
-            r.device_id, r.device_vkey
-        ),
-        Pin::Vkey(_) => format!("PINNED: signed by the pinned key {} (device {})", r.device_vkey, r.device_id),
-        Pin::DeviceId(_) => format!("PINNED: signed by the pinned device {} (key {})", r.device_id, r.device_vkey),
-    };
+    let signer = signer_line_of(&r.pin, &r.device_id, &r.device_vkey);
     let _ = writeln!(out, "{signer}");
     let _ = writeln!(out, "device       {}", r.device_id);
     let _ = writeln!(out, "events       {} (indices contiguous, every one under the last checkpoint)", r.events);
@@ -98,7 +91,9 @@ pub fn device_report(r: &DeviceLogReport) -> String {
             None => "no signed head".into(),
         };
         let fate = match &s.deleted {
-            Some(d) => format!("DELETED at {} by {}: {} (event {})", utc(d.at_us), d.by.as_str(), d.reason, d.index),
+            Some(d) => {
+                format!("DELETED at {} by {}: {} (event {})", rfc3339_us(d.at_us), d.by.as_str(), d.reason, d.index)
+            }
             None => "present".into(),
         };
         let _ = writeln!(
@@ -106,12 +101,48 @@ pub fn device_report(r: &DeviceLogReport) -> String {
             "session      {} ({:?}) created {} (event {}); {head}; {fate}",
             s.session_id,
             s.kind,
-            utc(s.created_at_us),
+            rfc3339_us(s.created_at_us),
             s.created_index
         );
     }
     for (i, e) in &r.device_events {
-        let _ = writeln!(out, "event        {i} at {}: {:?}", utc(e.at_us), e.kind);
+        let _ = writeln!(out, "event        {i} at {}: {:?}", rfc3339_us(e.at_us), e.kind);
     }
     out
+}
+
+/// Whether the file at `path` is clip evidence (its first tar header names
+/// `lucid-clip/VERSION`). Anything unreadable is left to the session verifier to report.
+pub fn is_clip_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut first = [0u8; 512];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut first)).is_ok()
+        && lucid_core::clip::is_clip_evidence(&first)
+}
+
+/// Verifies the clip evidence at `path` against `pin`.
+pub fn verify_clip_file(path: &Path, pin: &Pin) -> anyhow::Result<ClipReport> {
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    lucid_core::clip::verify_clip_evidence(std::io::BufReader::new(f), pin)
+        .map_err(|e| anyhow::anyhow!("{}: clip verification FAILED: {e}", path.display()))
+}
+
+/// Checks the clip at `path` against verified clip evidence.
+pub fn verify_clip_media_file(report: &ClipReport, path: &Path) -> anyhow::Result<MediaReport> {
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    lucid_core::media::verify_clip_media(report, std::io::BufReader::with_capacity(1 << 16, f))
+        .map_err(|e| anyhow::anyhow!("{}: media verification FAILED: {e}", path.display()))
+}
+
+/// Unix microseconds as RFC 3339 UTC with microseconds (`2026-11-26T03:00:00.250000Z`).
+pub fn rfc3339_us(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| format!("{us} us"))
 }

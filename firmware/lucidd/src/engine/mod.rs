@@ -17,6 +17,7 @@
 
 pub mod access;
 pub mod camera;
+pub mod clip;
 pub mod devlog;
 pub mod pipeline;
 pub mod row;
@@ -77,6 +78,9 @@ pub enum EngineError {
     BadState(String),
     #[error("{0}")]
     BadInput(String),
+    /// A time range that meets no chunk (a clip of nothing).
+    #[error("{0}")]
+    EmptyRange(String),
     #[error("storage full: {0}")]
     Full(String),
     #[error("{0}")]

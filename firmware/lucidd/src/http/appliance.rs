@@ -1,6 +1,7 @@
 //! The appliance's own routes on 8087, beyond the Lucid contract: device identity, signed
 //! manifests and checkpoints, Merkle proofs, decrypted media (init segment, fragments,
-//! HLS playlist, a streamed MP4 export) and the evidence bundle. Documented in
+//! HLS playlist, a streamed MP4 export, clips of it) and the evidence bundles (the
+//! session's, and a clip's). Documented in
 //! `openapi.json`, served at `/api/v1/openapi.json`.
 //!
 //! Owns the streaming of large responses: export and evidence are produced on a blocking
@@ -24,6 +25,7 @@ use serde_json::{Value, json};
 
 use super::page::Page;
 use super::{ApiError, ApiResult, AppState, LJson, LQuery, VERSION, blocking};
+use crate::engine::clip::{ClipBound, ClipRange};
 use crate::engine::{Engine, EngineError, Kind};
 use crate::util::{hex, now_rfc3339};
 
@@ -42,6 +44,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/sessions/{id}/media/{file}", get(media))
         .route("/api/v1/sessions/{id}/export.mp4", get(export))
         .route("/api/v1/sessions/{id}/evidence", get(evidence))
+        .route("/api/v1/sessions/{id}/clip.mp4", get(clip_mp4))
+        .route("/api/v1/sessions/{id}/clip-evidence", get(clip_evidence))
 }
 
 /// The query of a share URL (`POST /api/v1/sessions/{id}/share`), checked by
@@ -463,6 +467,85 @@ async fn evidence(State(e): State<AppState>, Path(id): Path<String>) -> ApiResul
             (header::CONTENT_TYPE, "application/x-tar".to_owned()),
             (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}-evidence.tar\"")),
         ],
+        body,
+    )
+        .into_response())
+}
+
+/// `?start=&end=` of the clip routes: media seconds or RFC 3339 wall time each. A share
+/// URL's `exp` and `sig` may come along (checked by `auth`).
+#[derive(Debug, Deserialize)]
+struct ClipQuery {
+    start: Option<String>,
+    end: Option<String>,
+    #[allow(dead_code)]
+    exp: Option<u64>,
+    #[allow(dead_code)]
+    sig: Option<String>,
+}
+
+/// The clip a query names, resolved by the engine (rounded out to chunk boundaries).
+async fn clip_range(e: &AppState, id: &str, q: ClipQuery) -> ApiResult<ClipRange> {
+    let need = |v: Option<String>, name: &str| {
+        v.ok_or_else(|| ApiError::bad(format!("{name} is required: seconds of media time (12.5) or RFC 3339")))
+    };
+    let (start, end) = (need(q.start, "start")?, need(q.end, "end")?);
+    let (e, sid) = (e.clone(), id.to_owned());
+    blocking(move || e.clip_range(&sid, ClipBound::parse("start", &start)?, ClipBound::parse("end", &end)?)).await
+}
+
+/// The headers naming a clip's chunks, so a client knows what the rounding chose.
+fn clip_headers(r: ClipRange) -> [(&'static str, String); 2] {
+    [("x-lucid-clip-first", r.first.to_string()), ("x-lucid-clip-last", r.last.to_string())]
+}
+
+async fn clip_mp4(
+    State(e): State<AppState>,
+    Path(id): Path<String>,
+    LQuery(q): LQuery<ClipQuery>,
+) -> ApiResult<Response> {
+    let range = clip_range(&e, &id, q).await?;
+    let (sid, e2) = (id.clone(), e.clone());
+    let (init, codec) = blocking(move || {
+        let row = camera_session(&e2, &sid)?;
+        let init = e2
+            .init_segment(&sid)?
+            .ok_or_else(|| EngineError::NotFound { what: "video of session", id: sid.clone() })?;
+        Ok((init, row.codec))
+    })
+    .await?;
+    let (mime, ext) = if codec.as_deref() == Some("fwht") { ("video/x-fwht", "fwht") } else { ("video/mp4", "mp4") };
+    let sid = id.clone();
+    let body = stream_body(move |w| {
+        let reader = e.reader(&sid)?;
+        w.write_all(&init).map_err(|x| EngineError::Internal(x.to_string()))?;
+        for i in range.first..=range.last {
+            match reader.plaintext(i) {
+                Ok(frag) => w.send(Bytes::from(frag)).map_err(|x| EngineError::Internal(x.to_string()))?,
+                // A redacted chunk leaves a gap, as in the export.
+                Err(EngineError::NotFound { .. }) => continue,
+                Err(x) => return Err(x),
+            }
+        }
+        Ok(())
+    })?;
+    let name = format!("attachment; filename=\"{id}-{}-{}.{ext}\"", range.first, range.last);
+    Ok(([(header::CONTENT_TYPE, mime.to_owned()), (header::CONTENT_DISPOSITION, name)], clip_headers(range), body)
+        .into_response())
+}
+
+async fn clip_evidence(
+    State(e): State<AppState>,
+    Path(id): Path<String>,
+    LQuery(q): LQuery<ClipQuery>,
+) -> ApiResult<Response> {
+    let range = clip_range(&e, &id, q).await?;
+    let sid = id.clone();
+    let body = stream_body(move |w| e.write_clip_evidence(&sid, range, w))?;
+    let name = format!("attachment; filename=\"{id}-{}-{}-clip-evidence.tar\"", range.first, range.last);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-tar".to_owned()), (header::CONTENT_DISPOSITION, name)],
+        clip_headers(range),
         body,
     )
         .into_response())

@@ -46,6 +46,11 @@ pub const PUBLIC: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/device/log/proof", "a Merkle path: digests only"),
     ("GET", "/api/v1/device/log/consistency", "a Merkle consistency proof: digests only"),
     ("GET", "/api/v1/device/evidence", "the device log's events and signed checkpoints, the public key"),
+    (
+        "GET",
+        "/api/v1/sessions/{id}/clip-evidence",
+        "records, Merkle paths and signatures of some chunks: digests only, no sealed bytes, as evidence",
+    ),
 ];
 
 /// Mutations a viewer may make: asking for a share URL changes nothing on the device.
@@ -55,8 +60,12 @@ pub const VIEWER_WRITES: &[(&str, &str)] = &[("POST", "/api/v1/sessions/{id}/sha
 pub const ADMIN_READS: &[(&str, &str)] = &[("GET", "/api/v1/tokens")];
 
 /// Routes a share URL (`?exp=…&sig=…`, signed for the `{id}` in the path) opens.
-pub const SHARE_ROUTES: &[(&str, &str)] =
-    &[("GET", "/api/v1/sessions/{id}/media/{file}"), ("GET", "/api/v1/sessions/{id}/export.mp4")];
+/// A clip is part of the export, so it is opened by the same share URL.
+pub const SHARE_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/sessions/{id}/media/{file}"),
+    ("GET", "/api/v1/sessions/{id}/export.mp4"),
+    ("GET", "/api/v1/sessions/{id}/clip.mp4"),
+];
 
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

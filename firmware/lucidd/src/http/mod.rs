@@ -87,6 +87,8 @@ pub enum ApiError {
     NotFound(String),
     Conflict(String),
     PayloadTooLarge(String),
+    /// 416: a range that selects nothing.
+    RangeNotSatisfiable(String),
     /// Request validation failure, FastAPI's 422 with a list of problems.
     Validation(Vec<Value>),
     InsufficientStorage(String),
@@ -103,6 +105,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,6 +120,7 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
             | ApiError::PayloadTooLarge(m)
+            | ApiError::RangeNotSatisfiable(m)
             | ApiError::InsufficientStorage(m)
             | ApiError::Unavailable(m)
             | ApiError::UnauthorizedBecause(m)
@@ -144,6 +148,7 @@ impl From<EngineError> for ApiError {
             e @ EngineError::Exists { .. } => ApiError::Conflict(e.to_string()),
             e @ EngineError::Transition { .. } => ApiError::BadRequest(e.to_string()),
             EngineError::BadState(m) | EngineError::BadInput(m) => ApiError::BadRequest(m),
+            EngineError::EmptyRange(m) => ApiError::RangeNotSatisfiable(m),
             EngineError::Full(m) => ApiError::InsufficientStorage(format!("storage full: {m}")),
             EngineError::Unavailable(m) => ApiError::Unavailable(m),
             EngineError::Internal(m) => ApiError::Internal(m),

@@ -216,3 +216,93 @@ fn issue_10_verify_media_checks_every_fragment_of_an_export() {
     bad_init[at] ^= 0x01;
     fails("init.mp4", [bad_init, frags.concat()].concat(), "init segment");
 }
+
+#[test]
+fn issue_10_a_clip_verifies_as_a_contiguous_part_of_the_signed_session() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (sid, evidence, mp4) = record(&d, &c, 6);
+    let dir = d.dir.path();
+    let records = lucid_core::verify_evidence(&evidence[..]).unwrap().records;
+    let (init, frags) = split(&mp4);
+    let url = |route: &str, q: &str| d.url("gateway", &format!("/api/v1/sessions/{sid}/{route}?{q}"));
+
+    // A middle range in media time, both ends inside a chunk: rounded out to chunks 2..=3.
+    let mid = |r: &lucid_core::ChunkRecord| (r.media_start_us + r.media_end_us) as f64 / 2e6;
+    let media_q = format!("start={}&end={}", mid(&records[2]), mid(&records[3]));
+    let clip = c.get(&url("clip.mp4", &media_q));
+    assert_eq!(clip.status, 200, "{}", clip.text());
+    assert_eq!(clip.headers["x-lucid-clip-first"], "2");
+    assert_eq!(clip.headers["x-lucid-clip-last"], "3");
+    assert!(clip.body == [init.clone(), frags[2].clone(), frags[3].clone()].concat(), "not export.mp4's bytes");
+    // The same chunks named by wall-clock time.
+    let wall_mid = |r: &lucid_core::ChunkRecord| {
+        lucidd::verify::rfc3339_us(r.wall_clock_us + (r.media_end_us - r.media_start_us) as i64 / 2)
+    };
+    let wall_q = format!("start={}&end={}", wall_mid(&records[2]), wall_mid(&records[3]));
+    let by_wall = c.get(&url("clip.mp4", &wall_q));
+    assert_eq!(by_wall.status, 200, "{}", by_wall.text());
+    assert!(by_wall.body == clip.body, "wall-time clip differs from the media-time clip");
+    // A player decodes it: the frames of the two chunks.
+    let clip_path = write(dir, "clip.mp4", &clip.body);
+    let (codec, _, _, n) = crate::gateway::ffprobe_frames(&clip_path);
+    assert_eq!(codec, "h264");
+    assert_eq!(n, u64::from(records[2].frame_count + records[3].frame_count));
+
+    // Clip evidence is public (digests only) and holds no sealed bytes.
+    let ev = d.anon().get(&url("clip-evidence", &wall_q));
+    assert_eq!(ev.status, 200, "{}", ev.text());
+    let names: Vec<String> = {
+        let mut ar = tar::Archive::new(&ev.body[..]);
+        ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect()
+    };
+    assert_eq!(names[0], "lucid-clip/VERSION");
+    assert!(names.iter().all(|n| !n.contains("sealed") && !n.contains("init")), "{names:?}");
+    assert_eq!(names.iter().filter(|n| n.ends_with(".rec")).count(), 2);
+    assert_eq!(d.anon().get(&url("clip.mp4", &media_q)).status, 401, "a clip is decrypted video");
+    let ev_path = write(dir, "clip-evidence.tar", &ev.body);
+
+    // The real CLI, pinned to the device: OK, with the chunk range and the wall-clock span.
+    let id = c.get(&d.url("gateway", "/api/v1/device")).json()["device_id"].as_str().unwrap().to_owned();
+    let (code, out, err) = verify(&[&ev_path, &"--device-id", &id, &"--media", &clip_path]);
+    assert_eq!(code, 0, "{out}{err}");
+    let span = format!(
+        "{} .. {}",
+        lucidd::verify::rfc3339_us(records[2].wall_clock_us),
+        lucidd::verify::rfc3339_us(lucid_core::clip::record_wall_end_us(&records[3]))
+    );
+    assert!(out.starts_with("PINNED: "), "{out}");
+    assert!(out.contains("chunks 2..=3") && out.contains(&span), "expected {span:?} in {out}");
+    assert!(out.contains("OK: clip evidence and media verified"), "{out}");
+
+    // A flipped byte of picture data in the clip's second fragment: named.
+    let mut bad = clip.body.clone();
+    let at = bad.len() - 7;
+    bad[at] ^= 0x01;
+    let bad_path = write(dir, "flipped-clip.mp4", &bad);
+    let (code, out, err) = verify(&[&ev_path, &"--media", &bad_path]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("fragment 1 at byte") && err.contains("chunk 3"), "{err}");
+    assert!(!out.contains("OK"), "{out}");
+    // Another range's clip against this evidence.
+    let other = c.get(&url("clip.mp4", &format!("start={}&end={}", mid(&records[1]), mid(&records[2]))));
+    assert_eq!(other.status, 200);
+    assert_eq!(other.headers["x-lucid-clip-first"], "1");
+    let other_path = write(dir, "other-clip.mp4", &other.body);
+    let (code, out, err) = verify(&[&ev_path, &"--media", &other_path]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("media verification FAILED") && err.contains("fragment 0"), "{err}");
+
+    // Bounded, with clear errors: end before start, a range that meets no chunk, no range.
+    let r = c.get(&url("clip.mp4", "start=3&end=1"));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["detail"].as_str().unwrap().contains("end is before start"), "{}", r.text());
+    let r = c.get(&url("clip-evidence", "start=100000&end=100001"));
+    assert_eq!(r.status, 416, "{}", r.text());
+    assert!(r.json()["detail"].as_str().unwrap().contains("meets none"), "{}", r.text());
+    let r = c.get(&url("clip.mp4", "end=1"));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["detail"].as_str().unwrap().contains("start is required"), "{}", r.text());
+    let r = c.get(&url("clip.mp4", "start=yesterday&end=1"));
+    assert_eq!(r.status, 400, "{}", r.text());
+}
