@@ -668,3 +668,82 @@ fn a_reopen_during_an_append_leaves_the_entry_to_its_writer() {
         assert_eq!(store.get_sealed(sid, 2).unwrap().unwrap(), payload(2, 4000));
     }
 }
+
+/// The device log across a power cut (issue 10): sessions are created and deleted while
+/// the power goes; after the boot every acknowledged create and deletion is in the device
+/// log, the checkpoint read before the cut is a prefix of the one after (no fork), and the
+/// device evidence verifies.
+#[test]
+fn power_cut_loses_no_device_log_event_and_forks_nothing() {
+    for round in 0..4u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = test_config(dir.path());
+        let disk = PowerCutDisk::default();
+        let d2 = disk.clone();
+        let engine =
+            Engine::open_with(cfg.clone(), move |p| Store::open_with_backends(p, d2.clone(), Arc::new(d2))).unwrap();
+        let verifier = lucid_core::Verifier::from_vkey(&engine.verifier_key()).unwrap();
+        // (session, deleted) of every acknowledged call, in order.
+        let acked = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
+        let (e2, a2) = (engine.clone(), acked.clone());
+        let writer = std::thread::spawn(move || {
+            for i in 0..60u64 {
+                let sid = format!("sess-dl{round:02}{i:04}");
+                e2.create_session(Some(sid.clone()), "n".into(), Kind::Data, |_| {}).unwrap();
+                a2.lock().unwrap().push((sid.clone(), false));
+                if i % 3 == 2 {
+                    e2.delete(&sid).unwrap();
+                    a2.lock().unwrap().push((sid, true));
+                }
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(10 + round * 17));
+        // What was acknowledged, and the checkpoint, before the cut.
+        let acked_at_cut = acked.lock().unwrap().clone();
+        let before = engine.device_checkpoint().unwrap();
+        let (image, logs) = disk.after_power_cut(round * 104_729 + 3);
+        eprintln!(
+            "round {round}: cut after {} acknowledged calls, checkpoint {:?}",
+            acked_at_cut.len(),
+            before.as_ref().map(|b| b.0)
+        );
+        writer.join().unwrap();
+        drop(engine);
+
+        std::fs::write(cfg.store_path(), &image).unwrap();
+        let vdir = cfg.data_dir.join("vlog");
+        std::fs::create_dir_all(&vdir).unwrap();
+        for (name, bytes) in &logs {
+            std::fs::write(vdir.join(name), bytes).unwrap();
+        }
+        let engine = Engine::open(cfg).expect("store opens after a power cut");
+        let (size, note) = engine.device_checkpoint().unwrap().expect("a device checkpoint");
+        let after = verifier.verify_checkpoint(&note).unwrap();
+        assert_eq!(after.size, size);
+        if let Some((m, note)) = before {
+            let b = verifier.verify_checkpoint(&note).unwrap();
+            assert!(m <= size, "round {round}: the log shrank from {m} to {size}");
+            if m < size {
+                let (rm, rn, path) = engine.device_consistency(m, size).unwrap();
+                assert_eq!((rm, rn), (b.root, after.root), "round {round}: roots differ from the checkpoints");
+                lucid_core::merkle::verify_consistency(m, size, &b.root, &after.root, &path).expect("no fork");
+            } else {
+                assert_eq!(b.root, after.root, "round {round}: a fork at size {m}");
+            }
+        }
+        let mut tar = Vec::new();
+        engine.write_device_evidence(&mut tar).unwrap();
+        let report = lucid_core::devlog::verify_device_evidence(tar.as_slice(), &lucid_core::Pin::Unpinned)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        for (sid, deleted) in &acked_at_cut {
+            let s = report.sessions.iter().find(|s| &s.session_id == sid);
+            let s = s.unwrap_or_else(|| panic!("round {round}: the acknowledged create of {sid} was lost"));
+            if *deleted {
+                assert!(s.deleted.is_some(), "round {round}: the acknowledged deletion of {sid} was lost");
+            }
+        }
+        // And the log goes on.
+        engine.create_session(Some("sess-dlafter".into()), "n".into(), Kind::Data, |_| {}).unwrap();
+        assert_eq!(engine.device_checkpoint().unwrap().unwrap().0, size + 1);
+    }
+}
