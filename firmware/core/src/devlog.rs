@@ -761,6 +761,94 @@ pub fn verify_device_evidence<R: Read>(r: R, pin: &Pin) -> Result<DeviceLogRepor
     }
 }
 
+/// Why a session's evidence is not the standing word of the device log on that session.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StandingError {
+    /// The device log was signed by another key than the session's evidence.
+    #[error("the device log is signed by {device_log}, the session evidence by {evidence}")]
+    OtherDevice { evidence: String, device_log: String },
+    /// No `SessionCreated` event for the session.
+    #[error("session {session_id} was never created in this device log")]
+    NeverCreated { session_id: String },
+    /// The session was deleted after its evidence was made.
+    #[error("session {session_id} was DELETED (device-log event {index}) by {by}: {reason}")]
+    Deleted { session_id: String, index: u64, by: &'static str, reason: String },
+    /// The device log has no signed head of the session.
+    #[error("the device log holds no signed head of session {session_id}")]
+    NoHead { session_id: String },
+    /// The evidence predates the `generation` field: it cannot be placed in the log.
+    #[error("the manifest has no generation (made before the device log): it cannot be placed")]
+    NoGeneration,
+    /// A later manifest of the session exists: this one is not final.
+    #[error(
+        "the manifest is generation {manifest} of session {session_id}, the device log's latest head is generation {latest} (event {index}): a later manifest exists"
+    )]
+    NotLatest { session_id: String, manifest: u64, latest: u64, index: u64 },
+    /// The latest head names another manifest, size or root than the evidence.
+    #[error("the device log's head of generation {generation} (event {index}) names another {what} than the evidence")]
+    HeadMismatch { generation: u64, index: u64, what: &'static str },
+}
+
+/// The session's latest signed head, which the evidence was proven to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    pub head: HeadSummary,
+    /// The device log's size that was checked (its last checkpoint).
+    pub device_log_size: u64,
+}
+
+/// Checks that verified session evidence is the device log's last word on that session:
+/// the log (verified against the same key) holds the session's creation, its latest head
+/// is the evidence's manifest (generation, SHA-256 of the signed bytes, tree size, root),
+/// and no deletion follows. This closes two attacks a single session bundle cannot: an
+/// older manifest passed off as final after the session was recorded again, and a session
+/// deleted without a trace.
+pub fn check_latest(evidence: &evidence::EvidenceReport, log: &DeviceLogReport) -> Result<Standing, StandingError> {
+    if evidence.device_vkey != log.device_vkey {
+        return Err(StandingError::OtherDevice {
+            evidence: evidence.device_vkey.clone(),
+            device_log: log.device_vkey.clone(),
+        });
+    }
+    let sid = &evidence.session_id;
+    // A reused id appears once per creation; the evidence is of the latest one.
+    let session = log
+        .sessions
+        .iter()
+        .rev()
+        .find(|s| &s.session_id == sid)
+        .ok_or_else(|| StandingError::NeverCreated { session_id: sid.clone() })?;
+    if let Some(d) = &session.deleted {
+        return Err(StandingError::Deleted {
+            session_id: sid.clone(),
+            index: d.index,
+            by: d.by.as_str(),
+            reason: d.reason.clone(),
+        });
+    }
+    let head = session.head.clone().ok_or_else(|| StandingError::NoHead { session_id: sid.clone() })?;
+    let generation = evidence.manifest.generation.ok_or(StandingError::NoGeneration)?;
+    if generation != head.generation {
+        return Err(StandingError::NotLatest {
+            session_id: sid.clone(),
+            manifest: generation,
+            latest: head.generation,
+            index: head.index,
+        });
+    }
+    let mismatch = |what| Err(StandingError::HeadMismatch { generation, index: head.index, what });
+    if head.manifest_digest != evidence.manifest_sha256 {
+        return mismatch("manifest");
+    }
+    if head.tree_size != evidence.manifest.tree_size {
+        return mismatch("tree size");
+    }
+    if hex::encode(&head.root) != evidence.root_hex {
+        return mismatch("root");
+    }
+    Ok(Standing { head, device_log_size: log.events })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

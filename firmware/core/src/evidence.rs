@@ -492,6 +492,8 @@ pub struct EvidenceReport {
     pub root_hex: String,
     /// The verified manifest.
     pub manifest: Manifest,
+    /// SHA-256 of the manifest's bytes as signed (the device log's session head names it).
+    pub manifest_sha256: [u8; 32],
     /// Every chunk's record, in log order (index i at position i): each one proven
     /// included in the final checkpoint. [`crate::media`] checks an export against their
     /// plaintext digests.
@@ -694,7 +696,8 @@ pub(crate) fn verify_head(
         },
     };
     let origin = note::session_origin(&manifest.device_id, &manifest.session_id);
-    Ok(Head { verifier, manifest, origin, init_blake3, root })
+    let manifest_sha256 = ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().try_into().expect("32 bytes");
+    Ok(Head { verifier, manifest, origin, init_blake3, root, manifest_sha256 })
 }
 
 /// Parses `device.vkey` (text ending in one newline) and checks it against the pin.
@@ -714,6 +717,9 @@ pub(crate) struct Head {
     pub(crate) origin: String,
     pub(crate) init_blake3: Option<[u8; 32]>,
     pub(crate) root: [u8; 32],
+    /// SHA-256 of the manifest's bytes as signed: what the device log's session head
+    /// names ([`crate::devlog::check_latest`]).
+    pub(crate) manifest_sha256: [u8; 32],
 }
 
 /// Verification state between entries.
@@ -959,6 +965,7 @@ impl Verification {
             chunk_count: self.records.len() as u64,
             checkpoints_checked: self.checkpoints.len(),
             root_hex: hex::encode(&head.root),
+            manifest_sha256: head.manifest_sha256,
             manifest: head.manifest,
             records: self.records,
         })

@@ -35,6 +35,11 @@ enum Cmd {
         /// clip (GET /api/v1/sessions/{id}/clip.mp4 of the same range).
         #[arg(long, value_name = "EXPORT.mp4")]
         media: Option<PathBuf>,
+        /// Also prove, with the device's evidence (GET /api/v1/device/evidence) taken after
+        /// the session's, that this manifest is the session's latest and that the session
+        /// was not deleted.
+        #[arg(long, value_name = "DEVICE.tar")]
+        device_evidence: Option<PathBuf>,
     },
     /// Verify a device's evidence (GET /api/v1/device/evidence) offline and list every
     /// session the device ever created, with its latest head and any deletion. Fails on a
@@ -377,7 +382,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Verify { evidence, vkey, device_id, media } => {
+        Cmd::Verify { evidence, vkey, device_id, media, device_evidence } => {
             let pin = match lucidd::verify::pin(vkey.as_deref(), device_id.as_deref()) {
                 Ok(p) => p,
                 Err(e) => {
@@ -408,6 +413,18 @@ fn main() -> ExitCode {
             println!("checkpoints  {} (signatures, roots and consistency checked)", r.checkpoints_checked);
             println!("root         {}", r.root_hex);
             println!("cipher       {}{}", m.cipher, if m.recovered { ", closed by crash recovery" } else { "" });
+            if let Some(device) = device_evidence {
+                match lucidd::verify::verify_standing(&r, &device) {
+                    Ok(st) => println!(
+                        "latest       generation {}, the device log's last word on this session (head at event {} of {}; not deleted)",
+                        st.head.generation, st.head.index, st.device_log_size
+                    ),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             let Some(media) = media else {
                 println!("OK: evidence verified");
                 return ExitCode::SUCCESS;

@@ -59,6 +59,16 @@ pub fn signer_line_of(pin: &Pin, device_id: &str, device_vkey: &str) -> String {
     }
 }
 
+/// Checks verified session evidence against the device evidence at `path` (verified first,
+/// against the session evidence's own key): the manifest is the session's latest head and
+/// no deletion follows it.
+pub fn verify_standing(evidence: &EvidenceReport, path: &Path) -> anyhow::Result<lucid_core::devlog::Standing> {
+    let pin = Pin::vkey(&evidence.device_vkey).map_err(|e| anyhow::anyhow!("the evidence's key: {e}"))?;
+    let log = verify_device_file(path, &pin)?;
+    lucid_core::devlog::check_latest(evidence, &log)
+        .map_err(|e| anyhow::anyhow!("{}: verification FAILED: {e}", path.display()))
+}
+
 /// Verifies the device-evidence tar at `path` against `pin`.
 pub fn verify_device_file(path: &Path, pin: &Pin) -> anyhow::Result<DeviceLogReport> {
     let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

@@ -111,3 +111,72 @@ fn device_log_lists_every_session_and_catches_tampering() {
     assert_eq!(code, 1);
     assert!(err.contains("fork: two checkpoints of size 2"), "{err}");
 }
+
+/// Runs `lucidd verify EVIDENCE --device-evidence DEVICE`; (exit code, stdout, stderr).
+fn verify_standing(evidence: &[u8], device: &[u8]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, dv) = (dir.path().join("evidence.tar"), dir.path().join("device.tar"));
+    std::fs::write(&e, evidence).unwrap();
+    std::fs::write(&dv, device).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lucidd"))
+        .arg("verify")
+        .arg(&e)
+        .arg("--device-evidence")
+        .arg(&dv)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// Two attacks one session bundle cannot stop (issue 10), stopped with the device's
+/// evidence: an older manifest passed off as final after the session was recorded again,
+/// and a session deleted without a trace. Each earlier bundle still verifies on its own —
+/// it is genuine — which is exactly why a later device log must be checked too.
+#[test]
+fn an_older_manifest_or_a_deleted_session_fails_against_the_device_log() {
+    let d = Daemon::start();
+    let c = d.client();
+    let anon = d.anon();
+    let sid = create(&d, &c, "recorded twice");
+    let evidence = || anon.get(&d.url("gateway", &format!("/api/v1/sessions/{sid}/evidence"))).body;
+    let device = || anon.get(&d.url("gateway", "/api/v1/device/evidence")).body;
+    let mut bundles = Vec::new();
+    for round in 1..=2u64 {
+        assert_eq!(c.post(&d.url("gateway", &format!("/api/v1/sessions/{sid}/start"))).status, 200);
+        wait_chunks(&d, &c, &sid, 2 * round);
+        assert_eq!(c.post(&d.url("gateway", &format!("/api/v1/sessions/{sid}/stop"))).status, 200);
+        bundles.push((evidence(), device()));
+    }
+    let (first, first_device) = &bundles[0];
+    let (second, second_device) = &bundles[1];
+    // The first manifest, checked with the device log of its own time: the latest then.
+    let (code, out, err) = verify_standing(first, first_device);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("latest       generation 1"), "{out}");
+    // Alone it still verifies (it is genuine) ...
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("first.tar"), first).unwrap();
+    let (ok, out) = crate::gateway::lucidd_verify(&tmp.path().join("first.tar"));
+    assert!(ok, "{out}");
+    // ... but against a later device log it is not the final word.
+    let (code, _, err) = verify_standing(first, second_device);
+    assert_eq!(code, 1);
+    assert!(err.contains("generation 1") && err.contains("latest head is generation 2"), "{err}");
+    let (code, out, err) = verify_standing(second, second_device);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("latest       generation 2"), "{out}");
+
+    // Deleted: the last manifest was final, and the session is gone.
+    assert_eq!(c.delete(&d.url("gateway", &format!("/api/v1/sessions/{sid}"))).status, 200);
+    let (code, _, err) = verify_standing(second, &device());
+    assert_eq!(code, 1);
+    assert!(err.contains("DELETED") && err.contains("by api"), "{err}");
+
+    // A device log signed by another key proves nothing about this device's session.
+    let other = Daemon::start();
+    let (code, _, err) =
+        verify_standing(second, &other.anon().get(&other.url("gateway", "/api/v1/device/evidence")).body);
+    assert_eq!(code, 1);
+    assert!(err.contains("signer is not the pinned device"), "{err}");
+}
