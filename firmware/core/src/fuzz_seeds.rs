@@ -122,4 +122,67 @@ fn write_fuzz_seeds() {
     }
     seed.extend(pieces.concat());
     write("media", "export-3-fragments", &seed);
+
+    // The clip-evidence target: chunks 1..=2 of the camera session, with their proofs
+    // against its final checkpoint.
+    let leaves: Vec<crate::merkle::Hash> = camera.records.iter().map(crate::ChunkRecord::leaf_hash).collect();
+    let n = leaves.len() as u64;
+    let final_note = camera.notes.last().unwrap();
+    let mut w =
+        crate::clip::ClipEvidenceWriter::new(Vec::new(), &camera.signer.vkey(), &camera.signed_manifest(), final_note)
+            .unwrap();
+    for r in &camera.records[1..=2] {
+        w.record(r).unwrap();
+    }
+    for i in 1..=2 {
+        w.proof(i, &crate::merkle::inclusion_proof(&leaves, i, n).unwrap()).unwrap();
+    }
+    write("clip_evidence", "camera-chunks-1-2.tar", &w.finish().unwrap());
+
+    // The device-evidence target: two sessions created, a head, a deletion, a checkpoint
+    // after every event, signed with the fuzz key.
+    use crate::devlog::{DeletedBy, DeviceEvidenceWriter, Event, EventKind, device_origin, event_leaf};
+    use crate::manifest::SessionKind;
+    let key = Signer::from_pkcs8("lucid-fuzz", &pkcs8).unwrap();
+    let at = |i: i64| 1_700_000_000_000_000 + i * 1_000_000;
+    let events = [
+        Event {
+            at_us: at(0),
+            kind: EventKind::SessionCreated { session_id: "cam-1".into(), kind: SessionKind::Camera },
+        },
+        Event {
+            at_us: at(1),
+            kind: EventKind::SessionCreated { session_id: "data-1".into(), kind: SessionKind::Data },
+        },
+        Event {
+            at_us: at(2),
+            kind: EventKind::SessionHead {
+                session_id: "cam-1".into(),
+                generation: 1,
+                tree_size: 3,
+                root: [0x11; 32],
+                manifest_digest: [0x22; 32],
+            },
+        },
+        Event {
+            at_us: at(3),
+            kind: EventKind::SessionDeleted { session_id: "data-1".into(), by: DeletedBy::Api, reason: "fuzz".into() },
+        },
+    ];
+    let encoded: Vec<Vec<u8>> = events.iter().map(|e| e.encode().unwrap()).collect();
+    let dleaves: Vec<crate::merkle::Hash> = encoded.iter().map(|e| event_leaf(e)).collect();
+    let origin = device_origin(&key.verifier().device_id());
+    let mut w = DeviceEvidenceWriter::new(Vec::new(), &key.vkey()).unwrap();
+    for e in &encoded {
+        w.event(e).unwrap();
+    }
+    for size in 1..=dleaves.len() {
+        let cp = crate::note::Checkpoint {
+            origin: origin.clone(),
+            size: size as u64,
+            root: crate::merkle::root(&dleaves[..size]),
+        };
+        w.checkpoint(&crate::note::sign_checkpoint(&cp, &key).unwrap()).unwrap();
+    }
+    write("device_evidence", "four-events.tar", &w.finish().unwrap());
 }
