@@ -14,8 +14,8 @@ use std::io::{Read, Write};
 
 use crate::chunk::ChunkRecord;
 use crate::evidence::{
-    EntryVisitor, EvidenceError, Head, MAX_LOG_SIZE, MAX_RECORD, Pin, VerifyError, parse_vkey, tar_header, verify_head,
-    walk_archive,
+    EntryVisitor, EvidenceError, Head, Layout, LayoutWriter, MAX_LOG_SIZE, MAX_RECORD, Pin, VerifyError, parse_vkey,
+    verify_head, walk_archive,
 };
 use crate::hex;
 use crate::manifest::{self, Manifest, SignedManifest};
@@ -114,13 +114,21 @@ fn parse_path(path: &str) -> Option<(Section, u64)> {
 /// every record, then every proof. Entries are reproducible (mode 0644, uid/gid 0,
 /// mtime 0), so the same clip always yields the same bytes.
 pub struct ClipEvidenceWriter<W: Write> {
-    tar: tar::Builder<W>,
-    last: Option<(Section, u64)>,
+    w: LayoutWriter<W, Section>,
 }
 
 impl<W: Write> std::fmt::Debug for ClipEvidenceWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClipEvidenceWriter").field("last", &self.last).finish_non_exhaustive()
+        f.debug_struct("ClipEvidenceWriter").field("last", &self.w.last).finish_non_exhaustive()
+    }
+}
+
+impl Layout for Section {
+    fn layout_path(self, n: u64) -> String {
+        entry_path(self, n)
+    }
+    fn layout_max(self) -> u64 {
+        self.max_size()
     }
 }
 
@@ -128,7 +136,7 @@ impl<W: Write> ClipEvidenceWriter<W> {
     /// Writes VERSION, device.vkey, the manifest, its signature and the final checkpoint
     /// (the manifest's `final_checkpoint` note).
     pub fn new(out: W, device_vkey: &str, manifest: &SignedManifest, final_note: &str) -> Result<Self, EvidenceError> {
-        let mut w = ClipEvidenceWriter { tar: tar::Builder::new(out), last: None };
+        let mut w = ClipEvidenceWriter { w: LayoutWriter::new(out) };
         w.append(Section::Version, 0, CLIP_VERSION.as_bytes())?;
         w.append(Section::Vkey, 0, format!("{device_vkey}\n").as_bytes())?;
         w.append(Section::Manifest, 0, &manifest.bytes)?;
@@ -150,21 +158,11 @@ impl<W: Write> ClipEvidenceWriter<W> {
 
     /// Writes the end-of-archive marker and returns the writer.
     pub fn finish(self) -> Result<W, EvidenceError> {
-        Ok(self.tar.into_inner()?)
+        self.w.finish()
     }
 
     fn append(&mut self, section: Section, n: u64, data: &[u8]) -> Result<(), EvidenceError> {
-        let path = entry_path(section, n);
-        if self.last.is_some_and(|last| (section, n) <= last) {
-            return Err(EvidenceError::OutOfOrder { path });
-        }
-        let (size, max) = (data.len() as u64, section.max_size());
-        if size > max {
-            return Err(EvidenceError::TooLarge { path, size, max });
-        }
-        self.tar.append(&tar_header(&path, size)?, data)?;
-        self.last = Some((section, n));
-        Ok(())
+        self.w.append(section, n, data)
     }
 }
 

@@ -160,20 +160,68 @@ pub enum EvidenceError {
 /// length needs memory for one chunk at a time. Every entry is a regular file with mode
 /// 0644, uid/gid 0 and mtime 0, so the same session always yields the same bytes.
 pub struct EvidenceWriter<W: Write> {
-    tar: tar::Builder<W>,
-    last: Option<(Section, u64)>,
+    w: LayoutWriter<W, Section>,
 }
 
 impl<W: Write> std::fmt::Debug for EvidenceWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EvidenceWriter").field("last", &self.last).finish_non_exhaustive()
+        f.debug_struct("EvidenceWriter").field("last", &self.w.last).finish_non_exhaustive()
+    }
+}
+
+/// An archive layout (session evidence, clip evidence): its sections in the order they
+/// must appear, each with its entry path and its size limit.
+pub(crate) trait Layout: Copy + Ord {
+    fn layout_path(self, n: u64) -> String;
+    fn layout_max(self) -> u64;
+}
+
+impl Layout for Section {
+    fn layout_path(self, n: u64) -> String {
+        entry_path(self, n)
+    }
+    fn layout_max(self) -> u64 {
+        self.max_size()
+    }
+}
+
+/// The tar writer behind every evidence layout: entries strictly in layout order, each
+/// within its section's limit, with reproducible headers. The verifiers refuse anything
+/// else, so the writers refuse to produce it.
+pub(crate) struct LayoutWriter<W: Write, S> {
+    tar: tar::Builder<W>,
+    pub(crate) last: Option<(S, u64)>,
+}
+
+impl<W: Write, S: Layout> LayoutWriter<W, S> {
+    pub(crate) fn new(out: W) -> Self {
+        LayoutWriter { tar: tar::Builder::new(out), last: None }
+    }
+
+    pub(crate) fn append(&mut self, section: S, n: u64, data: &[u8]) -> Result<(), EvidenceError> {
+        let path = section.layout_path(n);
+        if self.last.is_some_and(|last| (section, n) <= last) {
+            return Err(EvidenceError::OutOfOrder { path });
+        }
+        let (size, max) = (data.len() as u64, section.layout_max());
+        if size > max {
+            return Err(EvidenceError::TooLarge { path, size, max });
+        }
+        self.tar.append(&tar_header(&path, size)?, data)?;
+        self.last = Some((section, n));
+        Ok(())
+    }
+
+    /// Writes the end-of-archive marker and returns the writer.
+    pub(crate) fn finish(self) -> Result<W, EvidenceError> {
+        Ok(self.tar.into_inner()?)
     }
 }
 
 impl<W: Write> EvidenceWriter<W> {
     /// Starts a bundle and writes VERSION, device.vkey, manifest.json and its signature.
     pub fn new(out: W, device_vkey: &str, manifest: &SignedManifest) -> Result<Self, EvidenceError> {
-        let mut w = EvidenceWriter { tar: tar::Builder::new(out), last: None };
+        let mut w = EvidenceWriter { w: LayoutWriter::new(out) };
         w.append(Section::Version, 0, EVIDENCE_VERSION.as_bytes())?;
         w.append(Section::Vkey, 0, format!("{device_vkey}\n").as_bytes())?;
         w.append(Section::Manifest, 0, &manifest.bytes)?;
@@ -208,21 +256,11 @@ impl<W: Write> EvidenceWriter<W> {
 
     /// Writes the end-of-archive marker and returns the writer.
     pub fn finish(self) -> Result<W, EvidenceError> {
-        Ok(self.tar.into_inner()?)
+        self.w.finish()
     }
 
     fn append(&mut self, section: Section, n: u64, data: &[u8]) -> Result<(), EvidenceError> {
-        let path = entry_path(section, n);
-        if self.last.is_some_and(|last| (section, n) <= last) {
-            return Err(EvidenceError::OutOfOrder { path });
-        }
-        let (size, max) = (data.len() as u64, section.max_size());
-        if size > max {
-            return Err(EvidenceError::TooLarge { path, size, max });
-        }
-        self.tar.append(&tar_header(&path, size)?, data)?;
-        self.last = Some((section, n));
-        Ok(())
+        self.w.append(section, n, data)
     }
 }
 
