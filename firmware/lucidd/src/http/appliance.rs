@@ -416,8 +416,28 @@ fn playlist(e: &Engine, sid: &str, q: &str) -> Result<String, EngineError> {
 }
 
 async fn export(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    // Check what can fail before the headers go out.
-    let (sid, e2) = (id.clone(), e.clone());
+    let (video, count) = session_video(&e, &id).await?;
+    let body = video_body(e, id.clone(), video.init, 0..count)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, video.mime.to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.{}\"", video.ext)),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// What export and clips stream before any fragment, checked before the headers go out.
+struct SessionVideo {
+    init: Vec<u8>,
+    mime: &'static str,
+    ext: &'static str,
+}
+
+/// The init segment and media type of a camera session, and its chunk count.
+async fn session_video(e: &AppState, id: &str) -> ApiResult<(SessionVideo, u64)> {
+    let (sid, e2) = (id.to_owned(), e.clone());
     let (init, count, codec) = blocking(move || {
         let row = camera_session(&e2, &sid)?;
         let init = e2
@@ -428,28 +448,29 @@ async fn export(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<
     .await?;
     // A FWHT session (the V4L2 test codec) is its raw elementary stream, not MP4.
     let (mime, ext) = if codec.as_deref() == Some("fwht") { ("video/x-fwht", "fwht") } else { ("video/mp4", "mp4") };
-    let sid = id.clone();
-    let body = stream_body(move |w| {
+    Ok((SessionVideo { init, mime, ext }, count))
+}
+
+/// Streams `init` then the plaintext of the chunks `indices`, each fragment sent as the
+/// buffer it was decrypted in. A redacted chunk leaves a gap, as in the playlist.
+fn video_body(
+    e: AppState,
+    sid: String,
+    init: Vec<u8>,
+    indices: impl Iterator<Item = u64> + Send + 'static,
+) -> ApiResult<Body> {
+    stream_body(move |w| {
         let reader = e.reader(&sid)?;
         w.write_all(&init).map_err(|x| EngineError::Internal(x.to_string()))?;
-        for i in 0..count {
+        for i in indices {
             match reader.plaintext_bytes(i) {
                 Ok(frag) => w.send(frag).map_err(|x| EngineError::Internal(x.to_string()))?,
-                // A redacted chunk leaves a gap in the export, as in the playlist.
                 Err(EngineError::NotFound { .. }) => continue,
                 Err(x) => return Err(x),
             }
         }
         Ok(())
-    })?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, mime.to_owned()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.{ext}\"")),
-        ],
-        body,
-    )
-        .into_response())
+    })
 }
 
 async fn evidence(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -505,32 +526,14 @@ async fn clip_mp4(
     LQuery(q): LQuery<ClipQuery>,
 ) -> ApiResult<Response> {
     let range = clip_range(&e, &id, q).await?;
-    let (sid, e2) = (id.clone(), e.clone());
-    let (init, codec) = blocking(move || {
-        let row = camera_session(&e2, &sid)?;
-        let init = e2
-            .init_segment(&sid)?
-            .ok_or_else(|| EngineError::NotFound { what: "video of session", id: sid.clone() })?;
-        Ok((init, row.codec))
-    })
-    .await?;
-    let (mime, ext) = if codec.as_deref() == Some("fwht") { ("video/x-fwht", "fwht") } else { ("video/mp4", "mp4") };
-    let sid = id.clone();
-    let body = stream_body(move |w| {
-        let reader = e.reader(&sid)?;
-        w.write_all(&init).map_err(|x| EngineError::Internal(x.to_string()))?;
-        for i in range.first..=range.last {
-            match reader.plaintext(i) {
-                Ok(frag) => w.send(Bytes::from(frag)).map_err(|x| EngineError::Internal(x.to_string()))?,
-                // A redacted chunk leaves a gap, as in the export.
-                Err(EngineError::NotFound { .. }) => continue,
-                Err(x) => return Err(x),
-            }
-        }
-        Ok(())
-    })?;
-    let name = format!("attachment; filename=\"{id}-{}-{}.{ext}\"", range.first, range.last);
-    Ok(([(header::CONTENT_TYPE, mime.to_owned()), (header::CONTENT_DISPOSITION, name)], clip_headers(range), body)
+    let (video, _) = session_video(&e, &id).await?;
+    let body = video_body(e, id.clone(), video.init, range.first..=range.last)?;
+    let name = format!("attachment; filename=\"{id}-{}-{}.{}\"", range.first, range.last, video.ext);
+    Ok((
+        [(header::CONTENT_TYPE, video.mime.to_owned()), (header::CONTENT_DISPOSITION, name)],
+        clip_headers(range),
+        body,
+    )
         .into_response())
 }
 
