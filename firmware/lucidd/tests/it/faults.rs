@@ -338,6 +338,18 @@ impl PowerCutDisk {
     }
 }
 
+/// Puts what a power cut left (`PowerCutDisk::after_power_cut`) where the daemon looks:
+/// the redb image at the store's path, each log in `vlog/`. Returns that directory.
+fn write_files(cfg: &lucidd::config::Config, image: &[u8], logs: &[(String, Vec<u8>)]) -> std::path::PathBuf {
+    std::fs::write(cfg.store_path(), image).unwrap();
+    let vdir = cfg.data_dir.join("vlog");
+    std::fs::create_dir_all(&vdir).unwrap();
+    for (name, bytes) in logs {
+        std::fs::write(vdir.join(name), bytes).unwrap();
+    }
+    vdir
+}
+
 #[test]
 fn power_cut_mid_commit_keeps_every_acknowledged_chunk() {
     for round in 0..8u64 {
@@ -375,12 +387,7 @@ fn power_cut_mid_commit_keeps_every_acknowledged_chunk() {
         drop(engine);
 
         // Boot again on the torn files.
-        std::fs::write(cfg.store_path(), &image).unwrap();
-        let vdir = cfg.data_dir.join("vlog");
-        std::fs::create_dir_all(&vdir).unwrap();
-        for (name, bytes) in &logs {
-            std::fs::write(vdir.join(name), bytes).unwrap();
-        }
+        write_files(&cfg, &image, &logs);
         let engine = Engine::open(cfg).expect("store opens after a power cut");
         let row = engine.get(&sid).unwrap();
         assert!(
@@ -435,12 +442,7 @@ fn a_torn_value_log_tail_is_cut_and_the_log_goes_on() {
         disk.after_power_cut(3)
     };
     drop(engine);
-    std::fs::write(cfg.store_path(), &image).unwrap();
-    let vdir = cfg.data_dir.join("vlog");
-    std::fs::create_dir_all(&vdir).unwrap();
-    for (n, bytes) in &logs {
-        std::fs::write(vdir.join(n), bytes).unwrap();
-    }
+    let vdir = write_files(&cfg, &image, &logs);
     assert_eq!(std::fs::metadata(vdir.join(&name)).unwrap().len(), good + head.len() as u64);
 
     let engine = Engine::open(cfg.clone()).unwrap();
@@ -710,12 +712,7 @@ fn power_cut_loses_no_device_log_event_and_forks_nothing() {
         writer.join().unwrap();
         drop(engine);
 
-        std::fs::write(cfg.store_path(), &image).unwrap();
-        let vdir = cfg.data_dir.join("vlog");
-        std::fs::create_dir_all(&vdir).unwrap();
-        for (name, bytes) in &logs {
-            std::fs::write(vdir.join(name), bytes).unwrap();
-        }
+        write_files(&cfg, &image, &logs);
         let engine = Engine::open(cfg).expect("store opens after a power cut");
         let (size, note) = engine.device_checkpoint().unwrap().expect("a device checkpoint");
         let after = verifier.verify_checkpoint(&note).unwrap();
