@@ -401,19 +401,15 @@ impl Store {
     }
 
     pub fn put_session<T: Serialize>(&self, id: &str, row: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(row).map_err(|e| StoreError::Corrupt { key: id.into(), msg: e.to_string() })?;
-        let g = self.handle()?;
-        let db = live(&g)?;
-        let txn = db!(self, "begin_write", db.begin_write())?;
-        {
-            let mut t = db!(self, "open sessions", txn.open_table(SESSIONS))?;
-            db!(self, "insert session", t.insert(id, bytes.as_slice()))?;
-        }
-        self.commit_durable(txn)
+        self.write_session(id, row, None)
     }
 
     /// Stores a new session row and, in the same transaction, its device-log event.
     pub fn create_session<T: Serialize>(&self, id: &str, row: &T, dev: &DeviceAppend<'_>) -> Result<(), StoreError> {
+        self.write_session(id, row, Some(dev))
+    }
+
+    fn write_session<T: Serialize>(&self, id: &str, row: &T, dev: Option<&DeviceAppend<'_>>) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(row).map_err(|e| StoreError::Corrupt { key: id.into(), msg: e.to_string() })?;
         let g = self.handle()?;
         let db = live(&g)?;
@@ -422,7 +418,9 @@ impl Store {
             let mut t = db!(self, "open sessions", txn.open_table(SESSIONS))?;
             db!(self, "insert session", t.insert(id, bytes.as_slice()))?;
         }
-        self.write_device(&txn, dev)?;
+        if let Some(dev) = dev {
+            self.write_device(&txn, dev)?;
+        }
         self.commit_durable(txn)
     }
 
