@@ -138,6 +138,9 @@ pub struct SelfCheckReport {
 #[derive(Debug)]
 struct State {
     phase: Phase,
+    /// Installs begun since start: lets a client tell the install it started from an
+    /// earlier one that ended the same way.
+    attempts: u64,
     reason: Option<String>,
     progress: Progress,
     installed: Option<Installed>,
@@ -185,6 +188,7 @@ impl Updater {
             data_dir: data_dir.to_owned(),
             state: Mutex::new(State {
                 phase: Phase::Idle,
+                attempts: 0,
                 reason: None,
                 progress: Progress::default(),
                 installed: None,
@@ -230,6 +234,7 @@ impl Updater {
             return false;
         }
         s.phase = Phase::Receiving;
+        s.attempts += 1;
         s.reason = None;
         s.progress = Progress::default();
         s.installed = None;
@@ -289,6 +294,7 @@ impl Updater {
         let s = lock(&self.state);
         let mut v = json!({
             "state": s.phase,
+            "attempt": s.attempts,
             "progress": s.progress,
             "current": current.as_ref().ok(),
             "trial_boot": trial.as_ref().ok(),

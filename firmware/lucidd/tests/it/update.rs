@@ -573,13 +573,15 @@ fn post_and_hang_up(d: &Daemon, bundle: &[u8], send: usize) {
     drop(s);
 }
 
-/// Polls until the install is no longer receiving or verifying.
-fn settled(d: &Daemon) -> Value {
+/// Polls until install number `attempt` has begun and is no longer receiving or
+/// verifying. (The attempt number keeps a poll that lands before the daemon has read the
+/// request from taking the previous install's end for this one's.)
+fn settled(d: &Daemon, attempt: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let s = status(d);
         let state = s["state"].as_str().unwrap_or_default().to_owned();
-        if !matches!(state.as_str(), "receiving" | "verifying") {
+        if s["attempt"].as_u64() >= Some(attempt) && !matches!(state.as_str(), "receiving" | "verifying") {
             return s;
         }
         assert!(Instant::now() < deadline, "install stuck busy after the client left: {s}");
@@ -594,13 +596,14 @@ fn settled(d: &Daemon) -> Value {
 fn an_install_whose_client_hangs_up_still_ends() {
     let (d, rig) = start("a", ENV_A);
     let bundle = good_bundle(&rig);
+    assert_eq!(status(&d)["attempt"], 0);
     post_and_hang_up(&d, &bundle, bundle.len() / 2);
-    let s = settled(&d);
+    let s = settled(&d, 1);
     assert_eq!(s["state"], "failed", "{s}");
     assert!(!rig.env().contains("lucid_try=b"), "a half-sent bundle was armed: {}", rig.env());
 
     post_and_hang_up(&d, &bundle, bundle.len());
-    let s = settled(&d);
+    let s = settled(&d, 2);
     assert!(matches!(s["state"].as_str(), Some("installed" | "failed")), "{s}");
     if s["state"] != "failed" {
         assert_eq!(rig.env(), "lucid_active=a\nlucid_try=b\n");
