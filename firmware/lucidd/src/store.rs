@@ -387,6 +387,26 @@ impl Store {
 
     /// Stores a device setting durably (one committed transaction).
     pub fn put_setting<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.write_setting(key, value, None)
+    }
+
+    /// Stores a device setting and, in the same transaction, the device-log event that
+    /// records it: a crash keeps both or neither.
+    pub fn put_setting_with_event<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        dev: &DeviceAppend<'_>,
+    ) -> Result<(), StoreError> {
+        self.write_setting(key, value, Some(dev))
+    }
+
+    fn write_setting<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        dev: Option<&DeviceAppend<'_>>,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value)
             .map_err(|e| StoreError::Corrupt { key: format!("meta/{key}"), msg: e.to_string() })?;
         let g = self.handle()?;
@@ -396,8 +416,10 @@ impl Store {
             let mut meta = db!(self, "open meta", txn.open_table(META))?;
             db!(self, "write setting", meta.insert(key, &bytes[..]))?;
         }
-        self.commit_durable(txn)?;
-        Ok(())
+        if let Some(dev) = dev {
+            self.write_device(&txn, dev)?;
+        }
+        self.commit_durable(txn)
     }
 
     pub fn put_session<T: Serialize>(&self, id: &str, row: &T) -> Result<(), StoreError> {

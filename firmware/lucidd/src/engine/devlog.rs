@@ -38,6 +38,9 @@ fn now_us() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
+/// Meta-table key of the (version, build) last recorded as `FirmwareCommitted`.
+const FIRMWARE_EVENT: &str = "devlog_firmware";
+
 pub(crate) fn kind_of(k: Kind) -> lucid_core::SessionKind {
     match k {
         Kind::Camera => lucid_core::SessionKind::Camera,
@@ -125,6 +128,24 @@ impl Engine {
             },
             |p, ()| Ok(self.store.delete_session(sid, Some(&p.append()))?),
         )
+    }
+
+    /// Records the firmware this device runs as committed (a `FirmwareCommitted` event),
+    /// once per version and build: called at every start on a committed slot and right
+    /// after a trial's commit, so an event lost to a crash between the commit and its
+    /// append is written at the next start. Returns whether an event was appended.
+    pub fn note_committed_firmware(&self, version: &str, build: u64) -> Result<bool> {
+        let seen = (version.to_owned(), build);
+        if self.store.get_setting::<(String, u64)>(FIRMWARE_EVENT)?.as_ref() == Some(&seen) {
+            return Ok(false);
+        }
+        let kind = EventKind::FirmwareCommitted { version: version.to_owned(), build: build.to_string() };
+        self.device_append(
+            |_| Ok((kind, ())),
+            |p, ()| Ok(self.store.put_setting_with_event(FIRMWARE_EVENT, &seen, &p.append())?),
+        )?;
+        tracing::info!(version, build, "device log: firmware committed");
+        Ok(true)
     }
 
     /// A store older than the device log: records every existing session as created (in

@@ -42,6 +42,17 @@ pub fn service_addrs(cfg: &Config) -> Vec<(String, SocketAddr)> {
     .collect()
 }
 
+/// Records the running, committed firmware in the device log. A failure is logged, not
+/// fatal: the next start retries, and the slot is committed either way.
+async fn note_firmware(engine: &Arc<Engine>, current: &super::Release) {
+    let (e, version, build) = (engine.clone(), current.version.clone(), current.build);
+    match tokio::task::spawn_blocking(move || e.note_committed_firmware(&version, build)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the committed firmware in the device log"),
+        Err(e) => tracing::warn!(error = %e, "cannot record the committed firmware in the device log"),
+    }
+}
+
 /// Runs the self-check if this boot is a trial, commits the running slot when it
 /// passes, and records the report. `Ok(None)`: updates are not configured or this is
 /// not a trial boot (nothing to check).
@@ -56,6 +67,7 @@ pub async fn at_startup(
     let (current, bc) = (u.current()?, u.boot_control()?);
     if !bc.is_trial(current.slot)? {
         tracing::info!(slot = %current.slot, build = current.build, "running the committed slot");
+        note_firmware(engine, &current).await;
         return Ok(None);
     }
     tracing::info!(slot = %current.slot, build = current.build, "trial boot: running the self-check");
@@ -93,6 +105,7 @@ pub async fn at_startup(
     }
     if committed {
         tracing::info!(slot = %current.slot, build = current.build, "self-check passed; slot committed");
+        note_firmware(engine, &current).await;
     } else {
         tracing::error!(slot = %current.slot, "self-check failed; the slot stays uncommitted and the next boot returns to the committed one");
     }

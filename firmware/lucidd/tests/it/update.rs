@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use lucid_core::{BundleManifest, BundleWriter, PayloadHasher, Signer};
 use lucidd::config::{BootControlKind, Config, SlotDevices, Slots};
 use lucidd::update::host;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::{Daemon, TOKEN, test_config};
 
@@ -385,8 +385,25 @@ fn trial_boot_self_check_commits_when_healthy() {
     assert_eq!(s["trial_boot"], false);
     assert_eq!(s["last_self_check"]["ok"], true);
     assert_eq!(s["last_self_check"]["slot"], "b");
-    // A committed slot is not checked again.
+    // The device log says which firmware was committed, once: a committed slot is not
+    // checked again, and a later start on it appends nothing more.
+    assert_eq!(firmware_events(&d), [json!({"type": "firmware_committed", "version": "0.1.0", "build": "5"})]);
     assert!(self_check(&d, services(&d)).is_none());
+    assert_eq!(firmware_events(&d).len(), 1);
+}
+
+/// The device log's `FirmwareCommitted` events, decoded, without their times.
+fn firmware_events(d: &Daemon) -> Vec<Value> {
+    let entries = d.client().get(&d.url("gateway", "/api/v1/device/log/entries?start=0")).json();
+    let mut out = Vec::new();
+    for e in entries["entries"].as_array().unwrap() {
+        let mut ev = e["decoded"].clone();
+        if ev["type"] == "firmware_committed" {
+            ev.as_object_mut().unwrap().remove("at_us");
+            out.push(ev);
+        }
+    }
+    out
 }
 
 #[test]
