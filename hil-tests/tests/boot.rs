@@ -26,6 +26,17 @@ fn boots_to_healthy_services_and_records_a_verifiable_session() {
         assert_eq!(c.contains("watchdog armed"), arm, "watchdog armed: expected {arm}");
     }
 
+    // The name DHCP sent and mDNS announces: lucid-<4 hex of the device id>, set by the
+    // init before the network came up, and the one the daemon reports.
+    let (code, device) = http("GET", &dev.gateway("/api/v1/device"), None, None).unwrap();
+    assert_eq!(code, 200, "device: {}", String::from_utf8_lossy(&device));
+    let device = json(&device).unwrap();
+    let (id, name) = (device["device_id"].as_str().unwrap(), device["hostname"].as_str().unwrap());
+    assert_eq!(name, format!("lucid-{}", &id[6..10]), "{device}");
+    if let Some(q) = &dev.qemu {
+        assert!(q.console().contains(&format!("lucid-rcS: hostname {name}")), "the init did not set {name}");
+    }
+
     let (sid, stats) = record_session(&dev, "hil boot");
     verify_evidence(&dev, &sid, "boot");
 

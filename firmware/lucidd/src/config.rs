@@ -321,6 +321,22 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[network]`: how the device names itself on the LAN.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// One DNS label; empty (the default) for `lucid-<first 4 hex of the device id>`.
+    pub hostname: String,
+    /// Answer `<hostname>.local` and advertise `_http._tcp` and `_lucid._tcp` over mDNS.
+    pub mdns: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig { hostname: String::new(), mdns: true }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -350,6 +366,8 @@ pub struct Config {
     pub gpio: GpioConfig,
     /// Timeouts and connection limits of the five HTTP services.
     pub http: HttpConfig,
+    /// Host name and mDNS advertisement.
+    pub network: NetworkConfig,
 }
 
 impl Default for Config {
@@ -371,6 +389,7 @@ impl Default for Config {
             update: UpdateConfig::default(),
             gpio: GpioConfig::default(),
             http: HttpConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -451,6 +470,11 @@ impl Config {
         }
         if h.max_connections > 60_000 || h.max_streams > 256 {
             return bad("http.max_connections/max_streams", "at most 60000 connections and 256 streams");
+        }
+        if !self.network.hostname.is_empty()
+            && let Err(e) = crate::discovery::check_hostname(&self.network.hostname)
+        {
+            return bad("network.hostname", &e.to_string());
         }
         let g = &self.gpio;
         // BCM 0..=27 are the GPIOs on the 40-pin header of every supported Pi.

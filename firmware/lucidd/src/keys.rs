@@ -102,20 +102,29 @@ fn random_bytes<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], KeyError>
     Ok(b)
 }
 
-/// Loads the device keys from `<data_dir>/keys`, creating any that are missing.
-/// `configured_token` (config file or environment) wins over the stored token.
-pub fn load_or_create(data_dir: &Path, configured_token: Option<&str>) -> Result<DeviceKeys, KeyError> {
+/// The device's identity alone (its Ed25519 key, created if missing, and the device id
+/// derived from it), without touching the other secrets: what `lucidd hostname` needs at
+/// boot before the daemon starts, so the API token is still generated, and printed, by
+/// the daemon's first start.
+pub fn identity(data_dir: &Path) -> Result<(Signer, String), KeyError> {
+    identity_in(&keys_dir(data_dir)?, &SystemRandom::new())
+}
+
+fn keys_dir(data_dir: &Path) -> Result<PathBuf, KeyError> {
     let dir = data_dir.join("keys");
     fs::create_dir_all(&dir).map_err(io(&dir))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
-    let rng = SystemRandom::new();
+    Ok(dir)
+}
 
+fn identity_in(dir: &Path, rng: &SystemRandom) -> Result<(Signer, String), KeyError> {
     let id_path = dir.join("device.pk8");
+
     let pkcs8 = match read_file(&id_path)? {
         Some(b) => b,
         None => {
-            let b = Signer::generate_pkcs8(&rng)
-                .map_err(|e| KeyError::Bad { path: id_path.clone(), msg: e.to_string() })?;
+            let b =
+                Signer::generate_pkcs8(rng).map_err(|e| KeyError::Bad { path: id_path.clone(), msg: e.to_string() })?;
             write_secret(&id_path, &b)?;
             b
         }
@@ -126,6 +135,15 @@ pub fn load_or_create(data_dir: &Path, configured_token: Option<&str>) -> Result
     let device_id = lucid_core::note::device_id_from_public_key(&probe.public_key());
     let signer = Signer::from_pkcs8(&device_id, &pkcs8)
         .map_err(|e| KeyError::Bad { path: id_path.clone(), msg: e.to_string() })?;
+    Ok((signer, device_id))
+}
+
+/// Loads the device keys from `<data_dir>/keys`, creating any that are missing.
+/// `configured_token` (config file or environment) wins over the stored token.
+pub fn load_or_create(data_dir: &Path, configured_token: Option<&str>) -> Result<DeviceKeys, KeyError> {
+    let dir = keys_dir(data_dir)?;
+    let rng = SystemRandom::new();
+    let (signer, device_id) = identity_in(&dir, &rng)?;
 
     let kek_bytes = load_or_create_key32(&dir.join("kek"), &rng)?;
     let url_key = load_or_create_key32(&dir.join("url-key"), &rng)?;

@@ -5,9 +5,10 @@
 //! user), `engine` (sessions, the chunk path, the camera recorder), `metrics` (counters),
 //! `http` (the five services), `update` (signed A/B OTA updates and the trial-boot
 //! self-check), `verify` (the offline evidence check), `gpio` (record LED and button on a
-//! Pi). `main.rs` is a thin CLI over these.
+//! Pi), `discovery` (host name and mDNS advertisement). `main.rs` is a thin CLI over these.
 
 pub mod config;
+pub mod discovery;
 pub mod engine;
 pub mod gpio;
 pub mod http;
@@ -37,6 +38,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     cfg.validate()?;
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await??;
     let gpio = gpio::spawn(&engine.cfg.gpio, engine.clone());
+    let advertiser = advertise(&engine).await;
     let ticker = {
         let e = engine.clone();
         tokio::spawn(async move {
@@ -81,6 +83,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     ticker.abort();
     check.abort();
     gpio.stop();
+    if let Some(a) = advertiser {
+        let _ = tokio::task::spawn_blocking(move || a.stop()).await;
+    }
     let e: Arc<Engine> = engine.clone();
     tokio::task::spawn_blocking(move || e.shutdown()).await?;
     let failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -92,4 +97,30 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         anyhow::bail!("update self-check failed: {why}");
     }
     served
+}
+
+/// Starts the mDNS advertisement when `[network] mdns` is on. A device without a
+/// multicast-capable interface still records and serves: the failure is logged and the
+/// device is reached by address.
+async fn advertise(engine: &Arc<Engine>) -> Option<discovery::Advertiser> {
+    if !engine.cfg.network.mdns {
+        return None;
+    }
+    let ad = discovery::Advert {
+        hostname: engine.hostname(),
+        device_id: engine.device_id.clone(),
+        version: http::VERSION.to_owned(),
+        port: engine.cfg.ports.gateway,
+    };
+    match tokio::task::spawn_blocking(move || discovery::Advertiser::start(&ad)).await {
+        Ok(Ok(a)) => Some(a),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "mDNS advertisement not started; the device is reachable by address only");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "mDNS advertisement not started");
+            None
+        }
+    }
 }

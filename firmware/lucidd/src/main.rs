@@ -18,6 +18,10 @@ struct Cli {
 enum Cmd {
     /// Run the appliance: record from the camera and serve the five Lucid services.
     Run(RunArgs),
+    /// Print the device's host name (`[network] hostname`, or `lucid-<4 hex of the device
+    /// id>`), creating the device key if this is the first boot: the image's init sets the
+    /// kernel's host name with it before DHCP, so DHCP and mDNS announce one name.
+    Hostname(RunArgs),
     /// Verify an evidence bundle offline (no device, no secrets needed).
     Verify {
         /// The evidence tar from GET /api/v1/sessions/{id}/evidence, or clip evidence from
@@ -477,6 +481,23 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Hostname(a) => {
+            let name = build_config(&a).and_then(|cfg| {
+                cfg.validate()?;
+                let (_, device_id) = lucidd::keys::identity(&cfg.data_dir)?;
+                Ok(lucidd::discovery::hostname(&cfg.network.hostname, &device_id)?)
+            });
+            match name {
+                Ok(n) => {
+                    println!("{n}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("lucidd hostname: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run(a) => {
             init_logging(a.journald);
             let cfg = match build_config(&a) {

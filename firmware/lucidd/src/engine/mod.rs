@@ -301,6 +301,13 @@ impl Engine {
         self.signer.vkey()
     }
 
+    /// The device's host name: `[network] hostname`, or `lucid-<4 hex of the device id>`.
+    pub fn hostname(&self) -> String {
+        // The configured name was validated with the config and the default is built
+        // from hex digits, so this only falls back on a device id of no hex at all.
+        crate::discovery::hostname(&self.cfg.network.hostname, &self.device_id).unwrap_or_else(|_| "lucid".to_owned())
+    }
+
     pub fn public_key(&self) -> [u8; 32] {
         self.signer.public_key()
     }

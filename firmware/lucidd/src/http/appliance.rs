@@ -79,6 +79,7 @@ async fn device(State(e): State<AppState>) -> axum::Json<Value> {
     let now = time::OffsetDateTime::now_utc();
     axum::Json(json!({
         "device_id": e.device_id,
+        "hostname": e.hostname(),
         "public_key": B64.encode(e.public_key()),
         "public_key_hex": hex(&e.public_key()),
         "verifier_key": e.verifier_key(),

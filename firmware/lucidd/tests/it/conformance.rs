@@ -34,15 +34,8 @@ const ST_TIMEOUT: Duration = Duration::from_secs(600);
 /// The `example` of every `{id}` in `openapi.json`.
 const EXAMPLE_SESSION: &str = "sess-0123abcd";
 
-/// Where `scripts/setup` installs the venv (the same rule as there).
 fn st_path() -> PathBuf {
-    let venv = std::env::var_os("LUCID_PY_VENV").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
-        cache.join("lucid/venv")
-    });
-    venv.join("bin/st")
+    crate::harness::py_venv().join("bin/st")
 }
 
 /// Lays out the fake device under `dev` and returns the config file naming it.

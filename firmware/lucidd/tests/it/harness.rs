@@ -32,6 +32,9 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c.video.fps = 15;
     c.video.bitrate_bps = 300_000;
     c.record.checkpoint_every_chunks = 3;
+    // Tests run many daemons at once on the host's network: none advertises itself
+    // (tests/it/discovery.rs does, inside a network namespace of its own).
+    c.network.mdns = false;
     c
 }
 
@@ -143,4 +146,16 @@ impl Client {
     pub fn post(&self, url: &str) -> Resp {
         self.send(self.http.post(url))
     }
+}
+
+/// Where `scripts/setup` installs the Python tools' venv (the same rule as there):
+/// `LUCID_PY_VENV`, else `$XDG_CACHE_HOME/lucid/venv`, else `~/.cache/lucid/venv`.
+pub fn py_venv() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    std::env::var_os("LUCID_PY_VENV").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
+        cache.join("lucid/venv")
+    })
 }

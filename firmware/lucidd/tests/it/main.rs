@@ -12,6 +12,7 @@ mod concurrency;
 mod conformance;
 mod crash;
 mod devlog;
+mod discovery;
 mod faults;
 mod gateway;
 mod inputs;
