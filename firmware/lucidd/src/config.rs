@@ -337,6 +337,35 @@ impl Default for NetworkConfig {
     }
 }
 
+/// `[time]`: where the clock comes from (see `clock`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeConfig {
+    /// NTP servers (`host` or `host:port`), asked after those DHCP handed out.
+    pub servers: Vec<String>,
+    /// One server per line, written by the image's DHCP client script; absent: none.
+    pub dhcp_servers_file: PathBuf,
+    /// Step the system clock (the device, which has no RTC and no other time daemon);
+    /// off on a host, where the clock belongs to the OS.
+    pub set_clock: bool,
+    /// Seconds between polls once synchronized.
+    pub poll_secs: u64,
+    /// Seconds between tries until the first answer.
+    pub retry_secs: u64,
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        TimeConfig {
+            servers: vec!["pool.ntp.org".into()],
+            dhcp_servers_file: PathBuf::from("/run/lucid/ntp-servers"),
+            set_clock: false,
+            poll_secs: 1024,
+            retry_secs: 16,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -368,6 +397,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Host name and mDNS advertisement.
     pub network: NetworkConfig,
+    /// NTP servers and whether the clock is set.
+    pub time: TimeConfig,
 }
 
 impl Default for Config {
@@ -390,6 +421,7 @@ impl Default for Config {
             gpio: GpioConfig::default(),
             http: HttpConfig::default(),
             network: NetworkConfig::default(),
+            time: TimeConfig::default(),
         }
     }
 }
@@ -475,6 +507,15 @@ impl Config {
             && let Err(e) = crate::discovery::check_hostname(&self.network.hostname)
         {
             return bad("network.hostname", &e.to_string());
+        }
+        let t = &self.time;
+        if t.servers.len() > 8
+            || t.servers.iter().any(|s| s.is_empty() || s.len() > 253 || s.contains(char::is_whitespace))
+        {
+            return bad("time.servers", "at most 8 host names or addresses, each 1..=253 characters without spaces");
+        }
+        if !(16..=86_400).contains(&t.poll_secs) || !(1..=3600).contains(&t.retry_secs) {
+            return bad("time.poll_secs/retry_secs", "poll_secs must be 16..=86400 and retry_secs 1..=3600");
         }
         let g = &self.gpio;
         // BCM 0..=27 are the GPIOs on the 40-pin header of every supported Pi.

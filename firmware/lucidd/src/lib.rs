@@ -5,8 +5,10 @@
 //! user), `engine` (sessions, the chunk path, the camera recorder), `metrics` (counters),
 //! `http` (the five services), `update` (signed A/B OTA updates and the trial-boot
 //! self-check), `verify` (the offline evidence check), `gpio` (record LED and button on a
-//! Pi), `discovery` (host name and mDNS advertisement). `main.rs` is a thin CLI over these.
+//! Pi), `discovery` (host name and mDNS advertisement), `clock` (NTP, the clock's floor and
+//! whether its times can be trusted). `main.rs` is a thin CLI over these.
 
+pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod engine;
@@ -36,7 +38,17 @@ pub use engine::Engine;
 /// process exits non-zero.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     cfg.validate()?;
+    let floor = cfg.time.set_clock.then(|| clock::apply_floor(&cfg.data_dir));
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await??;
+    match floor {
+        Some(Ok(Some(step_us))) => {
+            tracing::warn!(step_us, "the clock was behind the firmware's date or the last saved time: moved forward");
+            engine.clock.record_floor(step_us);
+        }
+        Some(Err(e)) => tracing::error!(error = %e, "cannot move the clock to its floor"),
+        _ => {}
+    }
+    let timekeeper = tokio::spawn(keep_time(engine.clone()));
     let gpio = gpio::spawn(&engine.cfg.gpio, engine.clone());
     let advertiser = advertise(&engine).await;
     let ticker = {
@@ -81,6 +93,10 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     };
     let served = http::serve(engine.clone(), stop).await;
     ticker.abort();
+    timekeeper.abort();
+    if let Err(e) = clock::save_now(&engine.cfg.data_dir) {
+        tracing::warn!(error = %e, "cannot save the last known time");
+    }
     check.abort();
     gpio.stop();
     if let Some(a) = advertiser {
@@ -121,6 +137,54 @@ async fn advertise(engine: &Arc<Engine>) -> Option<discovery::Advertiser> {
         Err(e) => {
             tracing::warn!(error = %e, "mDNS advertisement not started");
             None
+        }
+    }
+}
+
+/// Polls NTP (see `clock`): every `retry_secs` until the first answer, then every
+/// `poll_secs`; saves the last known time every ten minutes (a small write an SD card
+/// can afford; a power cut loses at most that much of the floor). The first answer of a run and
+/// every step are device-log events.
+async fn keep_time(engine: Arc<Engine>) {
+    use std::time::Duration;
+    let t = engine.cfg.time.clone();
+    let mut save = tokio::time::interval(Duration::from_secs(600));
+    let mut next_poll = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = save.tick() => {
+                let dir = engine.cfg.data_dir.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || clock::save_now(&dir)).await {
+                    tracing::warn!(error = %e, "cannot save the last known time");
+                }
+            }
+            () = tokio::time::sleep_until(next_poll) => {
+                let servers = clock::servers(&t.servers, &t.dhcp_servers_file);
+                let set = t.set_clock;
+                let r = tokio::task::spawn_blocking(move || clock::poll(&servers, set, Duration::from_secs(3)))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                let was_synced = engine.clock.synchronized();
+                if engine.clock.record(&r) {
+                    let (e, a) = (engine.clone(), r.clone());
+                    let stepped = a.as_ref().map(|a| a.stepped_us).unwrap_or(0);
+                    match tokio::task::spawn_blocking(move || e.note_clock_synchronised(stepped)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the clock's synchronisation"),
+                        Err(e) => tracing::warn!(error = %e, "cannot record the clock's synchronisation"),
+                    }
+                }
+                match &r {
+                    Ok(a) if !was_synced || a.stepped_us != 0 => {
+                        tracing::info!(server = %a.server, offset_us = a.offset_us, stepped_us = a.stepped_us, "clock synchronized");
+                    }
+                    Err(e) if !was_synced => tracing::debug!(error = %e, "no time server answered"),
+                    Err(e) => tracing::warn!(error = %e, "no time server answered"),
+                    _ => {}
+                }
+                let wait = if engine.clock.synchronized() { t.poll_secs } else { t.retry_secs };
+                next_poll = tokio::time::Instant::now() + Duration::from_secs(wait);
+            }
         }
     }
 }

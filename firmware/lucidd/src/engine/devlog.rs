@@ -148,6 +148,14 @@ impl Engine {
         Ok(true)
     }
 
+    /// Records that the clock was checked against a time server: the first answer of a
+    /// run, and every step (`stepped_us`, 0 when none was applied). Evidence sealed after
+    /// this event carries times the device had reason to trust.
+    pub fn note_clock_synchronised(&self, stepped_us: i64) -> Result<()> {
+        let kind = EventKind::ClockSynchronised { offset_us: stepped_us };
+        self.device_append(|_| Ok((kind, ())), |p, ()| Ok(self.store.append_device(&p.append())?))
+    }
+
     /// A store older than the device log: records every existing session as created (in
     /// creation order) and the head of each signed manifest, once, so the log lists every
     /// session the device holds. The sessions' true creation and earlier deletions before

@@ -199,6 +199,8 @@ pub struct Engine {
     /// Serializes device-log appends (see `engine/devlog.rs`). Taken after a session's
     /// transition lock and its log's lock, never before them.
     devlog: Mutex<()>,
+    /// Whether the wall clock can be trusted (see `clock`); written by `run`'s poller.
+    pub clock: crate::clock::Clock,
 }
 
 impl std::fmt::Debug for Engine {
@@ -274,6 +276,7 @@ impl Engine {
             camera_state: camera::CameraState::default(),
             segments: segments::SegmentCache::new(segments::DEFAULT_BUDGET),
             devlog: Mutex::new(()),
+            clock: crate::clock::Clock::new(cfg.time.set_clock),
             cfg,
         });
         engine.recover()?;

@@ -72,10 +72,11 @@ async fn openapi() -> Response {
 }
 
 async fn device(State(e): State<AppState>) -> axum::Json<Value> {
-    // The clock is "unsynchronized" until the kernel says NTP has set it: evidence
-    // timestamps from an unset Pi clock start in 1970 and a reader must be told so.
-    let synced = std::fs::read_to_string("/run/systemd/timesync/synchronized").is_ok()
-        || std::path::Path::new("/run/systemd/timesync/synchronized").exists();
+    // The clock is "unsynchronized" until a time server answered (lucidd's own SNTP, or
+    // systemd-timesyncd on a host that runs one): evidence timestamps from an unset Pi
+    // clock start wherever the last boot left them, and a reader must be told so.
+    let clock = e.clock.status();
+    let synced = e.clock.synchronized() || std::path::Path::new("/run/systemd/timesync/synchronized").exists();
     let now = time::OffsetDateTime::now_utc();
     axum::Json(json!({
         "device_id": e.device_id,
@@ -90,6 +91,7 @@ async fn device(State(e): State<AppState>) -> axum::Json<Value> {
             "now": now_rfc3339(),
             "synchronized": synced,
             "plausible": now.year() >= 2024,
+            "sntp": clock,
         },
     }))
 }

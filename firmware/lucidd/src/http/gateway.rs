@@ -86,6 +86,9 @@ pub fn health_report(e: &Engine) -> (bool, Value) {
                 "last_error": cam_err,
             },
             "signer": {"status": "healthy", "epoch": e.epoch()},
+            // Informational: recording goes on with an unsynchronized clock, and the
+            // device log says when it was synchronized.
+            "clock": e.clock.status(),
             "gpio": crate::gpio::status(),
         }
     });

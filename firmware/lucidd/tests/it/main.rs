@@ -7,6 +7,7 @@ mod harness;
 mod access;
 mod bounds;
 mod camera;
+mod clock;
 mod compat;
 mod concurrency;
 mod conformance;
