@@ -102,8 +102,19 @@ impl Device {
         Self::from_env_image(name, &image_path())
     }
 
+    /// Like `from_env`, with QEMU's real-time clock starting at `rtc_base` (`-rtc
+    /// base=`, e.g. `2001-01-01T00:00:00`): a board whose clock is wrong at power-on.
+    /// A real target's clock is what it is.
+    pub fn from_env_rtc(name: &str, rtc_base: &str) -> Result<Device> {
+        Self::from_env_inner(name, &image_path(), &["-rtc".into(), format!("base={rtc_base}")])
+    }
+
     /// Like `from_env`, booting `image` (a variant's) in QEMU.
     pub fn from_env_image(name: &str, image: &Path) -> Result<Device> {
+        Self::from_env_inner(name, image, &[])
+    }
+
+    fn from_env_inner(name: &str, image: &Path, extra: &[String]) -> Result<Device> {
         if let Some(addr) = remote_target() {
             let token =
                 std::env::var("LUCID_HIL_TOKEN").context("a real target needs LUCID_HIL_TOKEN (its API token)")?;
@@ -111,18 +122,22 @@ impl Device {
         }
         let disk = work_dir().join(format!("{name}.qcow2"));
         xtask::qemu::overlay_for(&board()?, image, &disk)?;
-        Self::boot_qemu(name, &disk, "qcow2")
+        Self::boot_qemu_with(name, &disk, "qcow2", extra)
     }
 
     /// Boot the QEMU board on `disk` (an overlay or a scratch copy, never out/'s image).
     pub fn boot_qemu(name: &str, disk: &Path, format: &str) -> Result<Device> {
+        Self::boot_qemu_with(name, disk, format, &[])
+    }
+
+    fn boot_qemu_with(name: &str, disk: &Path, format: &str, extra: &[String]) -> Result<Device> {
         if format == "raw" && board()?.qemu.is_some_and(|q| q.drive == xtask::board::QemuDrive::Sd) {
             // QEMU's SD card model takes power-of-two sizes only; this is a scratch copy.
             let f = std::fs::OpenOptions::new().write(true).open(disk)?;
             f.set_len(f.metadata()?.len().next_power_of_two())?;
         }
         let ports = free_ports()?;
-        let q = Qemu::start(name, disk, format, &ports)?;
+        let q = Qemu::start_with(name, disk, format, &ports, extra)?;
         Ok(Device { host: "127.0.0.1".into(), ports, token: QEMU_TOKEN.into(), qemu: Some(q) })
     }
 
@@ -227,6 +242,11 @@ fn hotplug_each_boot(mon: &Path, console: &Mutex<String>, plug: &[String], stop:
 
 impl Qemu {
     pub fn start(name: &str, disk: &Path, format: &str, ports: &[u16; 5]) -> Result<Qemu> {
+        Self::start_with(name, disk, format, ports, &[])
+    }
+
+    /// `start` with extra QEMU arguments (appended last).
+    pub fn start_with(name: &str, disk: &Path, format: &str, ports: &[u16; 5], extra: &[String]) -> Result<Qemu> {
         let board = board()?;
         let fwd: Vec<(u16, u16)> = ports.iter().enumerate().map(|(i, h)| (*h, 8083 + i as u16)).collect();
         // U-Boot and the DTB a machine like raspi3b starts come from the image's own build.
@@ -241,6 +261,7 @@ impl Qemu {
             c = Command::new(c.get_program());
             c.args(args);
         }
+        c.args(extra);
         let log = work_dir().join(format!("{name}.console"));
         let mut file = std::fs::File::create(&log)?;
         let mut child = c

@@ -8,12 +8,35 @@ use std::time::Duration;
 
 use hil_tests::*;
 
+#[path = "../../firmware/lucidd/tests/support/chrony.rs"]
+mod chrony;
+use chrony::Chrony;
+
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The NTP server a board's config names on QEMU's host side (`10.0.2.2:PORT` in
+/// `[lucidd.config.time] servers`), if any: the test serves it on this host's loopback.
+fn host_ntp_port() -> Option<u16> {
+    let b = board().ok()?;
+    let servers = b.lucidd.config.get("time")?.get("servers")?.as_array()?.clone();
+    servers.iter().filter_map(|s| s.as_str()?.strip_prefix("10.0.2.2:")?.parse().ok()).next()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
 
 #[test]
 #[ignore = "boots QEMU; run by ./scripts/hil boot"]
 fn boots_to_healthy_services_and_records_a_verifiable_session() {
-    let dev = Device::from_env("boot").unwrap();
+    // A board whose config names a host-side NTP server boots with its RTC in 2001 (as a
+    // Pi without one boots at whatever time it has): lucidd must move the clock to its
+    // floor, then to the right time from NTP, and say so.
+    let ntp = host_ntp_port().map(|p| (p, Chrony::start(&work_dir().join("chrony"), p)));
+    let dev = match &ntp {
+        Some(_) if remote_target().is_none() => Device::from_env_rtc("boot", "2001-01-01T00:00:00").unwrap(),
+        _ => Device::from_env("boot").unwrap(),
+    };
     let healthy = dev.wait_healthy(BOOT_TIMEOUT).unwrap();
     let since_power_on = dev.qemu.as_ref().map(|q| q.started.elapsed());
     if let Some(q) = &dev.qemu {
@@ -35,6 +58,48 @@ fn boots_to_healthy_services_and_records_a_verifiable_session() {
     assert_eq!(name, format!("lucid-{}", &id[6..10]), "{device}");
     if let Some(q) = &dev.qemu {
         assert!(q.console().contains(&format!("lucid-rcS: hostname {name}")), "the init did not set {name}");
+    }
+
+    if ntp.is_some() && remote_target().is_none() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let device = loop {
+            let (_, d) = http("GET", &dev.gateway("/api/v1/device"), None, None).unwrap();
+            let d = json(&d).unwrap();
+            if d["clock"]["sntp"]["state"] == "synchronized" {
+                break d;
+            }
+            assert!(std::time::Instant::now() < deadline, "the clock never synchronized: {d:#}");
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        let sntp = &device["clock"]["sntp"];
+        assert_eq!(sntp["set_clock"], true, "{device:#}");
+        assert!(
+            sntp["floor_step_us"].as_i64().unwrap_or(0) > 0,
+            "the 2001 clock was not moved to its floor: {device:#}"
+        );
+        assert!(sntp["stepped_us"].as_i64().unwrap_or(0) != 0, "NTP did not step the clock: {device:#}");
+        let now = time::OffsetDateTime::parse(
+            device["clock"]["now"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let skew = (now.unix_timestamp() - unix_now()).abs();
+        assert!(skew < 10, "the device's clock is {skew} s off the host's: {device:#}");
+        let (_, ev) = http("GET", &dev.gateway("/api/v1/device/log/entries?start=0"), None, None).unwrap();
+        let ev = json(&ev).unwrap();
+        let steps: Vec<i64> = ev["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["decoded"]["type"] == "clock_synchronised")
+            .filter_map(|e| e["decoded"]["offset_us"].as_i64())
+            .collect();
+        assert!(steps.first().is_some_and(|s| *s != 0), "no ClockSynchronised with the step: {ev:#}");
+        println!(
+            "hil boot: RTC at 2001, floor step {} s, NTP step {} s",
+            sntp["floor_step_us"].as_i64().unwrap() / 1_000_000,
+            sntp["stepped_us"].as_i64().unwrap() / 1_000_000
+        );
     }
 
     let (sid, stats) = record_session(&dev, "hil boot");

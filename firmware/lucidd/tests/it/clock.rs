@@ -5,47 +5,15 @@
 //! the protocol, the state and the device-log event; stepping a clock is proven in QEMU.
 
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::harness::{Client, TOKEN, test_config};
 
-/// chronyd serving time on 127.0.0.1:`port` (`local stratum 8`: its own clock, which is
-/// this host's) without touching the host's clock (`-x`). Killed on drop.
-struct Chrony(Child);
-
-impl Chrony {
-    fn start(dir: &Path, port: u16) -> Chrony {
-        let conf = dir.join("chrony.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\nlocal stratum 8\ncmdport 0\n\
-                 pidfile {d}/chronyd.pid\ndriftfile {d}/chrony.drift\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("chronyd.log")).unwrap();
-        let child = Command::new("chronyd")
-            .args(["-x", "-d", "-u", "root", "-f"])
-            .arg(&conf)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("chronyd runs (scripts/setup installs chrony)");
-        Chrony(child)
-    }
-}
-
-impl Drop for Chrony {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "../support/chrony.rs"]
+mod chrony;
+use chrony::Chrony;
 
 fn free_tcp_ports(n: usize) -> Vec<u16> {
     let ls: Vec<std::net::TcpListener> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
@@ -98,7 +66,7 @@ fn the_clock_is_synchronized_by_a_real_ntp_server_and_the_device_log_says_so() {
     assert_eq!(d["clock"]["synchronized"], Path::new("/run/systemd/timesync/synchronized").exists(), "{d:#}");
     assert!(d["clock"]["sntp"]["last_error"].as_str().unwrap().contains(&ntp_port.to_string()), "{d:#}");
 
-    let _chrony = Chrony::start(dir.path(), ntp_port);
+    let _chrony = Chrony::start(&dir.path().join("chrony"), ntp_port);
     let d = wait_for("synchronized", 30, || device().filter(|d| d["clock"]["sntp"]["state"] == "synchronized"));
     let sntp = &d["clock"]["sntp"];
     assert_eq!(d["clock"]["synchronized"], true, "{d:#}");
