@@ -366,8 +366,8 @@ impl RetentionConfig {
             return bad("retention.keep_free_percent", "must be 1..=90 percent (leave it out for no free-space rule)");
         }
         // Below a few chunks' worth no recording could ever fit.
-        if self.max_store_bytes.is_some_and(|b| b < 1 << 20) {
-            return bad("retention.max_store_bytes", "must be at least 1048576 (1 MiB); leave it out for no cap");
+        if self.max_store_bytes.is_some_and(|b| b < 64 << 10) {
+            return bad("retention.max_store_bytes", "must be at least 65536 (64 KiB); leave it out for no cap");
         }
         if !(1..=30 * 86_400).contains(&self.idle_close_seconds) {
             return bad("retention.idle_close_seconds", "must be 1..=2592000 (30 days)");

@@ -476,6 +476,9 @@ impl Engine {
             Ok(())
         })?;
         tracing::info!(session = %sid, locked, "session lock changed");
+        if !locked {
+            self.retention_unlocked();
+        }
         Ok(row)
     }
 

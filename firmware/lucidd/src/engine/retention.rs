@@ -80,8 +80,15 @@ pub enum Rule {
     KeepFree { free: u64, want: u64 },
 }
 
+/// Bytes for a reason text: "130.2 MB".
 fn mb(b: u64) -> String {
-    format!("{:.1} MB", b as f64 / 1e6)
+    let f = b as f64;
+    match b {
+        1_000_000_000.. => format!("{:.1} GB", f / 1e9),
+        1_000_000.. => format!("{:.1} MB", f / 1e6),
+        1_000.. => format!("{:.1} kB", f / 1e3),
+        _ => format!("{b} B"),
+    }
 }
 
 impl std::fmt::Display for Rule {
@@ -157,8 +164,7 @@ pub fn decide(sessions: &[Candidate], limits: &Limits, space: Space, now_unix: i
 }
 
 /// Why recording and appends are refused now, and how many bytes the refused append
-/// needed (the background pass keeps asking for that much room, so the state clears only
-/// once an append would fit again).
+/// needed (the state clears once that much would fit; see `Engine::enforce_retention`).
 #[derive(Debug, Clone)]
 pub(crate) struct Blocked {
     pub reason: String,
@@ -269,27 +275,27 @@ impl Engine {
         Ok(true)
     }
 
-    /// The background pass: applies every rule; while appends are refused for lack of
-    /// room, asks for the room the refused append needed, so the refusal (and the
-    /// degraded health) ends only when an append would fit again.
+    /// The background pass: applies every rule to what is stored now. While appends are
+    /// refused for lack of room, the refusal (and the degraded health) holds until an
+    /// append of the refused size would fit without deleting anything (an admin deleted
+    /// sessions, or space was freed), a session is unlocked, or an append succeeds again.
+    /// It does not delete for the refused append: nothing is being appended, and the
+    /// session whose recording was stopped would be the first to go.
     pub fn enforce_retention(&self) -> Result<Pass> {
-        let need = lock(&self.retention_blocked).as_ref().map_or(0, |b| b.need);
-        let pass = self.retention_pass(need, None)?;
-        let mut blocked = lock(&self.retention_blocked);
-        match &pass.short {
-            Some(reason) if need > 0 => {
-                if let Some(b) = blocked.as_mut() {
-                    b.reason = reason.clone();
-                }
-            }
-            Some(reason) => *blocked = Some(Blocked { reason: reason.clone(), need: 0 }),
-            None => {
-                if blocked.take().is_some() {
-                    tracing::info!("retention: room again; appends are accepted");
-                }
-            }
+        let pass = self.retention_pass(0, None)?;
+        let need = lock(&self.retention_blocked).as_ref().map(|b| b.need);
+        if let Some(need) = need
+            && !self.over_space(need)
+        {
+            self.clear_blocked("room again");
         }
         Ok(pass)
+    }
+
+    fn clear_blocked(&self, why: &str) {
+        if lock(&self.retention_blocked).take().is_some() {
+            tracing::info!(why, "retention: appends are accepted again");
+        }
     }
 
     /// Whether appending `incoming` bytes now would break a space limit.
@@ -310,10 +316,12 @@ impl Engine {
             return Ok(());
         }
         if !self.over_space(incoming) {
+            self.clear_blocked("an append fits");
             return Ok(());
         }
         let pass = self.retention_pass(incoming, Some(sid))?;
         if !self.over_space(incoming) {
+            self.clear_blocked("retention made room");
             return Ok(());
         }
         let reason = pass
@@ -322,6 +330,12 @@ impl Engine {
         tracing::warn!(session = %sid, incoming, reason = %reason, "append refused");
         *lock(&self.retention_blocked) = Some(Blocked { reason: reason.clone(), need: incoming });
         Err(EngineError::Full(reason))
+    }
+
+    /// An unlocked session may be what retention needs to make room: the next append
+    /// will tell, so the refusal is not reported any longer.
+    pub(crate) fn retention_unlocked(&self) {
+        self.clear_blocked("a session was unlocked");
     }
 
     /// Why appends are refused for lack of room, if they are (for `/health` and the LED).
@@ -486,6 +500,6 @@ mod tests {
                 ("big".into(), Rule::MaxStoreBytes { store: 120, cap: 100 }),
             ]
         );
-        assert_eq!(d.delete[2].1.to_string(), "max_store_bytes: store 0.0 MB over cap 0.0 MB");
+        assert_eq!(d.delete[2].1.to_string(), "max_store_bytes: store 120 B over cap 100 B");
     }
 }

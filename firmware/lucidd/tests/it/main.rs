@@ -18,6 +18,7 @@ mod inputs;
 mod pipeline;
 mod processor;
 mod recorder;
+mod retention;
 mod slow_clients;
 mod storage;
 mod store_upgrade;
