@@ -613,6 +613,7 @@ impl Engine {
         if l.row.finalized && l.row.kind == Kind::Data {
             return Err(EngineError::Transition { session: sid.to_owned(), state: "finalized", action: "append to" });
         }
+        retention::check_session_quota(&l.row, payload.len() as u64)?;
         if let Some(cid) = client_id {
             check_chunk_id(cid)?;
             if self.store.chunk_index(sid, cid)?.is_some() {

@@ -163,6 +163,26 @@ pub fn decide(sessions: &[Candidate], limits: &Limits, space: Space, now_unix: i
     out
 }
 
+/// A session's own size limit, `storage_config.max_size_gb` (the Lucid API's, in decimal
+/// gigabytes): an append that would take the session past it is refused with `Full`. A
+/// quota, not a retention rule: nothing is deleted for it (a recording stops there with
+/// the reason on its row).
+pub(crate) fn check_session_quota(row: &SessionRow, incoming: u64) -> Result<()> {
+    let Some(gb) = row.storage_config.get("max_size_gb").and_then(serde_json::Value::as_f64).filter(|g| *g > 0.0)
+    else {
+        return Ok(());
+    };
+    let cap = (gb * 1e9) as u64;
+    if row.stored_bytes + incoming > cap {
+        return Err(EngineError::Full(format!(
+            "session {} reached its storage_config max_size_gb={gb} ({} stored)",
+            row.id,
+            mb(row.stored_bytes)
+        )));
+    }
+    Ok(())
+}
+
 /// Why recording and appends are refused now, and how many bytes the refused append
 /// needed (the state clears once that much would fit; see `Engine::enforce_retention`).
 #[derive(Debug, Clone)]
