@@ -228,9 +228,7 @@ impl Engine {
         let ended = r.stopped_at.as_deref().and_then(unix).unwrap_or(updated);
         let closed = match r.kind {
             Kind::Camera => !is_live(r.status) && r.status != super::Status::Created,
-            Kind::Data => {
-                r.finalized || now.saturating_sub(updated) >= self.cfg.retention.idle_close_seconds as i64
-            }
+            Kind::Data => r.finalized || now.saturating_sub(updated) >= self.cfg.retention.idle_close_seconds as i64,
         };
         let retention_days = r
             .storage_config
