@@ -256,3 +256,35 @@ fn retention_settings_come_from_the_environment_and_are_checked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("retention.keep_free_percent") && err.contains("1..=90"), "{err}");
 }
+
+#[test]
+fn an_uploaded_data_session_is_kept_while_open_and_deleted_once_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.retention.max_store_bytes = Some(256 << 10);
+    cfg.retention.idle_close_seconds = 1;
+    let d = Daemon::start_with(dir, cfg);
+    let c = d.client();
+    let up = |sid: &str, cid: &str, seed: u64| {
+        let body = crate::storage::upload_body(cid, &crate::storage::noise(100_000, seed));
+        c.post_json(&d.url("storage", &format!("/sessions/{sid}/chunks")), &body)
+    };
+    assert_eq!(up("data-a", "a0", 1).status, 200);
+    assert_eq!(up("data-b", "b0", 2).status, 200);
+    // data-a was written to just now: still open, so nothing may make room.
+    let r = up("data-b", "b1", 3);
+    assert_eq!(r.status, 507, "{}", r.text());
+    assert!(r.text().contains("only locked or recording sessions remain"), "{}", r.text());
+    assert_eq!(health(&d)["status"], "degraded");
+    // Idle for idle_close_seconds: closed, and the oldest; the session being appended to
+    // (as idle) is never chosen.
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = up("data-b", "b1", 3);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(health(&d)["status"], "healthy");
+    let gone = deletions_by_retention(&d, &c);
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(gone[0]["session_id"], "data-a");
+    assert!(gone[0]["reason"].as_str().unwrap().starts_with("max_store_bytes: store "), "{gone:?}");
+    assert!(d.engine.store().accounted_bytes() <= 256 << 10);
+}
