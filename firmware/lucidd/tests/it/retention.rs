@@ -288,3 +288,30 @@ fn an_uploaded_data_session_is_kept_while_open_and_deleted_once_idle() {
     assert!(gone[0]["reason"].as_str().unwrap().starts_with("max_store_bytes: store "), "{gone:?}");
     assert!(d.engine.store().accounted_bytes() <= 256 << 10);
 }
+
+#[test]
+fn the_stores_accounting_is_the_value_logs_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config(dir.path());
+    let vlog = dir.path().join("vlog");
+    let log = |sid: &str| std::fs::metadata(vlog.join(format!("{sid}.vlog"))).map(|m| m.len());
+    let after = {
+        // The daemon's own `dir` is a throwaway: the data dir outlives it.
+        let d = Daemon::start_with(tempfile::tempdir().unwrap(), cfg.clone());
+        crate::storage::upload(&d, "acct-a", "a0", &crate::storage::noise(50_000, 1));
+        crate::storage::upload(&d, "acct-b", "b0", &crate::storage::noise(70_000, 2));
+        let s = d.engine.store();
+        assert_eq!(s.session_bytes("acct-a"), log("acct-a").unwrap());
+        assert!(s.session_bytes("acct-b") > 70_000);
+        assert_eq!(s.accounted_bytes(), log("acct-a").unwrap() + log("acct-b").unwrap());
+        // Deleting frees exactly what the session counted: its log is unlinked.
+        d.engine.delete("acct-a").unwrap();
+        assert!(log("acct-a").is_err(), "the value log of a deleted session is gone");
+        assert_eq!(d.engine.store().accounted_bytes(), log("acct-b").unwrap());
+        d.engine.store().accounted_bytes()
+    };
+    // Measured again at open.
+    let d = Daemon::start_with(dir, cfg);
+    assert_eq!(d.engine.store().accounted_bytes(), after);
+    assert_eq!(d.engine.store().session_bytes("acct-a"), 0);
+}
