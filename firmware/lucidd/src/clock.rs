@@ -142,8 +142,7 @@ fn set_unix_micros(us: i128) -> std::io::Result<()> {
     if us < 0 {
         return Err(std::io::Error::other("a time before 1970"));
     }
-    let ts =
-        libc::timespec { tv_sec: (us / 1_000_000) as _, tv_nsec: ((us % 1_000_000) * 1000) as _ };
+    let ts = libc::timespec { tv_sec: (us / 1_000_000) as _, tv_nsec: ((us % 1_000_000) * 1000) as _ };
     // SAFETY: `ts` is a valid timespec on the stack; clock_settime only reads it.
     let rc = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }

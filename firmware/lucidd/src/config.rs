@@ -366,6 +366,64 @@ impl Default for TimeConfig {
     }
 }
 
+/// `[retention]`: when the device deletes old recordings by itself (see
+/// `engine::retention`). Every limit is optional; with none set only the sessions' own
+/// `storage_config.retention_days` apply. Locked sessions and the recording one are never
+/// deleted by these rules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Closed sessions that ended more than this many days ago are deleted.
+    pub max_age_days: Option<u32>,
+    /// The oldest closed sessions are deleted while the data partition has less than
+    /// this share of its size free.
+    pub keep_free_percent: Option<u8>,
+    /// The oldest closed sessions are deleted while the store holds more than this many
+    /// bytes (its own accounting: the sessions' value logs, not the file sizes).
+    pub max_store_bytes: Option<u64>,
+    /// A data session (uploaded through the Lucid services) counts as closed once it is
+    /// finalized, or when nothing was written to it for this long.
+    pub idle_close_seconds: u64,
+    /// How often the rules are checked in the background (they are also checked before an
+    /// append that would break a space limit).
+    pub interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_age_days: None,
+            keep_free_percent: None,
+            max_store_bytes: None,
+            idle_close_seconds: 3600,
+            interval_ms: 10_000,
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, msg: &str| Err(ConfigError::Invalid { key, msg: msg.into() });
+        if self.max_age_days.is_some_and(|d| !(1..=36_500).contains(&d)) {
+            return bad("retention.max_age_days", "must be 1..=36500 days (leave it out for no age limit)");
+        }
+        if self.keep_free_percent.is_some_and(|p| !(1..=90).contains(&p)) {
+            return bad("retention.keep_free_percent", "must be 1..=90 percent (leave it out for no free-space rule)");
+        }
+        // Below a few chunks' worth no recording could ever fit.
+        if self.max_store_bytes.is_some_and(|b| b < 64 << 10) {
+            return bad("retention.max_store_bytes", "must be at least 65536 (64 KiB); leave it out for no cap");
+        }
+        if !(1..=30 * 86_400).contains(&self.idle_close_seconds) {
+            return bad("retention.idle_close_seconds", "must be 1..=2592000 (30 days)");
+        }
+        if !(100..=3_600_000).contains(&self.interval_ms) {
+            return bad("retention.interval_ms", "must be 100..=3600000");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -399,6 +457,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// NTP servers and whether the clock is set.
     pub time: TimeConfig,
+    /// Automatic deletion of old sessions.
+    pub retention: RetentionConfig,
 }
 
 impl Default for Config {
@@ -422,6 +482,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             network: NetworkConfig::default(),
             time: TimeConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -531,7 +592,7 @@ impl Config {
         if !(20..=10_000).contains(&g.blink_ms) {
             return bad("gpio.blink_ms", "must be 20..=10000");
         }
-        Ok(())
+        self.retention.validate()
     }
 
     pub fn store_path(&self) -> PathBuf {
@@ -574,5 +635,31 @@ mod tests {
         assert!(CameraConfig::default().validate(SourceKind::V4l2).is_ok());
         let cam = CameraConfig { device: "/dev/video2".into(), ..CameraConfig::default() };
         assert!(cam.validate(SourceKind::V4l2).is_ok());
+    }
+
+    #[test]
+    fn retention_limits_are_checked_with_their_key() {
+        assert!(RetentionConfig::default().validate().is_ok());
+        let key = |r: RetentionConfig| match r.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
+        let d = RetentionConfig::default;
+        assert_eq!(key(RetentionConfig { max_age_days: Some(0), ..d() }), "retention.max_age_days");
+        assert_eq!(key(RetentionConfig { keep_free_percent: Some(95), ..d() }), "retention.keep_free_percent");
+        assert_eq!(key(RetentionConfig { max_store_bytes: Some(1000), ..d() }), "retention.max_store_bytes");
+        assert_eq!(key(RetentionConfig { idle_close_seconds: 0, ..d() }), "retention.idle_close_seconds");
+        assert_eq!(key(RetentionConfig { interval_ms: 10, ..d() }), "retention.interval_ms");
+        let ok = RetentionConfig {
+            max_age_days: Some(7),
+            keep_free_percent: Some(10),
+            max_store_bytes: Some(128 << 20),
+            ..d()
+        };
+        assert!(ok.validate().is_ok());
+        let toml = "[retention]\nmax_age_days = 7\nmax_store_bytes = 134217728\n";
+        let c: Config = toml::from_str(toml).unwrap();
+        assert_eq!((c.retention.max_age_days, c.retention.max_store_bytes), (Some(7), Some(128 << 20)));
+        assert_eq!(c.retention.idle_close_seconds, 3600);
     }
 }

@@ -336,7 +336,9 @@ async fn run(cfg: GpioConfig, engine: Arc<Engine>, mut pins: impl Pins) {
         }
         let recording = engine.camera_state.running.load(Relaxed);
         let camera_error = engine.camera_state.last_error.lock().map(|g| g.is_some()).unwrap_or(false);
-        led.set_mode(LedMode::from_engine(recording, camera_error || button_error.is_some()), now);
+        // Storage full with nothing left that retention may delete blinks like an error.
+        let storage_full = engine.retention_blocked().is_some();
+        led.set_mode(LedMode::from_engine(recording, camera_error || storage_full || button_error.is_some()), now);
         let on = led.is_on(now);
         if on != led_on {
             pins.set_led(on);

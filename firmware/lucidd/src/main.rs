@@ -264,6 +264,16 @@ struct RunArgs {
     checkpoint_every_secs: Option<u64>,
     #[arg(long, env = "LUCID_MIN_FREE_BYTES")]
     min_free_bytes: Option<u64>,
+    /// Delete closed, unlocked sessions that ended more than this many days ago.
+    #[arg(long, env = "LUCID_RETENTION_MAX_AGE_DAYS")]
+    retention_max_age_days: Option<u32>,
+    /// Delete the oldest closed, unlocked sessions while less than this share of the data
+    /// partition is free.
+    #[arg(long, env = "LUCID_RETENTION_KEEP_FREE_PERCENT")]
+    retention_keep_free_percent: Option<u8>,
+    /// Delete the oldest closed, unlocked sessions while the store holds more than this.
+    #[arg(long, env = "LUCID_RETENTION_MAX_STORE_BYTES")]
+    retention_max_store_bytes: Option<u64>,
     /// Log to the systemd journal instead of stderr (the image sets this).
     #[arg(long, env = "LUCID_LOG_JOURNALD")]
     journald: bool,
@@ -330,6 +340,15 @@ fn build_config(a: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = a.min_free_bytes {
         c.min_free_bytes = v;
+    }
+    if let Some(v) = a.retention_max_age_days {
+        c.retention.max_age_days = Some(v);
+    }
+    if let Some(v) = a.retention_keep_free_percent {
+        c.retention.keep_free_percent = Some(v);
+    }
+    if let Some(v) = a.retention_max_store_bytes {
+        c.retention.max_store_bytes = Some(v);
     }
     c.validate()?;
     Ok(c)

@@ -221,6 +221,9 @@ pub struct Store {
     policy: Mutex<BatchPolicy>,
     /// The session whose log holds the reserve (`RESERVE`), if any.
     reserved_by: Mutex<Option<String>>,
+    /// The length of each live session's value log: the store's own accounting of the
+    /// bytes sessions hold (see `accounted_bytes`).
+    sizes: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -275,6 +278,7 @@ impl Store {
             pending: Mutex::new(Pending { entries: 0, bytes: 0, since: Instant::now() }),
             policy: Mutex::new(BatchPolicy::default()),
             reserved_by: Mutex::new(None),
+            sizes: Mutex::new(HashMap::new()),
         };
         let g = store.handle()?;
         let db = live(&g)?;
@@ -308,6 +312,14 @@ impl Store {
         store.commit_durable(txn)?;
         store.replay(db)?;
         drop(g);
+        // After the replay, which removed the logs of deleted sessions and cut torn tails.
+        let mut sizes = HashMap::new();
+        for name in store.vlog.list().map_err(|e| classify("vlog list", e.to_string()))? {
+            if let Some(sid) = vlog::session_of(&name) {
+                sizes.insert(sid, store.vlog.len(&name).map_err(|e| classify("vlog length", e.to_string()))?);
+            }
+        }
+        *lock(&store.sizes) = sizes;
         Ok(store)
     }
 
@@ -630,6 +642,7 @@ impl Store {
             return Err(e);
         }
         st.end = Some(end);
+        lock(&self.sizes).insert(w.session_id.to_owned(), end);
         Ok(())
     }
 
@@ -1195,8 +1208,43 @@ impl Store {
         *st = LogState::default();
         drop(g);
         lock(&self.logs).remove(sid);
+        lock(&self.sizes).remove(sid);
         self.vlog.remove(&vlog::file_name(sid)).map_err(|e| classify("vlog remove", e.to_string()))?;
         Ok(removed)
+    }
+
+    /// The bytes one session holds in the store: its value log's length, which covers its
+    /// sealed bytes and every row its chunks wrote (a redacted chunk's punched-out bytes
+    /// still count; an older store's inline chunks do not). Deleting the session frees
+    /// exactly this on the card (the log is unlinked).
+    pub fn session_bytes(&self, sid: &str) -> u64 {
+        lock(&self.sizes).get(sid).copied().unwrap_or(0)
+    }
+
+    /// The bytes all live sessions hold (the sum of `session_bytes`): what retention's
+    /// `max_store_bytes` caps. Not the files' sizes: redb reuses the pages a delete frees
+    /// but never shrinks its file, so its size says nothing about what is left to free.
+    pub fn accounted_bytes(&self) -> u64 {
+        lock(&self.sizes).values().sum()
+    }
+
+    /// (free, total) bytes of the file system holding the store (statvfs); (0, 0) when it
+    /// cannot be measured.
+    pub fn disk_space(&self) -> (u64, u64) {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return (0, 0) };
+        // SAFETY: statvfs only writes into the zeroed struct we pass; the path is
+        // NUL-terminated.
+        unsafe {
+            let mut s: libc::statvfs = std::mem::zeroed();
+            if libc::statvfs(c.as_ptr(), &mut s) == 0 {
+                (s.f_bavail as u64 * s.f_frsize as u64, s.f_blocks as u64 * s.f_frsize as u64)
+            } else {
+                (0, 0)
+            }
+        }
     }
 
     /// Number of sealed chunks and their bytes across all sessions (for metrics).

@@ -20,6 +20,7 @@ pub mod camera;
 pub mod clip;
 pub mod devlog;
 pub mod pipeline;
+pub mod retention;
 pub mod row;
 pub mod segments;
 pub mod upload;
@@ -201,6 +202,14 @@ pub struct Engine {
     devlog: Mutex<()>,
     /// Whether the wall clock can be trusted (see `clock`); written by `run`'s poller.
     pub clock: crate::clock::Clock,
+    /// Serializes retention passes (see `engine/retention.rs`). Taken before any session
+    /// lock; a pass only try-locks a session's transition lock, and an append calls it
+    /// before taking its own log's lock.
+    retention: Mutex<()>,
+    /// Set while appends are refused because no deletable session is left to make room.
+    retention_blocked: Mutex<Option<retention::Blocked>>,
+    /// Dropping it ends the background retention thread.
+    retention_runner: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -277,9 +286,13 @@ impl Engine {
             segments: segments::SegmentCache::new(segments::DEFAULT_BUDGET),
             devlog: Mutex::new(()),
             clock: crate::clock::Clock::new(cfg.time.set_clock),
+            retention: Mutex::new(()),
+            retention_blocked: Mutex::new(None),
+            retention_runner: Mutex::new(None),
             cfg,
         });
         engine.recover()?;
+        *lock(&engine.retention_runner) = retention::spawn(&engine);
         Ok(engine)
     }
 
@@ -403,6 +416,7 @@ impl Engine {
             last_error: None,
             counters: LogCounters { version: LogCounters::VERSION, ..LogCounters::default() },
             generation: 0,
+            locked: false,
         };
         fill(&mut row);
         // The row and its `SessionCreated` event commit together.
@@ -461,6 +475,20 @@ impl Engine {
         f(&mut row)?;
         row.updated_at = now_rfc3339();
         self.store.put_session(sid, &row)?;
+        Ok(row)
+    }
+
+    /// Locks (`true`) or unlocks a session: a locked session is never deleted by
+    /// retention (an explicit delete still deletes it).
+    pub fn set_locked(&self, sid: &str, locked: bool) -> Result<SessionRow> {
+        let row = self.update(sid, |r| {
+            r.locked = locked;
+            Ok(())
+        })?;
+        tracing::info!(session = %sid, locked, "session lock changed");
+        if !locked {
+            self.retention_unlocked();
+        }
         Ok(row)
     }
 
@@ -585,6 +613,8 @@ impl Engine {
         client_meta: Option<&Value>,
     ) -> Result<Appended> {
         let t0 = Instant::now();
+        // Before this session's log lock is taken: a retention pass reads every open log.
+        self.make_room(sid, payload.len() as u64)?;
         let log = self.open_log(sid)?;
         let mut l = lock(&log);
         if l.deleted {
@@ -593,6 +623,7 @@ impl Engine {
         if l.row.finalized && l.row.kind == Kind::Data {
             return Err(EngineError::Transition { session: sid.to_owned(), state: "finalized", action: "append to" });
         }
+        retention::check_session_quota(&l.row, payload.len() as u64)?;
         if let Some(cid) = client_id {
             check_chunk_id(cid)?;
             if self.store.chunk_index(sid, cid)?.is_some() {

@@ -137,6 +137,10 @@ pub struct SessionRow {
     /// Manifests signed for this session so far (the last one's `generation`).
     #[serde(default)]
     pub generation: u64,
+    /// Protected from retention (`POST /api/v1/sessions/{id}/lock`); an explicit delete
+    /// still deletes it. Rows written before the flag existed are unlocked.
+    #[serde(default)]
+    pub locked: bool,
 }
 
 /// What the statistics routes report about a session's records, counted at commit in

@@ -54,6 +54,8 @@ pub const PUBLIC: &[(&str, &str, &str)] = &[
 ];
 
 /// Mutations a viewer may make: asking for a share URL changes nothing on the device.
+/// Every other mutation needs the admin token, among them `POST /api/v1/sessions/{id}/lock`
+/// and `/unlock` (what retention may delete is the owner's decision).
 pub const VIEWER_WRITES: &[(&str, &str)] = &[("POST", "/api/v1/sessions/{id}/share")];
 
 /// Reads only an admin may make.
@@ -189,6 +191,9 @@ mod tests {
         assert_eq!(need(&Method::POST, "/health"), Need::Role(Role::Admin));
         assert_eq!(need(&Method::GET, "/api/v1/tokens"), Need::Role(Role::Admin));
         assert_eq!(need(&Method::POST, "/api/v1/sessions/{id}/share"), Need::Role(Role::Viewer));
+        // Locking decides what retention may delete: admin only, by the default for writes.
+        assert_eq!(need(&Method::POST, "/api/v1/sessions/{id}/lock"), Need::Role(Role::Admin));
+        assert_eq!(need(&Method::POST, "/api/v1/sessions/{id}/unlock"), Need::Role(Role::Admin));
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/sessions/{id}/stop", post(stop))
         .route("/api/v1/sessions/{id}/pause", post(pause))
         .route("/api/v1/sessions/{id}/resume", post(resume))
+        .route("/api/v1/sessions/{id}/lock", post(lock_session))
+        .route("/api/v1/sessions/{id}/unlock", post(unlock_session))
         .route("/api/v1/sessions/{id}/chunks", get(chunks))
         .route("/api/v1/sessions/{id}/chunks/{cid}", get(chunk))
         .route("/api/v1/sessions/{id}/chunks/{cid}/download", get(download))
@@ -66,8 +68,13 @@ pub fn health_report(e: &Engine) -> (bool, Value) {
     let cam_err = e.camera_state.last_error.lock().map(|g| g.clone()).unwrap_or(None);
     let recording = e.camera_session();
     let healthy = store_ok && space_ok;
+    // Appends refused because only locked or recording sessions are left to delete: the
+    // device still answers (200), but records nothing until room is made.
+    let blocked = e.retention_blocked();
+    let r = &e.cfg.retention;
     let body = json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
+        "status": if !healthy { "unhealthy" } else if blocked.is_some() { "degraded" } else { "healthy" },
+        "reason": blocked,
         "timestamp": now_rfc3339(),
         "version": VERSION,
         "device_id": e.device_id,
@@ -84,6 +91,14 @@ pub fn health_report(e: &Engine) -> (bool, Value) {
                 "disconnects": e.camera_state.disconnects.load(std::sync::atomic::Ordering::Relaxed),
                 "encoder": e.camera_state.encoder.lock().map(|g| g.clone()).unwrap_or(None),
                 "last_error": cam_err,
+            },
+            "retention": {
+                "status": if blocked.is_some() { "degraded" } else { "healthy" },
+                "reason": blocked,
+                "accounted_bytes": e.store().accounted_bytes(),
+                "max_store_bytes": r.max_store_bytes,
+                "keep_free_percent": r.keep_free_percent,
+                "max_age_days": r.max_age_days,
             },
             "signer": {"status": "healthy", "epoch": e.epoch()},
             // Informational: recording goes on with an unsynchronized clock, and the
@@ -355,6 +370,7 @@ pub fn session_response(e: &Engine, r: &SessionRow) -> Value {
         "metadata": r.metadata,
         "rdp_config": r.rdp_config,
         "recovered": r.recovered,
+        "locked": r.locked,
         "statistics": {
             "duration_seconds": dur,
             "chunks_count": r.chunk_count,
@@ -626,6 +642,20 @@ async fn stop(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Js
         "final_statistics": s["statistics"],
         "merkle_root": row.root,
     })))
+}
+
+/// Protects a session from retention (admin): the engine keeps it whatever the limits.
+async fn lock_session(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
+    let e2 = e.clone();
+    let row = blocking(move || e2.set_locked(&id, true)).await?;
+    Ok(axum::Json(session_response(&e, &row)))
+}
+
+/// Makes a locked session subject to retention again (admin).
+async fn unlock_session(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {
+    let e2 = e.clone();
+    let row = blocking(move || e2.set_locked(&id, false)).await?;
+    Ok(axum::Json(session_response(&e, &row)))
 }
 
 async fn pause(State(e): State<AppState>, Path(id): Path<String>) -> ApiResult<Json> {

@@ -20,6 +20,7 @@ mod inputs;
 mod pipeline;
 mod processor;
 mod recorder;
+mod retention;
 mod slow_clients;
 mod storage;
 mod store_upgrade;
