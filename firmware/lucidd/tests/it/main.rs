@@ -17,6 +17,7 @@ mod gateway;
 mod inputs;
 mod pipeline;
 mod processor;
+mod recipients;
 mod recorder;
 mod slow_clients;
 mod storage;
