@@ -1103,6 +1103,47 @@ mod tests {
         e.iter().position(|(p, _)| p == path).unwrap_or_else(|| panic!("no {path}"))
     }
 
+    /// `recipients.age` (issue #10): optional, after the signature and before the init
+    /// segment, handed out by the report; anything but an age v1 file is refused, and
+    /// only the recorded chunk opens, with the session's key, to the recorded plaintext.
+    #[test]
+    fn recipients_file_is_optional_placed_and_reported() {
+        let f = fixture();
+        assert_eq!(verify_entries(&entries(&f.bundle())).unwrap().recipients_age, None);
+        let age_file = [AGE_V1_MAGIC, b"-> X25519 stanza\n--- mac\n"].concat();
+        let mut e = entries(&f.bundle());
+        let at = find(&e, Section::Init.path());
+        e.insert(at, (Section::Recipients.path().to_owned(), age_file.clone()));
+        let report = verify_entries(&e).unwrap();
+        assert_eq!(report.recipients_age.as_deref(), Some(&age_file[..]));
+
+        // The writer puts it there, and refuses it after the init segment.
+        let mut w = EvidenceWriter::new(Vec::new(), &f.signer.vkey(), &f.signed_manifest()).unwrap();
+        w.recipients(&age_file).unwrap();
+        w.init_segment(&f.init).unwrap();
+        assert!(matches!(w.recipients(&age_file), Err(EvidenceError::OutOfOrder { .. })));
+
+        let mut bad = e.clone();
+        bad[at].1 = b"not age".to_vec();
+        assert!(matches!(verify_entries(&bad), Err(VerifyError::MalformedEntry { path, .. }) if path.ends_with("recipients.age")));
+        let mut late = e.clone();
+        let moved = late.remove(at);
+        late.insert(at + 1, moved);
+        assert!(matches!(verify_entries(&late), Err(VerifyError::OutOfOrder { .. })));
+
+        let mut sealed = f.sealed[3].clone();
+        let (_, range) = open_recorded_chunk(&f.key, &report.records[3], &mut sealed).unwrap();
+        check_plaintext(&report.records[3], &sealed[range]).unwrap();
+        let mut sealed = f.sealed[3].clone();
+        assert!(matches!(
+            open_recorded_chunk(&f.key, &report.records[4], &mut sealed),
+            Err(OpenError::NotRecorded { index: 4, .. })
+        ));
+        let other = crate::seal::DataKey::from_bytes([9; 32]);
+        assert!(matches!(open_recorded_chunk(&other, &report.records[3], &mut sealed), Err(OpenError::WrongKey { index: 3 })));
+        assert!(matches!(check_plaintext(&report.records[3], b"other"), Err(OpenError::PlaintextMismatch { index: 3 })));
+    }
+
     #[test]
     fn good_bundle_verifies_and_is_reproducible() {
         let f = fixture();
