@@ -1125,7 +1125,9 @@ mod tests {
 
         let mut bad = e.clone();
         bad[at].1 = b"not age".to_vec();
-        assert!(matches!(verify_entries(&bad), Err(VerifyError::MalformedEntry { path, .. }) if path.ends_with("recipients.age")));
+        assert!(
+            matches!(verify_entries(&bad), Err(VerifyError::MalformedEntry { path, .. }) if path.ends_with("recipients.age"))
+        );
         let mut late = e.clone();
         let moved = late.remove(at);
         late.insert(at + 1, moved);
@@ -1140,8 +1142,14 @@ mod tests {
             Err(OpenError::NotRecorded { index: 4, .. })
         ));
         let other = crate::seal::DataKey::from_bytes([9; 32]);
-        assert!(matches!(open_recorded_chunk(&other, &report.records[3], &mut sealed), Err(OpenError::WrongKey { index: 3 })));
-        assert!(matches!(check_plaintext(&report.records[3], b"other"), Err(OpenError::PlaintextMismatch { index: 3 })));
+        assert!(matches!(
+            open_recorded_chunk(&other, &report.records[3], &mut sealed),
+            Err(OpenError::WrongKey { index: 3 })
+        ));
+        assert!(matches!(
+            check_plaintext(&report.records[3], b"other"),
+            Err(OpenError::PlaintextMismatch { index: 3 })
+        ));
     }
 
     #[test]

@@ -456,7 +456,10 @@ fn main() -> ExitCode {
                 }
             };
             if lucidd::verify::is_clip_file(&evidence) {
-                eprintln!("lucidd decrypt: {}: clip evidence has no recipients file; decrypt the session's evidence", evidence.display());
+                eprintln!(
+                    "lucidd decrypt: {}: clip evidence has no recipients file; decrypt the session's evidence",
+                    evidence.display()
+                );
                 return ExitCode::FAILURE;
             }
             decrypt(&evidence, &pin, device_evidence.as_deref(), &identity, &out)
@@ -537,17 +540,16 @@ fn verify_session(
     println!("{}", lucidd::verify::signer_line(&r));
     println!("session      {} ({:?}, {})", r.session_id, m.kind, m.name);
     println!("device       {}", r.device_id);
-    println!(
-        "recorded     {} .. {}",
-        m.started_at.as_deref().unwrap_or("-"),
-        m.stopped_at.as_deref().unwrap_or("-")
-    );
+    println!("recorded     {} .. {}", m.started_at.as_deref().unwrap_or("-"), m.stopped_at.as_deref().unwrap_or("-"));
     println!("chunks       {} (every one sealed, recorded and included)", r.chunk_count);
     println!("checkpoints  {} (signatures, roots and consistency checked)", r.checkpoints_checked);
     println!("root         {}", r.root_hex);
     println!("cipher       {}{}", m.cipher, if m.recovered { ", closed by crash recovery" } else { "" });
     if let Some(age_file) = &r.recipients_age {
-        println!("recipients   recipients.age ({} bytes): the data key for the device's recipients (lucidd decrypt)", age_file.len());
+        println!(
+            "recipients   recipients.age ({} bytes): the data key for the device's recipients (lucidd decrypt)",
+            age_file.len()
+        );
     }
     if let Some(device) = device_evidence {
         match lucidd::verify::verify_standing(&r, device) {

@@ -30,9 +30,13 @@ pub enum RecipientsError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not an age identity file: {msg}")]
     BadIdentity { path: PathBuf, msg: String },
-    #[error("{evidence}: has no recipients.age: this session was created while the device had no recipients configured, so only the device can decrypt it")]
+    #[error(
+        "{evidence}: has no recipients.age: this session was created while the device had no recipients configured, so only the device can decrypt it"
+    )]
     NoRecipients { evidence: PathBuf },
-    #[error("this evidence was not encrypted to identity {identity} (its public key {public}); the session's recipients file names other keys")]
+    #[error(
+        "this evidence was not encrypted to identity {identity} (its public key {public}); the session's recipients file names other keys"
+    )]
     NotARecipient { identity: PathBuf, public: String },
     #[error("{evidence}: recipients.age does not decrypt: {msg}")]
     BadAgeFile { evidence: PathBuf, msg: String },
@@ -97,8 +101,10 @@ pub fn decrypt_data_key(
     })?;
     let mut plain = Vec::with_capacity(32);
     reader.by_ref().take(33).read_to_end(&mut plain).map_err(|e| bad(e.to_string()))?;
-    let bytes: [u8; 32] =
-        plain.as_slice().try_into().map_err(|_| bad(format!("{} bytes of plaintext, not a 32-byte key", plain.len())))?;
+    let bytes: [u8; 32] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad(format!("{} bytes of plaintext, not a 32-byte key", plain.len())))?;
     Ok(DataKey::from_bytes(bytes))
 }
 
@@ -130,8 +136,9 @@ pub fn decrypt_file(
         ".{}.partial",
         out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "decrypt".into())
     ));
-    let result = write_plaintext(evidence_path, report, &key, &tmp)
-        .and_then(|r| std::fs::rename(&tmp, out).map(|()| r).map_err(|source| RecipientsError::Io { path: out.into(), source }));
+    let result = write_plaintext(evidence_path, report, &key, &tmp).and_then(|r| {
+        std::fs::rename(&tmp, out).map(|()| r).map_err(|source| RecipientsError::Io { path: out.into(), source })
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -360,7 +360,8 @@ impl Engine {
         let cipher = Cipher::preferred_for_this_cpu();
         let key = DataKey::generate(&self.rng).map_err(internal)?;
         let wrapped = seal::wrap_data_key(&self.kek, &key, &id, &self.rng).map_err(internal)?;
-        let recipients_age = crate::recipients::encrypt_data_key(&self.cfg.evidence, &key).map_err(internal)?.map(|f| B64.encode(f));
+        let recipients_age =
+            crate::recipients::encrypt_data_key(&self.cfg.evidence, &key).map_err(internal)?.map(|f| B64.encode(f));
         let now = now_rfc3339();
         let mut row = SessionRow {
             id: id.clone(),
