@@ -274,3 +274,33 @@ fn issue_10_a_bad_recipient_fails_config_loading() {
     let e = e.to_string();
     assert!(e.contains("evidence.device_can_decrypt"), "{e}");
 }
+
+/// A data session (uploaded chunks, zstd-compressed where it pays) finalized on a device
+/// that keeps no key: its chunks are refused with 409, and `lucidd decrypt` writes the
+/// uploaded bytes, decompressed, in order.
+#[test]
+fn issue_10_a_finalized_data_session_decrypts_for_a_recipient_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(tmp.path(), "key.txt");
+    let d = daemon(&recipient, false);
+    let c = d.client();
+    let parts = [crate::storage::text(40_000), crate::storage::noise(20_000, 3)];
+    for (i, p) in parts.iter().enumerate() {
+        crate::storage::upload(&d, "sess-rcpt", &format!("c-{i}"), p);
+    }
+    assert_eq!(c.get(&d.url("storage", "/sessions/sess-rcpt/chunks/c-0")).status, 200);
+    let r = c.post(&d.url("processor", "/api/v1/sessions/sess-rcpt/finalize"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(d.engine.get("sess-rcpt").unwrap().wrapped_key.is_empty());
+    let r = c.get(&d.url("storage", "/sessions/sess-rcpt/chunks/c-0"));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("cannot decrypt"), "{}", r.text());
+
+    let ev = c.get(&d.url("gateway", "/api/v1/sessions/sess-rcpt/evidence"));
+    assert_eq!(ev.status, 200, "{}", ev.text());
+    let ev_path = write(tmp.path(), "evidence.tar", &ev.body);
+    let out = tmp.path().join("data.bin");
+    let (code, stdout, stderr) = decrypt(&ev_path, &key, &out);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(std::fs::read(&out).unwrap(), parts.concat());
+}
