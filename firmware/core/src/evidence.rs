@@ -1,11 +1,14 @@
 //! The evidence bundle: a reproducible POSIX ustar archive holding everything needed to
 //! check a session offline (device key, signed manifest, init segment, checkpoints,
-//! records, sealed chunks), its streaming writer, and the verifier.
+//! records, sealed chunks) and, when the device has recipients, the session's data key
+//! encrypted to them (`recipients.age`); its streaming writer, and the verifier.
 //!
 //! It owns the bundle layout and the order of the verifier's checks. It must not open
 //! files or sockets: the writer takes any `io::Write` and the verifier any `io::Read`,
 //! and the verifier needs no key but the device's public one (it checks integrity and
-//! order, not content, so it never decrypts).
+//! order, not content, so it never decrypts). For a holder of the data key (a recipient,
+//! `lucidd decrypt`), [`open_recorded_chunk`] and [`check_plaintext`] open a chunk of
+//! verified evidence only if it is exactly the chunk its verified record describes.
 //!
 //! The bundle carries its own `device.vkey`, so on its own it proves only that *some*
 //! key signed it. A [`Pin`] names the device the reader expects (its verifier key, or its
@@ -23,6 +26,14 @@ use crate::seal::Cipher;
 
 /// The exact content of `lucid-evidence/VERSION`.
 pub const EVIDENCE_VERSION: &str = "lucid-evidence 1\n";
+
+/// The largest `recipients.age`: an X25519 stanza is about 130 bytes of header, so this
+/// holds the age file of several hundred recipients (the daemon allows 64).
+pub const MAX_RECIPIENTS_FILE: u64 = 64 << 10;
+
+/// The first line of every age v1 file (age-encryption.org/v1), which `recipients.age` must
+/// start with.
+pub const AGE_V1_MAGIC: &[u8] = b"age-encryption.org/v1\n";
 
 /// A record is at most its fixed part plus a 64-byte session id.
 pub(crate) const MAX_RECORD: u64 = 121 + chunk::MAX_SESSION_ID_LEN as u64;
@@ -47,6 +58,8 @@ enum Section {
     Vkey,
     Manifest,
     ManifestSig,
+    /// Optional: the data key as an age file to the device's recipients.
+    Recipients,
     Init,
     Checkpoints,
     Records,
@@ -56,11 +69,12 @@ enum Section {
 }
 
 impl Section {
-    const ALL: [Section; 9] = [
+    const ALL: [Section; 10] = [
         Section::Version,
         Section::Vkey,
         Section::Manifest,
         Section::ManifestSig,
+        Section::Recipients,
         Section::Init,
         Section::Checkpoints,
         Section::Records,
@@ -79,6 +93,7 @@ impl Section {
             Section::Vkey => 4096,
             Section::Manifest => 1 << 20,
             Section::ManifestSig => 256,
+            Section::Recipients => MAX_RECIPIENTS_FILE,
             Section::Init | Section::Chunks => MAX_SEALED_CHUNK as u64,
             Section::Checkpoints => 64 << 10,
             Section::Records => MAX_RECORD,
@@ -93,6 +108,7 @@ impl Section {
             Section::Vkey => "lucid-evidence/device.vkey",
             Section::Manifest => "lucid-evidence/manifest.json",
             Section::ManifestSig => "lucid-evidence/manifest.json.sig",
+            Section::Recipients => "lucid-evidence/recipients.age",
             Section::Init => "lucid-evidence/init.mp4",
             Section::Checkpoints => "lucid-evidence/checkpoints/",
             Section::Records => "lucid-evidence/records/",
@@ -123,7 +139,7 @@ fn entry_path(section: Section, n: u64) -> String {
 
 /// The section and number of a path, or `None` if the path is not part of the layout.
 fn parse_path(path: &str) -> Option<(Section, u64)> {
-    for section in &Section::ALL[..8] {
+    for section in &Section::ALL[..Section::ALL.len() - 1] {
         if section.numbered() {
             let digits = path.strip_prefix(section.path()).and_then(|r| r.strip_suffix(section.suffix()));
             if let Some(d) = digits {
@@ -227,6 +243,13 @@ impl<W: Write> EvidenceWriter<W> {
         w.append(Section::Manifest, 0, &manifest.bytes)?;
         w.append(Section::ManifestSig, 0, manifest.signature_file().as_bytes())?;
         Ok(w)
+    }
+
+    /// Adds the session's data key encrypted to the device's recipients: an age v1 file
+    /// (binary, all recipients in one header) whose plaintext is the 32 key bytes. Only
+    /// for sessions created while recipients were configured; before the init segment.
+    pub fn recipients(&mut self, age_file: &[u8]) -> Result<(), EvidenceError> {
+        self.append(Section::Recipients, 0, age_file)
     }
 
     /// Adds the plaintext init segment (camera sessions only).
@@ -536,6 +559,11 @@ pub struct EvidenceReport {
     /// included in the final checkpoint. [`crate::media`] checks an export against their
     /// plaintext digests.
     pub records: Vec<ChunkRecord>,
+    /// `recipients.age` as found, if the bundle has one: the data key encrypted to the
+    /// device's recipients. Not signed: only its first line is checked here. A substitute
+    /// cannot pass for the real one, because a wrong key opens no chunk (every chunk is
+    /// AEAD-sealed and its plaintext digest is in its signed record).
+    pub recipients_age: Option<Vec<u8>>,
 }
 
 /// Verifies a bundle read from `r`, streaming: chunks are checked as they arrive and
@@ -772,6 +800,7 @@ struct Verification {
     manifest_bytes: Option<Vec<u8>>,
     signature: Option<[u8; 64]>,
     head: Option<Head>,
+    recipients: Option<Vec<u8>>,
     init_seen: bool,
     checkpoints: Vec<Checkpoint>,
     /// The text of the last checkpoint only (it must be the manifest's final one): the
@@ -801,6 +830,7 @@ impl Verification {
             Section::Vkey => self.vkey.is_some(),
             Section::Manifest => self.manifest_bytes.is_some(),
             Section::ManifestSig => self.signature.is_some(),
+            Section::Recipients => self.recipients.is_some(),
             Section::Init => self.init_seen,
             Section::Checkpoints => self.checkpoints.binary_search_by_key(&n, |c| c.size).is_ok(),
             Section::Records => self.records.binary_search_by_key(&n, |r| r.index).is_ok(),
@@ -850,6 +880,12 @@ impl Verification {
             Section::Manifest => self.manifest_bytes = Some(data),
             Section::ManifestSig => {
                 self.signature = Some(manifest::parse_signature_file(&data).map_err(|e| malformed(section, e))?);
+            }
+            Section::Recipients => {
+                if !data.starts_with(AGE_V1_MAGIC) {
+                    return Err(malformed(section, "not an age v1 file (age-encryption.org/v1)"));
+                }
+                self.recipients = Some(data);
             }
             Section::Init => {
                 if self.head().init_blake3 != Some(*blake3::hash(&data).as_bytes()) {
@@ -1006,8 +1042,47 @@ impl Verification {
             manifest_sha256: head.manifest_sha256,
             manifest: head.manifest,
             records: self.records,
+            recipients_age: self.recipients,
         })
     }
+}
+
+/// Why a chunk of verified evidence did not open (`lucidd decrypt`).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The sealed bytes are not the ones the verified record describes (the bundle changed
+    /// after it was verified, or the chunk is not the record's).
+    #[error("chunk {index} is not the chunk its verified record describes: {source}")]
+    NotRecorded { index: u64, source: FormatError },
+    /// The AEAD refused the chunk: the key is not this session's.
+    #[error("chunk {index} does not open with this data key (it is not this session's key)")]
+    WrongKey { index: u64 },
+    /// The opened (and, by the caller, decompressed) plaintext is not the recorded one.
+    #[error("chunk {index}: plaintext does not match its record's plain_blake3")]
+    PlaintextMismatch { index: u64 },
+}
+
+/// Opens a sealed chunk from verified evidence in place, after checking it is exactly the
+/// chunk `record` describes (so a bundle swapped after verification is caught here).
+/// Returns the header (its `ZSTD` flag says whether the payload is compressed; the caller
+/// decompresses, this crate does not) and the payload's range in `sealed`.
+pub fn open_recorded_chunk(
+    key: &crate::seal::DataKey,
+    record: &ChunkRecord,
+    sealed: &mut [u8],
+) -> Result<(chunk::ChunkHeader, std::ops::Range<usize>), OpenError> {
+    let index = record.index;
+    record.matches_sealed(sealed).map_err(|source| OpenError::NotRecorded { index, source })?;
+    crate::seal::open_chunk_in_place(key, sealed).map_err(|_| OpenError::WrongKey { index })
+}
+
+/// Checks a chunk's final plaintext (decompressed if it was compressed) against its
+/// verified record, so the output of a decryption is exactly what the device recorded.
+pub fn check_plaintext(record: &ChunkRecord, plain: &[u8]) -> Result<(), OpenError> {
+    if plain.len() != record.plain_len as usize || *blake3::hash(plain).as_bytes() != record.plain_blake3 {
+        return Err(OpenError::PlaintextMismatch { index: record.index });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1026,6 +1101,55 @@ mod tests {
 
     fn find(e: &[(String, Vec<u8>)], path: &str) -> usize {
         e.iter().position(|(p, _)| p == path).unwrap_or_else(|| panic!("no {path}"))
+    }
+
+    /// `recipients.age` (issue #10): optional, after the signature and before the init
+    /// segment, handed out by the report; anything but an age v1 file is refused, and
+    /// only the recorded chunk opens, with the session's key, to the recorded plaintext.
+    #[test]
+    fn recipients_file_is_optional_placed_and_reported() {
+        let f = fixture();
+        assert_eq!(verify_entries(&entries(&f.bundle())).unwrap().recipients_age, None);
+        let age_file = [AGE_V1_MAGIC, b"-> X25519 stanza\n--- mac\n"].concat();
+        let mut e = entries(&f.bundle());
+        let at = find(&e, Section::Init.path());
+        e.insert(at, (Section::Recipients.path().to_owned(), age_file.clone()));
+        let report = verify_entries(&e).unwrap();
+        assert_eq!(report.recipients_age.as_deref(), Some(&age_file[..]));
+
+        // The writer puts it there, and refuses it after the init segment.
+        let mut w = EvidenceWriter::new(Vec::new(), &f.signer.vkey(), &f.signed_manifest()).unwrap();
+        w.recipients(&age_file).unwrap();
+        w.init_segment(&f.init).unwrap();
+        assert!(matches!(w.recipients(&age_file), Err(EvidenceError::OutOfOrder { .. })));
+
+        let mut bad = e.clone();
+        bad[at].1 = b"not age".to_vec();
+        assert!(
+            matches!(verify_entries(&bad), Err(VerifyError::MalformedEntry { path, .. }) if path.ends_with("recipients.age"))
+        );
+        let mut late = e.clone();
+        let moved = late.remove(at);
+        late.insert(at + 1, moved);
+        assert!(matches!(verify_entries(&late), Err(VerifyError::OutOfOrder { .. })));
+
+        let mut sealed = f.sealed[3].clone();
+        let (_, range) = open_recorded_chunk(&f.key, &report.records[3], &mut sealed).unwrap();
+        check_plaintext(&report.records[3], &sealed[range]).unwrap();
+        let mut sealed = f.sealed[3].clone();
+        assert!(matches!(
+            open_recorded_chunk(&f.key, &report.records[4], &mut sealed),
+            Err(OpenError::NotRecorded { index: 4, .. })
+        ));
+        let other = crate::seal::DataKey::from_bytes([9; 32]);
+        assert!(matches!(
+            open_recorded_chunk(&other, &report.records[3], &mut sealed),
+            Err(OpenError::WrongKey { index: 3 })
+        ));
+        assert!(matches!(
+            check_plaintext(&report.records[3], b"other"),
+            Err(OpenError::PlaintextMismatch { index: 3 })
+        ));
     }
 
     #[test]

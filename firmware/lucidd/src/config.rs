@@ -17,6 +17,69 @@ pub enum ConfigError {
     Parse { path: PathBuf, msg: String },
     #[error("invalid setting {key}: {msg}")]
     Invalid { key: &'static str, msg: String },
+    /// Entry `index` (from 0) of `evidence.recipients` is not an age X25519 recipient.
+    #[error("invalid setting evidence.recipients[{index}] = {value:?}: {msg}")]
+    Recipient { index: usize, value: String, msg: String },
+}
+
+/// `[evidence]`: who, besides the device, can open a session's recordings (issue #10,
+/// "Recipient keys"; docs/design.md, "Recipients file").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvidenceConfig {
+    /// age X25519 recipients (`age1…`, as `age-keygen` prints them). Every session
+    /// created while this is non-empty has its data key encrypted to all of them, in one
+    /// age file kept with the session and put in its evidence as `recipients.age`.
+    pub recipients: Vec<String>,
+    /// When false, the device erases its own (KEK-wrapped) copy of a session's data key
+    /// when the session stops or is finalized: from then on only a recipient can decrypt
+    /// it (`lucidd decrypt`); export, playback and live of it are refused. Needs
+    /// `recipients`.
+    pub device_can_decrypt: bool,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        EvidenceConfig { recipients: Vec::new(), device_can_decrypt: true }
+    }
+}
+
+/// At most this many recipients: each adds about 130 bytes to every session's age file.
+pub const MAX_RECIPIENTS: usize = 64;
+
+impl EvidenceConfig {
+    /// The recipients, parsed; `Err` names the first entry that is not an age X25519
+    /// recipient.
+    pub fn parsed_recipients(&self) -> Result<Vec<age::x25519::Recipient>, ConfigError> {
+        self.recipients
+            .iter()
+            .enumerate()
+            .map(|(index, value)| {
+                value.trim().parse::<age::x25519::Recipient>().map_err(|e| ConfigError::Recipient {
+                    index,
+                    value: value.clone(),
+                    msg: format!("not an age X25519 recipient (age1… as age-keygen prints it): {e}"),
+                })
+            })
+            .collect()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.recipients.len() > MAX_RECIPIENTS {
+            return Err(ConfigError::Invalid {
+                key: "evidence.recipients",
+                msg: format!("at most {MAX_RECIPIENTS} recipients"),
+            });
+        }
+        self.parsed_recipients()?;
+        if !self.device_can_decrypt && self.recipients.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "evidence.device_can_decrypt",
+                msg: "false needs at least one entry in evidence.recipients: otherwise no one could ever decrypt a stopped session".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -459,6 +522,8 @@ pub struct Config {
     pub time: TimeConfig,
     /// Automatic deletion of old sessions.
     pub retention: RetentionConfig,
+    /// Recipient keys of the sessions' data keys.
+    pub evidence: EvidenceConfig,
 }
 
 impl Default for Config {
@@ -483,6 +548,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             time: TimeConfig::default(),
             retention: RetentionConfig::default(),
+            evidence: EvidenceConfig::default(),
         }
     }
 }
@@ -592,7 +658,8 @@ impl Config {
         if !(20..=10_000).contains(&g.blink_ms) {
             return bad("gpio.blink_ms", "must be 20..=10000");
         }
-        self.retention.validate()
+        self.retention.validate()?;
+        self.evidence.validate()
     }
 
     pub fn store_path(&self) -> PathBuf {
@@ -603,6 +670,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recipients_are_checked_one_by_one() {
+        let good = "age1pf60hpr2q5jz7wk39tft3g9g8vdjtq6ssxwyuadznrejg8whe5fsxr45fc";
+        let ok = EvidenceConfig { recipients: vec![good.into()], device_can_decrypt: false };
+        assert!(ok.validate().is_ok());
+        let bad = EvidenceConfig { recipients: vec![good.into(), "age1nope".into()], device_can_decrypt: true };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("evidence.recipients[1]") && e.contains("age1nope"), "{e}");
+        let none = EvidenceConfig { recipients: vec![], device_can_decrypt: false };
+        assert!(none.validate().unwrap_err().to_string().contains("evidence.device_can_decrypt"));
+    }
 
     #[test]
     fn camera_nodes_are_canonical_video_paths() {

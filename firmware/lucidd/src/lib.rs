@@ -4,8 +4,9 @@
 //! Code map: `config` (settings), `keys` (device secrets on disk), `store` (the only redb
 //! user), `engine` (sessions, the chunk path, the camera recorder), `metrics` (counters),
 //! `http` (the five services), `update` (signed A/B OTA updates and the trial-boot
-//! self-check), `verify` (the offline evidence check), `gpio` (record LED and button on a
-//! Pi), `discovery` (host name and mDNS advertisement), `clock` (NTP, the clock's floor and
+//! self-check), `verify` (the offline evidence check), `recipients` (the data key encrypted
+//! to age recipients, and `lucidd decrypt`), `gpio` (record LED and button on a Pi),
+//! `discovery` (host name and mDNS advertisement), `clock` (NTP, the clock's floor and
 //! whether its times can be trusted). `main.rs` is a thin CLI over these.
 
 pub mod clock;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod hwcheck;
 pub mod keys;
 pub mod metrics;
+pub mod recipients;
 pub mod store;
 pub mod update;
 pub mod util;

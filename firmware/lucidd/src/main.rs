@@ -45,6 +45,28 @@ enum Cmd {
         #[arg(long, value_name = "DEVICE.tar")]
         device_evidence: Option<PathBuf>,
     },
+    /// Verify session evidence exactly as `verify` does, then decrypt it with an age
+    /// identity that is one of the device's recipients (`[evidence] recipients`) and write
+    /// the plaintext export: the same bytes as the device's export.mp4.
+    Decrypt {
+        /// The evidence tar from GET /api/v1/sessions/{id}/evidence.
+        evidence: PathBuf,
+        /// An age identity file (`age-keygen -o KEY.txt`) of one of the recipients.
+        #[arg(long, short = 'i', value_name = "KEY.txt")]
+        identity: PathBuf,
+        /// Where to write the MP4 (replaced only once everything decrypted and matched).
+        #[arg(long, short = 'o', value_name = "OUT.mp4")]
+        out: PathBuf,
+        /// Fail unless the bundle is signed by this verifier key file.
+        #[arg(long, value_name = "FILE", conflicts_with = "device_id")]
+        vkey: Option<PathBuf>,
+        /// Fail unless the bundle is signed by this device (lucid- and 16 hex digits).
+        #[arg(long, value_name = "ID")]
+        device_id: Option<String>,
+        /// Also prove the session's standing with the device's evidence, as `verify` does.
+        #[arg(long, value_name = "DEVICE.tar")]
+        device_evidence: Option<PathBuf>,
+    },
     /// Verify a device's evidence (GET /api/v1/device/evidence) offline and list every
     /// session the device ever created, with its latest head and any deletion. Fails on a
     /// gap, a reordering or a fork of the device log.
@@ -274,6 +296,10 @@ struct RunArgs {
     /// Delete the oldest closed, unlocked sessions while the store holds more than this.
     #[arg(long, env = "LUCID_RETENTION_MAX_STORE_BYTES")]
     retention_max_store_bytes: Option<u64>,
+    /// age X25519 recipients of every new session's data key, comma-separated; replaces
+    /// `[evidence] recipients` of the config file.
+    #[arg(long, env = "LUCID_EVIDENCE_RECIPIENTS", value_delimiter = ',')]
+    evidence_recipients: Option<Vec<String>>,
     /// Log to the systemd journal instead of stderr (the image sets this).
     #[arg(long, env = "LUCID_LOG_JOURNALD")]
     journald: bool,
@@ -350,6 +376,9 @@ fn build_config(a: &RunArgs) -> anyhow::Result<Config> {
     if let Some(v) = a.retention_max_store_bytes {
         c.retention.max_store_bytes = Some(v);
     }
+    if let Some(v) = &a.evidence_recipients {
+        c.evidence.recipients = v.iter().map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).collect();
+    }
     c.validate()?;
     Ok(c)
 }
@@ -416,38 +445,9 @@ fn main() -> ExitCode {
             if lucidd::verify::is_clip_file(&evidence) {
                 return verify_clip(&evidence, &pin, media.as_deref());
             }
-            let r = match lucidd::verify::verify_file(&evidence, &pin) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(r) = verify_session(&evidence, &pin, device_evidence.as_deref()) else {
+                return ExitCode::FAILURE;
             };
-            let m = &r.manifest;
-            println!("{}", lucidd::verify::signer_line(&r));
-            println!("session      {} ({:?}, {})", r.session_id, m.kind, m.name);
-            println!("device       {}", r.device_id);
-            println!(
-                "recorded     {} .. {}",
-                m.started_at.as_deref().unwrap_or("-"),
-                m.stopped_at.as_deref().unwrap_or("-")
-            );
-            println!("chunks       {} (every one sealed, recorded and included)", r.chunk_count);
-            println!("checkpoints  {} (signatures, roots and consistency checked)", r.checkpoints_checked);
-            println!("root         {}", r.root_hex);
-            println!("cipher       {}{}", m.cipher, if m.recovered { ", closed by crash recovery" } else { "" });
-            if let Some(device) = device_evidence {
-                match lucidd::verify::verify_standing(&r, &device) {
-                    Ok(st) => println!(
-                        "latest       generation {}, the device log's last word on this session (head at event {} of {}; not deleted)",
-                        st.head.generation, st.head.index, st.device_log_size
-                    ),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
             let Some(media) = media else {
                 println!("OK: evidence verified");
                 return ExitCode::SUCCESS;
@@ -469,6 +469,23 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Cmd::Decrypt { evidence, identity, out, vkey, device_id, device_evidence } => {
+            let pin = match lucidd::verify::pin(vkey.as_deref(), device_id.as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("lucidd decrypt: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if lucidd::verify::is_clip_file(&evidence) {
+                eprintln!(
+                    "lucidd decrypt: {}: clip evidence has no recipients file; decrypt the session's evidence",
+                    evidence.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            decrypt(&evidence, &pin, device_evidence.as_deref(), &identity, &out)
         }
         Cmd::VerifyDevice { evidence, vkey, device_id } => {
             let pin = match lucidd::verify::pin(vkey.as_deref(), device_id.as_deref()) {
@@ -540,6 +557,83 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `lucidd verify EVIDENCE.tar` without `--media`, printed: the session evidence checked
+/// against `pin` and, with `device_evidence`, its standing in the device log. `None`
+/// after printing the failure. `lucidd decrypt` runs exactly this before it decrypts.
+fn verify_session(
+    evidence: &std::path::Path,
+    pin: &lucid_core::evidence::Pin,
+    device_evidence: Option<&std::path::Path>,
+) -> Option<lucid_core::evidence::EvidenceReport> {
+    let r = match lucidd::verify::verify_file(evidence, pin) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return None;
+        }
+    };
+    let m = &r.manifest;
+    println!("{}", lucidd::verify::signer_line(&r));
+    println!("session      {} ({:?}, {})", r.session_id, m.kind, m.name);
+    println!("device       {}", r.device_id);
+    println!("recorded     {} .. {}", m.started_at.as_deref().unwrap_or("-"), m.stopped_at.as_deref().unwrap_or("-"));
+    println!("chunks       {} (every one sealed, recorded and included)", r.chunk_count);
+    println!("checkpoints  {} (signatures, roots and consistency checked)", r.checkpoints_checked);
+    println!("root         {}", r.root_hex);
+    println!("cipher       {}{}", m.cipher, if m.recovered { ", closed by crash recovery" } else { "" });
+    if let Some(age_file) = &r.recipients_age {
+        println!(
+            "recipients   recipients.age ({} bytes): the data key for the device's recipients (lucidd decrypt)",
+            age_file.len()
+        );
+    }
+    if let Some(device) = device_evidence {
+        match lucidd::verify::verify_standing(&r, device) {
+            Ok(st) => println!(
+                "latest       generation {}, the device log's last word on this session (head at event {} of {}; not deleted)",
+                st.head.generation, st.head.index, st.device_log_size
+            ),
+            Err(e) => {
+                eprintln!("{e}");
+                return None;
+            }
+        }
+    }
+    Some(r)
+}
+
+/// `lucidd decrypt EVIDENCE.tar --identity KEY.txt -o OUT.mp4`: everything `lucidd verify`
+/// checks, then the recipients' copy of the data key opened with the identity, and every
+/// chunk opened, checked against its verified record and written in log order.
+fn decrypt(
+    evidence: &std::path::Path,
+    pin: &lucid_core::evidence::Pin,
+    device_evidence: Option<&std::path::Path>,
+    identity: &std::path::Path,
+    out: &std::path::Path,
+) -> ExitCode {
+    let Some(r) = verify_session(evidence, pin, device_evidence) else {
+        return ExitCode::FAILURE;
+    };
+    match lucidd::recipients::decrypt_file(evidence, &r, identity, out) {
+        Ok(d) => {
+            println!(
+                "decrypted    {}: init segment ({} bytes) and {} chunks ({} bytes), each matching its signed record",
+                out.display(),
+                d.init_len,
+                d.chunks,
+                d.total_len
+            );
+            println!("OK: evidence verified and decrypted");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lucidd decrypt: {e}");
+            ExitCode::FAILURE
         }
     }
 }

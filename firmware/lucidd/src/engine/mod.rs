@@ -88,6 +88,12 @@ pub enum EngineError {
     Unavailable(String),
     #[error("internal: {0}")]
     Internal(String),
+    /// The device erased its copy of `session`'s data key at stop
+    /// (`evidence.device_can_decrypt = false`): only a recipient can decrypt it now.
+    #[error(
+        "the device cannot decrypt session {session}: its data key was erased when the session was sealed (evidence.device_can_decrypt = false); a recipient must download the evidence and run `lucidd decrypt`"
+    )]
+    KeyErased { session: String },
 }
 
 impl From<StoreError> for EngineError {
@@ -252,6 +258,9 @@ impl Engine {
         cfg: Config,
         open_store: impl FnOnce(&std::path::Path) -> Result<Store, StoreError>,
     ) -> anyhow::Result<Arc<Engine>> {
+        // Recipients are used at every session creation and `device_can_decrypt = false`
+        // is only safe with some: refuse to start rather than fail per session later.
+        cfg.evidence.validate()?;
         private_dir(&cfg.data_dir)?;
         let keys: DeviceKeys = crate::keys::load_or_create(&cfg.data_dir, cfg.api_token.as_deref())?;
         if keys.token_generated {
@@ -374,6 +383,8 @@ impl Engine {
         let cipher = Cipher::preferred_for_this_cpu();
         let key = DataKey::generate(&self.rng).map_err(internal)?;
         let wrapped = seal::wrap_data_key(&self.kek, &key, &id, &self.rng).map_err(internal)?;
+        let recipients_age =
+            crate::recipients::encrypt_data_key(&self.cfg.evidence, &key).map_err(internal)?.map(|f| B64.encode(f));
         let now = now_rfc3339();
         let mut row = SessionRow {
             id: id.clone(),
@@ -394,6 +405,7 @@ impl Engine {
             owner_address: None,
             cipher: cipher.name().to_owned(),
             wrapped_key: B64.encode(&wrapped),
+            recipients_age,
             chunk_count: 0,
             plain_bytes: 0,
             stored_bytes: 0,
@@ -551,8 +563,7 @@ impl Engine {
             )));
         }
         let tree = merkle::MerkleTree::from_leaves(&leaves);
-        let wrapped = B64.decode(&row.wrapped_key).map_err(internal)?;
-        let key = seal::unwrap_data_key(&self.kek, &wrapped, sid).map_err(internal)?;
+        let key = self.unwrap_row_key(&row)?;
         let cipher =
             Cipher::from_name(&row.cipher).ok_or_else(|| internal(format!("unknown cipher {}", row.cipher)))?;
         let last_checkpoint = self.store.last_checkpoint(sid)?.map(|c| c.0).unwrap_or(0);
@@ -891,6 +902,12 @@ impl Engine {
         let mut l = lock(&log);
         let mut row = l.row.clone();
         set(&mut row);
+        // With `device_can_decrypt = false` the device keeps no copy of the key past a
+        // seal: the empty wrapped key commits with the manifest, in one transaction, and
+        // from then on only the recipients' age file opens the session.
+        if !self.cfg.evidence.device_can_decrypt && row.recipients_age.is_some() {
+            row.wrapped_key.clear();
+        }
         row.updated_at = now_rfc3339();
         let size = l.tree.len();
         let root = l.tree.root(size).map_err(internal)?;
@@ -948,6 +965,10 @@ impl Engine {
         )?;
         l.row = row.clone();
         l.last_checkpoint = size;
+        if row.wrapped_key.is_empty() {
+            // No plaintext of the session outlives the key on the device either.
+            self.segments.evict_session(sid);
+        }
         Ok(row)
     }
 
@@ -1054,9 +1075,18 @@ impl Engine {
 
     // ----- reading ----------------------------------------------------------------------
 
-    fn row_key(&self, row: &SessionRow) -> Result<(DataKey, Cipher)> {
+    /// The session's data key, unwrapped with the KEK; `KeyErased` once the device gave
+    /// its copy up (an empty `wrapped_key`, see `seal_session`).
+    fn unwrap_row_key(&self, row: &SessionRow) -> Result<DataKey> {
+        if row.wrapped_key.is_empty() {
+            return Err(EngineError::KeyErased { session: row.id.clone() });
+        }
         let wrapped = B64.decode(&row.wrapped_key).map_err(internal)?;
-        let key = seal::unwrap_data_key(&self.kek, &wrapped, &row.id).map_err(internal)?;
+        seal::unwrap_data_key(&self.kek, &wrapped, &row.id).map_err(internal)
+    }
+
+    fn row_key(&self, row: &SessionRow) -> Result<(DataKey, Cipher)> {
+        let key = self.unwrap_row_key(row)?;
         let cipher = Cipher::from_name(&row.cipher).ok_or_else(|| internal("unknown cipher"))?;
         Ok((key, cipher))
     }
@@ -1379,6 +1409,9 @@ impl Engine {
         let manifest_size = self.manifest_tree_size(&man)?;
         let signed = lucid_core::SignedManifest { bytes: man, signature };
         let mut w = lucid_core::evidence::EvidenceWriter::new(out, &self.signer.vkey(), &signed).map_err(internal)?;
+        if let Some(age_file) = &row.recipients_age {
+            w.recipients(&B64.decode(age_file).map_err(internal)?).map_err(internal)?;
+        }
         if let Some(init) = self.store.get_init(sid)? {
             w.init_segment(&init).map_err(internal)?;
         }

@@ -105,8 +105,14 @@ pub struct SessionRow {
     pub owner_address: Option<String>,
     /// Cipher name as lucid-core spells it.
     pub cipher: String,
-    /// The data key wrapped under the device KEK (base64).
+    /// The data key wrapped under the device KEK (base64); empty once the device erased its
+    /// copy at a seal (`evidence.device_can_decrypt = false`).
     pub wrapped_key: String,
+    /// The data key encrypted to the configured recipients: an age v1 file (base64),
+    /// the evidence's `recipients.age`. Absent in rows from before recipients, and for
+    /// sessions created without any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients_age: Option<String>,
     pub chunk_count: u64,
     pub plain_bytes: u64,
     pub stored_bytes: u64,

@@ -325,10 +325,16 @@ where
     Ok(Body::from_stream(stream))
 }
 
+/// The row of a camera session whose video the device can still decrypt: export, clips
+/// and playback (init segment and playlist included, so a player is told at once) answer
+/// 409 for a session whose key the device erased (`evidence.device_can_decrypt = false`).
 fn camera_session(e: &Engine, sid: &str) -> Result<crate::engine::SessionRow, EngineError> {
     let row = e.get(sid)?;
     if row.kind != Kind::Camera {
         return Err(EngineError::BadInput(format!("session {sid} holds uploaded data, not video")));
+    }
+    if row.wrapped_key.is_empty() {
+        return Err(EngineError::KeyErased { session: row.id });
     }
     Ok(row)
 }

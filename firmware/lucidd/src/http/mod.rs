@@ -152,6 +152,7 @@ impl From<EngineError> for ApiError {
             EngineError::Full(m) => ApiError::InsufficientStorage(format!("storage full: {m}")),
             EngineError::Unavailable(m) => ApiError::Unavailable(m),
             EngineError::Internal(m) => ApiError::Internal(m),
+            e @ EngineError::KeyErased { .. } => ApiError::Conflict(e.to_string()),
         }
     }
 }

@@ -19,6 +19,7 @@ mod gateway;
 mod inputs;
 mod pipeline;
 mod processor;
+mod recipients;
 mod recorder;
 mod retention;
 mod slow_clients;
