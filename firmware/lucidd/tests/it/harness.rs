@@ -159,3 +159,14 @@ pub fn py_venv() -> std::path::PathBuf {
         cache.join("lucid/venv")
     })
 }
+
+/// Runs the lucidd binary with `args`; (exit code, stdout, stderr).
+pub fn lucidd(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lucidd"));
+    for a in args {
+        cmd.arg(a);
+    }
+    let out = cmd.output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}

@@ -12,7 +12,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::gateway::{create, ffprobe_frames, retar, wait_chunks};
-use crate::harness::{Client, Daemon, test_config};
+use crate::harness::{Client, Daemon, lucidd, test_config};
 
 const RECIPIENTS_ENTRY: &str = "lucid-evidence/recipients.age";
 
@@ -31,17 +31,6 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let recipient = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(recipient.starts_with("age1"), "{recipient}");
     (key, recipient)
-}
-
-/// Runs the lucidd binary; (exit code, stdout, stderr).
-fn lucidd(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lucidd"));
-    for a in args {
-        cmd.arg(a);
-    }
-    let out = cmd.output().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
 
 /// A daemon whose sessions are encrypted to `recipient` as well.

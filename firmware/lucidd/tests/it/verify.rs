@@ -5,7 +5,6 @@
 //! dropped, duplicated or reordered export gets wrong.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use lucid_core::{Checkpoint, Manifest, Signer, Verifier};
 
@@ -14,14 +13,9 @@ use crate::harness::{Client, Daemon};
 
 /// Runs `lucidd verify` with `args`; (exit code, stdout, stderr).
 fn verify(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lucidd"));
-    cmd.arg("verify");
-    for a in args {
-        cmd.arg(a);
-    }
-    let out = cmd.output().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"verify"];
+    all.extend_from_slice(args);
+    crate::harness::lucidd(&all)
 }
 
 /// A stopped camera session of at least `chunks` chunks: (session id, evidence, export).
