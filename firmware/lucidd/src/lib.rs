@@ -168,8 +168,8 @@ async fn keep_time(engine: Arc<Engine>) {
                     .unwrap_or_else(|e| Err(e.to_string()));
                 let was_synced = engine.clock.synchronized();
                 if engine.clock.record(&r) {
-                    let (e, a) = (engine.clone(), r.clone());
-                    let stepped = a.as_ref().map(|a| a.stepped_us).unwrap_or(0);
+                    let e = engine.clone();
+                    let stepped = r.as_ref().map(|a| a.stepped_us).unwrap_or(0);
                     match tokio::task::spawn_blocking(move || e.note_clock_synchronised(stepped)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the clock's synchronisation"),
