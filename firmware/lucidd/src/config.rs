@@ -392,12 +392,63 @@ pub struct NetworkConfig {
     pub hostname: String,
     /// Answer `<hostname>.local` and advertise `_http._tcp` and `_lucid._tcp` over mDNS.
     pub mdns: bool,
+    /// Wi-Fi networks from the owner's settings file (`settings`), PSKs already hashed.
+    /// Kept and validated; joining them is not built yet (issue 11, "Network").
+    pub wifi: Vec<WifiNetwork>,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        NetworkConfig { hostname: String::new(), mdns: true }
+        NetworkConfig { hostname: String::new(), mdns: true, wifi: Vec::new() }
     }
+}
+
+/// One Wi-Fi network: WPA2-PSK, the PSK as wpa_supplicant takes it (64 hex digits, the
+/// PBKDF2 of passphrase and SSID), never the passphrase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WifiNetwork {
+    pub ssid: String,
+    /// 64 hex digits; empty for an open network.
+    #[serde(default)]
+    pub psk_hash: String,
+    /// ISO 3166-1 alpha-2 regulatory country, e.g. "DE" (the radio's allowed channels).
+    #[serde(default)]
+    pub country: String,
+    #[serde(default)]
+    pub hidden: bool,
+}
+
+/// At most this many Wi-Fi networks are kept.
+pub const MAX_WIFI_NETWORKS: usize = 16;
+
+impl WifiNetwork {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ssid.is_empty() || self.ssid.len() > 32 {
+            return Err(format!("ssid {:?} must be 1..=32 bytes", self.ssid));
+        }
+        if !self.psk_hash.is_empty()
+            && (self.psk_hash.len() != 64 || !self.psk_hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(format!("psk_hash of {:?} must be 64 hex digits (as wpa_passphrase prints it)", self.ssid));
+        }
+        if !self.country.is_empty()
+            && (self.country.len() != 2 || !self.country.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(format!("country {:?} must be two capital letters (ISO 3166-1), e.g. \"DE\"", self.country));
+        }
+        Ok(())
+    }
+}
+
+/// `[settings]`: where the owner's settings file lives (the FAT partition a PC sees).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SettingsConfig {
+    /// Directory of `lucid.toml` (and Raspberry Pi Imager's `custom.toml`), where the
+    /// generated admin password is left as `lucid-password.txt`. Empty: no settings file
+    /// (a host); the image sets the boot-control partition, `/boot/ctl`.
+    pub dir: PathBuf,
 }
 
 /// `[time]`: where the clock comes from (see `clock`).
@@ -415,6 +466,9 @@ pub struct TimeConfig {
     pub poll_secs: u64,
     /// Seconds between tries until the first answer.
     pub retry_secs: u64,
+    /// IANA time zone for showing times to people (e.g. "Europe/Berlin"); records and
+    /// manifests are always UTC. Empty: UTC.
+    pub timezone: String,
 }
 
 impl Default for TimeConfig {
@@ -425,6 +479,7 @@ impl Default for TimeConfig {
             set_clock: false,
             poll_secs: 1024,
             retry_secs: 16,
+            timezone: String::new(),
         }
     }
 }
@@ -524,6 +579,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Recipient keys of the sessions' data keys.
     pub evidence: EvidenceConfig,
+    /// The owner's settings file on the boot partition.
+    pub settings: SettingsConfig,
 }
 
 impl Default for Config {
@@ -549,14 +606,79 @@ impl Default for Config {
             time: TimeConfig::default(),
             retention: RetentionConfig::default(),
             evidence: EvidenceConfig::default(),
+            settings: SettingsConfig::default(),
+        }
+    }
+}
+
+/// A time zone name as the IANA database spells them; the zone itself is the reader's
+/// business (the device keeps UTC), so only the shape is checked.
+fn valid_timezone(tz: &str) -> bool {
+    tz.is_empty()
+        || (tz.len() <= 64
+            && tz
+                .split('/')
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))))
+}
+
+/// The device's kept settings, a partial config written by `lucidd settings` from the
+/// owner's file and layered over the image's config (see `settings`).
+pub const SETTINGS_OVERLAY: &str = "settings.toml";
+
+/// Puts every key of `over` into `base`, table by table (arrays and values are replaced).
+pub fn merge_tables(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
         }
     }
 }
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        Self::from_table(Self::table_of_file(path)?, path)
+    }
+
+    /// The config file's table, before it becomes a `Config`.
+    pub fn table_of_file(path: &Path) -> Result<toml::Table, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), msg: e.to_string() })
+        text.parse::<toml::Table>().map_err(|e| ConfigError::Parse { path: path.into(), msg: e.to_string() })
+    }
+
+    /// `table` as a `Config`; `origin` names it in errors.
+    pub fn from_table(table: toml::Table, origin: &Path) -> Result<Config, ConfigError> {
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin.into(), msg: e.to_string() })
+    }
+
+    /// The image's config file (`file`, or the defaults) with the device's kept settings
+    /// (`<data_dir>/settings.toml`) over it; `data_dir` overrides the file's. The kept
+    /// settings may not move the data directory: they live in it.
+    pub fn load_layered(file: Option<&Path>, data_dir: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(p) => Self::table_of_file(p)?,
+            None => toml::Table::new(),
+        };
+        let origin = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("(defaults)"));
+        let dir = match data_dir {
+            Some(d) => d.to_path_buf(),
+            None => Self::from_table(table.clone(), &origin)?.data_dir,
+        };
+        let overlay = dir.join(SETTINGS_OVERLAY);
+        if overlay.exists() {
+            let over = Self::table_of_file(&overlay)?;
+            if over.contains_key("data_dir") {
+                return Err(ConfigError::Parse { path: overlay, msg: "data_dir cannot be a kept setting".into() });
+            }
+            merge_tables(&mut table, &over);
+        }
+        let mut c = Self::from_table(table, &origin)?;
+        c.data_dir = dir;
+        Ok(c)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -643,6 +765,18 @@ impl Config {
         }
         if !(16..=86_400).contains(&t.poll_secs) || !(1..=3600).contains(&t.retry_secs) {
             return bad("time.poll_secs/retry_secs", "poll_secs must be 16..=86400 and retry_secs 1..=3600");
+        }
+        if !valid_timezone(&t.timezone) {
+            return bad(
+                "time.timezone",
+                "an IANA zone name such as \"Europe/Berlin\" (letters, digits, _ + - /; at most 64)",
+            );
+        }
+        if self.network.wifi.len() > MAX_WIFI_NETWORKS {
+            return bad("network.wifi", &format!("at most {MAX_WIFI_NETWORKS} networks"));
+        }
+        for w in &self.network.wifi {
+            w.validate().map_err(|msg| ConfigError::Invalid { key: "network.wifi", msg })?;
         }
         let g = &self.gpio;
         // BCM 0..=27 are the GPIOs on the 40-pin header of every supported Pi.

@@ -48,7 +48,7 @@ impl std::fmt::Debug for DeviceKeys {
 }
 
 /// Writes `bytes` to `path` with mode 0600 atomically: temp file, fsync, rename, fsync dir.
-fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+pub(crate) fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let tmp = path.with_extension("tmp");
     let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
@@ -59,6 +59,11 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
         File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     }
     Ok(())
+}
+
+/// A secret file's bytes (`None` when absent); refuses one readable by others.
+pub(crate) fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, KeyError> {
+    read_file(path)
 }
 
 fn read_file(path: &Path) -> Result<Option<Vec<u8>>, KeyError> {
@@ -110,7 +115,8 @@ pub fn identity(data_dir: &Path) -> Result<(Signer, String), KeyError> {
     identity_in(&keys_dir(data_dir)?, &SystemRandom::new())
 }
 
-fn keys_dir(data_dir: &Path) -> Result<PathBuf, KeyError> {
+/// `<data dir>/keys`, created (0700) if missing.
+pub(crate) fn keys_dir(data_dir: &Path) -> Result<PathBuf, KeyError> {
     let dir = data_dir.join("keys");
     fs::create_dir_all(&dir).map_err(io(&dir))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;

@@ -7,7 +7,8 @@
 //! self-check), `verify` (the offline evidence check), `recipients` (the data key encrypted
 //! to age recipients, and `lucidd decrypt`), `gpio` (record LED and button on a Pi),
 //! `discovery` (host name and mDNS advertisement), `clock` (NTP, the clock's floor and
-//! whether its times can be trusted). `main.rs` is a thin CLI over these.
+//! whether its times can be trusted), `settings` (the owner's settings file on the boot
+//! partition), `password` (the admin password). `main.rs` is a thin CLI over these.
 
 pub mod clock;
 pub mod config;
@@ -19,7 +20,9 @@ pub mod http;
 pub mod hwcheck;
 pub mod keys;
 pub mod metrics;
+pub mod password;
 pub mod recipients;
+pub mod settings;
 pub mod store;
 pub mod update;
 pub mod util;

@@ -22,6 +22,12 @@ enum Cmd {
     /// id>`), creating the device key if this is the first boot: the image's init sets the
     /// kernel's host name with it before DHCP, so DHCP and mDNS announce one name.
     Hostname(RunArgs),
+    /// Apply the owner's settings file from the boot partition (`[settings] dir`:
+    /// lucid.toml, or Raspberry Pi Imager's custom.toml) if it changed, and make an admin
+    /// password if the device has none: the image's init runs it before `hostname`.
+    /// A rejected file changes nothing and is reported; the exit status is non-zero only
+    /// when the data partition cannot be written.
+    Settings(RunArgs),
     /// Verify an evidence bundle offline (no device, no secrets needed).
     Verify {
         /// The evidence tar from GET /api/v1/sessions/{id}/evidence, or clip evidence from
@@ -306,13 +312,9 @@ struct RunArgs {
 }
 
 fn build_config(a: &RunArgs) -> anyhow::Result<Config> {
-    let mut c = match &a.config {
-        Some(p) => Config::from_file(p)?,
-        None => Config::default(),
-    };
-    if let Some(v) = &a.data_dir {
-        c.data_dir = v.clone();
-    }
+    // The image's file, then the owner's kept settings from the data partition, then the
+    // environment and flags.
+    let mut c = Config::load_layered(a.config.as_deref(), a.data_dir.as_deref())?;
     if let Some(v) = a.source {
         c.source = v;
     }
@@ -381,6 +383,41 @@ fn build_config(a: &RunArgs) -> anyhow::Result<Config> {
     }
     c.validate()?;
     Ok(c)
+}
+
+/// `lucidd settings`: one line per outcome on the console, which is where an owner with a
+/// serial cable or a screen looks; the rest see the status in the web app.
+fn settings_cmd(a: &RunArgs) -> anyhow::Result<()> {
+    use lucidd::settings;
+    let cfg = build_config(a)?;
+    let status = settings::apply(a.config.as_deref(), &cfg)?;
+    match status.state.as_str() {
+        "applied" => {
+            println!("lucid-settings: applied {}: {}", status.file, status.applied.join(", "));
+            if !status.ignored.is_empty() {
+                println!("lucid-settings: ignored (not used by this device): {}", status.ignored.join(", "));
+            }
+        }
+        "rejected" => println!(
+            "lucid-settings: REJECTED {} (nothing changed): {}",
+            status.file,
+            status.error.as_deref().unwrap_or("")
+        ),
+        "unchanged" => println!("lucid-settings: {} unchanged since {}", status.file, status.at),
+        _ => println!("lucid-settings: no settings file"),
+    }
+    // The config again: the file may have named the host.
+    let cfg = build_config(a)?;
+    let (_, device_id) = lucidd::keys::identity(&cfg.data_dir)?;
+    let host = lucidd::discovery::hostname(&cfg.network.hostname, &device_id)?;
+    if let Some(p) = settings::ensure_admin_password(&cfg, &host)? {
+        // Shown once, here, by design (docs/image.md, "First boot").
+        println!(
+            "lucid-settings: admin password: {p} (also in {} on the boot partition until you change it)",
+            lucidd::password::GENERATED_FILE
+        );
+    }
+    Ok(())
 }
 
 fn init_logging(journald: bool) {
@@ -534,6 +571,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Settings(a) => match settings_cmd(&a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lucid-settings: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Run(a) => {
             init_logging(a.journald);
             let cfg = match build_config(&a) {

@@ -770,6 +770,9 @@ fn copy_firmware(board: &Board, fw: Option<&Path>, dir: &Path) -> Result<()> {
 
 /// p1: which slot boots.
 fn fill_bootctl(repo: &Path, board: &Board, f: &BootFiles, work: &Path, dir: &Path) -> Result<()> {
+    // The partition a PC shows: where an owner finds what they may write (lucidd's
+    // `settings` module; docs/image.md, "First boot").
+    std::fs::copy(repo.join("image/bootctl/lucid.toml.example"), dir.join("lucid.toml.example"))?;
     match board.boot.method {
         BootMethod::RpiTryboot => {
             std::fs::write(dir.join("autoboot.txt"), AUTOBOOT_TXT)?;

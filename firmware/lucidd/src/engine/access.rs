@@ -159,7 +159,41 @@ pub struct NewToken {
     pub created_at: String,
 }
 
+/// Serialises password changes: two at once must not both check the old hash.
+static PASSWORD_CHANGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Engine {
+    /// Whether the device has an admin password (from the settings file, generated at
+    /// first boot, or set here).
+    pub fn has_admin_password(&self) -> bool {
+        matches!(crate::password::stored(&self.cfg.data_dir), Ok(Some(_)))
+    }
+
+    /// Replaces the admin password. `current` must match the stored one when there is
+    /// one (the caller already holds the admin token; the password is what a browser
+    /// signs in with, so changing it asks for it, as every sign-in page does). Then the
+    /// generated password's file on the boot partition, readable by anyone with the card,
+    /// is deleted. Returns whether that file was there.
+    pub fn change_admin_password(&self, current: Option<&str>, new: &str) -> Result<bool> {
+        use crate::password;
+        let _one = PASSWORD_CHANGE.lock().unwrap_or_else(|p| p.into_inner());
+        password::check_len(new).map_err(|e| EngineError::BadInput(format!("new_password: {e}")))?;
+        let stored = password::stored(&self.cfg.data_dir).map_err(|e| EngineError::Internal(e.to_string()))?;
+        if let Some(h) = stored {
+            match current {
+                Some(c) if password::verify(c, &h) => {}
+                Some(_) => return Err(EngineError::BadInput("current_password does not match".into())),
+                None => return Err(EngineError::BadInput("current_password is required".into())),
+            }
+        }
+        let hash = password::hash(new).map_err(|e| EngineError::Internal(e.to_string()))?;
+        password::store(&self.cfg.data_dir, &hash).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let removed = crate::settings::remove_generated_password(&self.cfg.settings.dir)
+            .map_err(|e| EngineError::Internal(format!("the password changed, but {e}")))?;
+        tracing::info!(removed_generated_file = removed, "admin password changed");
+        Ok(removed)
+    }
+
     /// Creates a named viewer token; the secret is returned once and stored only hashed.
     pub fn create_token(&self, name: &str, role: Role) -> Result<NewToken> {
         let name = name.trim();

@@ -92,6 +92,8 @@ async fn device(State(e): State<AppState>) -> axum::Json<Value> {
             "synchronized": synced,
             "plausible": now.year() >= 2024,
             "sntp": clock,
+            // For showing times to people; every time the device records is UTC.
+            "timezone": e.cfg.time.timezone,
         },
     }))
 }

@@ -59,7 +59,9 @@ pub const PUBLIC: &[(&str, &str, &str)] = &[
 pub const VIEWER_WRITES: &[(&str, &str)] = &[("POST", "/api/v1/sessions/{id}/share")];
 
 /// Reads only an admin may make.
-pub const ADMIN_READS: &[(&str, &str)] = &[("GET", "/api/v1/tokens")];
+/// The settings report may quote a line of the owner's file (a parse error), which may
+/// hold a secret they mistyped.
+pub const ADMIN_READS: &[(&str, &str)] = &[("GET", "/api/v1/tokens"), ("GET", "/api/v1/settings")];
 
 /// Routes a share URL (`?exp=…&sig=…`, signed for the `{id}` in the path) opens.
 /// A clip is part of the export, so it is opened by the same share URL.

@@ -105,6 +105,9 @@ pub fn health_report(e: &Engine) -> (bool, Value) {
             // device log says when it was synchronized.
             "clock": e.clock.status(),
             "gpio": crate::gpio::status(),
+            // The owner's settings file: applied, unchanged, rejected or none. Why one
+            // was rejected is in GET /api/v1/settings (admin): the message may quote it.
+            "settings": crate::settings::Status::load(&e.cfg.data_dir).map(|s| json!({"state": s.state, "file": s.file, "at": s.at})),
         }
     });
     (healthy, body)

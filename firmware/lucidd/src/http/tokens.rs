@@ -1,5 +1,6 @@
-//! Credential routes on 8087: named viewer tokens (admin) and short-lived share URLs for
-//! players (viewer or admin).
+//! Credential routes on 8087: named viewer tokens (admin), short-lived share URLs for
+//! players (viewer or admin), the admin password (`PUT /api/v1/admin/password`) and the
+//! report of the owner's settings file (`GET /api/v1/settings`, admin).
 //!
 //! Parses and renders only: tokens are created, hashed, stored and revoked by
 //! `engine::access`, and who may call these routes is decided by `auth` like everywhere
@@ -9,7 +10,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -21,6 +22,42 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/tokens", post(create).get(list))
         .route("/api/v1/tokens/{id}", delete(revoke))
         .route("/api/v1/sessions/{id}/share", post(share))
+        .route("/api/v1/admin/password", put(change_password))
+        .route("/api/v1/settings", get(settings))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePassword {
+    current_password: Option<String>,
+    new_password: String,
+}
+
+// Not `Debug`: the body holds two passwords.
+async fn change_password(State(e): State<AppState>, LJson(body): LJson<ChangePassword>) -> ApiResult<Response> {
+    let removed =
+        blocking(move || e.change_admin_password(body.current_password.as_deref(), &body.new_password)).await?;
+    Ok(axum::Json(json!({"changed": true, "generated_password_file_removed": removed})).into_response())
+}
+
+/// `GET /api/v1/settings` (admin): what the last settings file did, its error in full
+/// (which may quote a line of the file, so only the admin sees it), and the kept
+/// settings that are not secrets.
+async fn settings(State(e): State<AppState>) -> ApiResult<axum::Json<serde_json::Value>> {
+    let out = blocking(move || {
+        let c = &e.cfg;
+        Ok(json!({
+            "file": crate::settings::Status::load(&c.data_dir),
+            "dir": c.settings.dir.display().to_string(),
+            "admin_password_set": e.has_admin_password(),
+            "hostname": e.hostname(),
+            "timezone": c.time.timezone,
+            "time_servers": c.time.servers,
+            "wifi": c.network.wifi.iter().map(|w| json!({"ssid": w.ssid, "country": w.country, "hidden": w.hidden, "psk_set": !w.psk_hash.is_empty()})).collect::<Vec<_>>(),
+        }))
+    })
+    .await?;
+    Ok(axum::Json(out))
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,7 @@ mod processor;
 mod recipients;
 mod recorder;
 mod retention;
+mod settings;
 mod slow_clients;
 mod storage;
 mod store_upgrade;
