@@ -1,6 +1,9 @@
 //! Group `boot`: the QEMU board's SD image (qemu-aarch64-virt, or rpi3 in raspi3b) boots through U-Boot to a healthy lucidd,
 //! records a session with the synthetic camera whose evidence verifies on the host, and
 //! the U-Boot one-shot trial (`lucid_try` in lucid.env) boots the other slot exactly once.
+//! The owner's settings file: without one the first boot generates an admin password; a
+//! `lucid.toml` written to p1 before a boot names the host and leaves the card without
+//! its password.
 //! Prints the boot time to a healthy /health, the image size and the rootfs size.
 
 use std::process::Command;
@@ -58,6 +61,11 @@ fn boots_to_healthy_services_and_records_a_verifiable_session() {
     assert_eq!(name, format!("lucid-{}", &id[6..10]), "{device}");
     if let Some(q) = &dev.qemu {
         assert!(q.console().contains(&format!("lucid-rcS: hostname {name}")), "the init did not set {name}");
+        // No lucid.toml on the card: the first boot made an admin password and showed it
+        // (it is also in lucid-password.txt on p1, which the trial-boot test reads).
+        let c = q.console();
+        assert!(c.contains("lucid-settings: no settings file"), "lucidd settings did not run");
+        assert!(c.contains("lucid-settings: admin password: "), "no admin password was generated");
     }
 
     if ntp.is_some() && remote_target().is_none() {
@@ -143,6 +151,9 @@ fn a_one_shot_trial_boots_the_other_slot_and_is_consumed_first() {
     assert!(st.success());
     // Exactly the bytes lucidd writes when it arms a trial.
     fat_write(&disk, 1, "lucid.env", "lucid_active=a\nlucid_try=b\n").unwrap();
+    // The owner's settings file, as written on a PC before the first boot.
+    let settings = "# written on a laptop\nhostname = \"hil-try\"\nadmin_password = \"hil secret 42\"\n";
+    fat_write(&disk, 1, "lucid.toml", settings).unwrap();
 
     let mut dev = Device::boot_qemu("try", &disk, "raw").unwrap();
     let q = dev.qemu.as_mut().unwrap();
@@ -152,9 +163,18 @@ fn a_one_shot_trial_boots_the_other_slot_and_is_consumed_first() {
     let root = format!("root={} lucid.slot=b", board().unwrap().part(6));
     assert!(c.contains(&root), "kernel was not given slot b's root ({root})");
     assert!(c.contains("lucid-rcS: up: slot b"), "the system did not come up on slot b");
+    // The settings file was applied before the host name was set, and left the card
+    // without its password (p1 is mounted `sync`: on the disk as soon as written).
+    assert!(c.contains("lucid-settings: applied lucid.toml: admin_password, network.hostname"), "settings not applied");
+    assert!(c.contains("lucid-rcS: hostname hil-try"), "the init did not take the settings file's host name");
+    assert!(!c.contains("lucid-settings: admin password: "), "a password was given: none may be generated");
     q.kill();
+    let left = fat_read(&disk, 1, "lucid.toml").unwrap();
+    assert!(!left.contains("hil secret 42") && left.contains("# written on a laptop"), "{left}");
+    assert!(left.contains("admin_password: applied on"), "{left}");
     // The trial was consumed before the kernel started: a reset now boots slot a.
     assert_eq!(fat_read(&disk, 1, "lucid.env").unwrap(), "lucid_active=a\nlucid_try=\n");
     let _ = std::fs::remove_file(&disk);
     println!("hil boot: lucid_try=b booted slot b once; lucid.env rewritten to lucid_active=a, lucid_try= before boot");
+    println!("hil boot: lucid.toml applied (host name hil-try), its password taken off the card");
 }
