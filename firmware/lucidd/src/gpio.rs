@@ -357,8 +357,19 @@ pub enum Toggled {
 }
 
 /// One press: stops whatever the camera records (started by the button or the API), or
-/// else creates a camera session and starts it. Blocking (commits to the store).
+/// else creates a camera session and starts it; in continuous mode, pauses or resumes
+/// continuous recording. Blocking (commits to the store).
 pub fn toggle(engine: &Arc<Engine>) -> ToggleResult {
+    // In continuous mode a press pauses and resumes the segments instead.
+    if engine.cfg.record.mode == crate::config::RecordMode::Continuous {
+        let st = engine.record_status();
+        if st.state == "recording" {
+            engine.pause_continuous()?;
+            return Ok(Toggled::Stopped(st.session.unwrap_or_default()));
+        }
+        let st = engine.resume_continuous()?;
+        return Ok(Toggled::Started(st.session.unwrap_or_default()));
+    }
     if let Some(sid) = engine.camera_session() {
         engine.stop_recording(&sid)?;
         return Ok(Toggled::Stopped(sid));

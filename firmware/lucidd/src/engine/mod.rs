@@ -18,8 +18,10 @@
 pub mod access;
 pub mod camera;
 pub mod clip;
+pub mod continuous;
 pub mod devlog;
 pub mod pipeline;
+pub mod recordings;
 pub mod retention;
 pub mod row;
 pub mod segments;
@@ -216,6 +218,8 @@ pub struct Engine {
     retention_blocked: Mutex<Option<retention::Blocked>>,
     /// Dropping it ends the background retention thread.
     retention_runner: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// Continuous recording's pause flag (see `engine/continuous.rs`).
+    continuous: Mutex<continuous::ContinuousState>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -298,10 +302,13 @@ impl Engine {
             retention: Mutex::new(()),
             retention_blocked: Mutex::new(None),
             retention_runner: Mutex::new(None),
+            continuous: Mutex::new(continuous::ContinuousState::default()),
             cfg,
         });
         engine.recover()?;
         *lock(&engine.retention_runner) = retention::spawn(&engine);
+        // After recovery sealed the segment a crash left open: a new one starts.
+        engine.start_continuous_at_boot();
         Ok(engine)
     }
 
@@ -1064,11 +1071,19 @@ impl Engine {
 
     /// Stops whatever is recording (shutdown path): the session is closed normally.
     pub fn shutdown(&self) {
-        let sid = lock(&self.camera).as_ref().map(|c| c.session_id.clone());
-        if let Some(sid) = sid
-            && let Err(e) = self.stop_recording(&sid)
-        {
-            tracing::error!(session = %sid, error = %e, "stop at shutdown failed");
+        // A continuous cut may move the camera to a new segment between reading its
+        // session and stopping it: the stop then finds the old one stopped, and the
+        // new one is stopped on the next round.
+        for _ in 0..10 {
+            let Some(sid) = self.camera_session() else { break };
+            match self.stop_recording(&sid) {
+                Ok(_) => break,
+                Err(EngineError::Transition { .. }) if self.camera_session().as_deref() != Some(&sid) => continue,
+                Err(e) => {
+                    tracing::error!(session = %sid, error = %e, "stop at shutdown failed");
+                    break;
+                }
+            }
         }
         self.tick();
     }
