@@ -197,9 +197,10 @@ pub struct Engine {
     logs: Mutex<HashMap<String, Arc<Mutex<Log>>>>,
     /// One transition lock per session: every state change (create, start, pause,
     /// resume, stop, finalize, rename, delete, upload) holds it from its check to its
-    /// write, so two changes of one session never interleave. Never taken by the camera
-    /// thread (a stop holds it while joining that thread); the thread writes through the
-    /// open log's lock instead.
+    /// write, so two changes of one session never interleave. Never waited for by the
+    /// camera thread (a stop holds it while joining that thread; a continuous segment cut
+    /// only try-locks it, see `continuous`); the thread writes through the open log's lock
+    /// instead.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     camera: Mutex<Option<camera::CameraRun>>,
     pub camera_state: camera::CameraState,

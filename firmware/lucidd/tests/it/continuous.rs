@@ -310,3 +310,37 @@ fn dir_bytes(dir: &Path) -> u64 {
     }
     sum
 }
+
+/// The real binary, SIGKILLed mid-segment: at the next start recovery seals the open
+/// segment (as `recovered`, and it verifies) and a new segment starts by itself.
+#[test]
+fn after_a_crash_the_open_segment_is_recovered_and_a_new_one_starts() {
+    use crate::crash::{get, spawn_with};
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("LUCID_RECORD_MODE", "continuous"), ("LUCID_SEGMENT_SECONDS", "30")];
+    let mut a = spawn_with(dir.path(), &env);
+    let st = get(&a, "/api/v1/record");
+    assert_eq!(st["state"], "recording", "{st}");
+    let sid = st["session_id"].as_str().unwrap().to_owned();
+    wait("two chunks", 30, &mut || {
+        get(&a, &format!("/api/v1/sessions/{sid}"))["statistics"]["chunks_count"].as_u64().unwrap() >= 2
+    });
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+
+    let mut b = spawn_with(dir.path(), &env);
+    let s = get(&b, &format!("/api/v1/sessions/{sid}"));
+    assert_eq!((s["status"].as_str(), s["recovered"].as_bool()), (Some("stopped"), Some(true)), "{s}");
+    let st = get(&b, "/api/v1/record");
+    assert_eq!(st["state"], "recording", "{st}");
+    assert_ne!(st["session_id"].as_str().unwrap(), sid, "a new segment after recovery");
+    let c = Client { http: reqwest::blocking::Client::new(), token: Some(crate::harness::TOKEN.into()) };
+    let ev = c.get(&format!("{}/api/v1/sessions/{sid}/evidence", b.base));
+    assert_eq!(ev.status, 200, "{}", ev.text());
+    let path = dir.path().join("recovered.tar");
+    std::fs::write(&path, &ev.body).unwrap();
+    let (code, out, err) = lucidd(&[&"verify", &path]);
+    assert_eq!(code, 0, "{out}{err}");
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+}
