@@ -264,3 +264,15 @@ impl Engine {
         Ok(Some(new.id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_is_named_by_its_start_to_the_second() {
+        // 2026-11-26T10:00:00.750Z
+        assert_eq!(segment_name(1_795_687_200_750_000), "2026-11-26T10:00:00Z");
+        assert_eq!(segment_name(0), "1970-01-01T00:00:00Z");
+    }
+}
