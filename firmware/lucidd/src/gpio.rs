@@ -534,6 +534,30 @@ mod tests {
         Engine::open(c).unwrap()
     }
 
+    /// In continuous mode a press pauses (the segment is sealed, none starts) and the next
+    /// resumes with a new segment.
+    #[test]
+    fn in_continuous_mode_the_button_pauses_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config {
+            data_dir: dir.path().to_owned(),
+            api_token: Some("test-token-0123456789".into()),
+            min_free_bytes: 1 << 20,
+            ..Config::default()
+        };
+        (c.video.width, c.video.height, c.video.fps, c.video.bitrate_bps) = (320, 240, 15, 300_000);
+        c.record.mode = crate::config::RecordMode::Continuous;
+        let engine = Engine::open(c).unwrap();
+        let first = engine.camera_session().expect("recording from the start");
+        assert_eq!(toggle(&engine).unwrap(), Toggled::Stopped(first.clone()));
+        assert_eq!(engine.record_status().state, "paused");
+        assert_eq!(engine.get(&first).unwrap().status.as_str(), "stopped");
+        let Toggled::Started(next) = toggle(&engine).unwrap() else { panic!("not resumed") };
+        assert_ne!(next, first);
+        assert_eq!(engine.record_status().state, "recording");
+        engine.shutdown();
+    }
+
     #[tokio::test]
     async fn absent_on_a_machine_without_gpio() {
         if std::path::Path::new("/dev/gpiomem").exists() || std::path::Path::new("/dev/gpiochip0").exists() {
