@@ -116,10 +116,17 @@ fn continuous_segments_lose_no_frame_verify_pause_resume_restart_and_list() {
         let b = d.engine.records(&pair[1].id).unwrap();
         let (last, first) = (&a.last().unwrap().record, &b.first().unwrap().record);
         assert_eq!(last.media_end_us, first.media_start_us, "{} -> {}: media time jumps", pair[0].id, pair[1].id);
-        // media_end is one frame interval after the last frame: check it against the
-        // chunk's own frame count (the test camera's pts are whole microseconds).
-        let per_frame = (last.media_end_us - last.media_start_us) / u64::from(last.frame_count);
-        assert!(per_frame.abs_diff(frame_us) <= 1, "{per_frame} µs per frame, want {frame_us}");
+        // The records carry chunk times, not frame times. The chunker ends a chunk cut at
+        // a keyframe at that keyframe's pts, i.e. one frame interval after the chunk's
+        // last frame, so the equality above is "last frame + one interval == first frame
+        // of the next segment". The paced test camera puts frames on a grid of slots and
+        // skips a slot when the machine is late (a source drop, counted apart, seen on
+        // this loaded 2-core machine), so a chunk spans its frames at one interval each,
+        // or more where the camera skipped: never less, and on the grid.
+        let span = last.media_end_us - last.media_start_us;
+        let slots = (span + frame_us / 2) / frame_us;
+        assert!(slots >= u64::from(last.frame_count), "{span} µs for {} frames", last.frame_count);
+        assert!(span.abs_diff(slots * frame_us) <= slots, "{span} µs is off the {frame_us} µs frame grid");
         assert!(!b[0].record.flags.contains(lucid_core::chunk::Flags::GAP_BEFORE), "a cut is no gap");
         assert!(a.len() >= 2, "a 2 s segment of 1 s chunks has at least two");
     }
@@ -129,6 +136,17 @@ fn continuous_segments_lose_no_frame_verify_pause_resume_restart_and_list() {
     for s in &before_pause {
         verify(&d, &c, &s.id, tmp.path());
     }
+    // A later segment's media time does not start at zero: its export still plays
+    // every frame and matches its evidence.
+    let second = &before_pause[1];
+    let mp4 = c.get(&gw(&d, &format!("/api/v1/sessions/{}/export.mp4", second.id)));
+    assert_eq!(mp4.status, 200, "{}", mp4.text());
+    let mp4_path = tmp.path().join("second.mp4");
+    std::fs::write(&mp4_path, &mp4.body).unwrap();
+    let (_, _, _, frames) = crate::gateway::ffprobe_frames(&mp4_path);
+    assert_eq!(frames, d.engine.get(&second.id).unwrap().frame_count);
+    let (code, out, err) = lucidd(&[&"verify", &tmp.path().join(format!("{}.tar", second.id)), &"--media", &mp4_path]);
+    assert_eq!(code, 0, "{out}{err}");
 
     // The listing: every segment, no gap inside the run, one gap for the pause.
     let now = lucidd::util::unix_micros();
