@@ -633,7 +633,7 @@ impl Engine {
     ) -> Result<Appended> {
         let t0 = Instant::now();
         // Before this session's log lock is taken: a retention pass reads every open log.
-        self.make_room(sid, payload.len() as u64)?;
+        self.make_room(sid, self.entry_estimate(sid, payload.len(), client_id, client_meta))?;
         let log = self.open_log(sid)?;
         let mut l = lock(&log);
         if l.deleted {
@@ -684,6 +684,23 @@ impl Engine {
         self.metrics.observe_chunk(out.took, true);
         self.maybe_checkpoint(&mut l, sid, false)?;
         Ok(out)
+    }
+
+    /// What appending `payload_len` bytes adds to the session's value log, at most: the
+    /// payload (compression only shrinks it), and for each part a sealed header and tag,
+    /// a record and the Merkle nodes it completes (`ENTRY_FIXED`), plus the client id, the
+    /// metadata and the session row the entry carries. Retention makes room for this much,
+    /// not just the payload: the store's accounting counts the whole entry, so a cap met
+    /// by the payload alone would be overshot by a few kB at every append.
+    fn entry_estimate(&self, sid: &str, payload_len: usize, client_id: Option<&str>, meta: Option<&Value>) -> u64 {
+        const ENTRY_FIXED: u64 = 4096;
+        let parts = payload_len.div_ceil(MAX_PART).max(1) as u64;
+        let row = self.get(sid).ok().and_then(|r| serde_json::to_vec(&r).ok()).map_or(0, |b| b.len());
+        let meta = meta.and_then(|m| serde_json::to_vec(m).ok()).map_or(0, |b| b.len());
+        payload_len as u64
+            + parts * (ENTRY_FIXED + meta as u64)
+            + row as u64
+            + client_id.map_or(0, str::len) as u64
     }
 
     /// Seals every part and commits them with their Merkle nodes and the new row in one
