@@ -697,10 +697,7 @@ impl Engine {
         let parts = payload_len.div_ceil(MAX_PART).max(1) as u64;
         let row = self.get(sid).ok().and_then(|r| serde_json::to_vec(&r).ok()).map_or(0, |b| b.len());
         let meta = meta.and_then(|m| serde_json::to_vec(m).ok()).map_or(0, |b| b.len());
-        payload_len as u64
-            + parts * (ENTRY_FIXED + meta as u64)
-            + row as u64
-            + client_id.map_or(0, str::len) as u64
+        payload_len as u64 + parts * (ENTRY_FIXED + meta as u64) + row as u64 + client_id.map_or(0, str::len) as u64
     }
 
     /// Seals every part and commits them with their Merkle nodes and the new row in one

@@ -1,7 +1,8 @@
-//! The appliance's own routes on 8087, beyond the Lucid contract: device identity, signed
-//! manifests and checkpoints, Merkle proofs, decrypted media (init segment, fragments,
-//! HLS playlist, a streamed MP4 export, clips of it) and the evidence bundles (the
-//! session's, and a clip's). Documented in
+//! The appliance's own routes on 8087, beyond the Lucid contract: device identity, the
+//! record state and continuous recording's pause and resume, the recordings listing (the
+//! timeline), signed manifests and checkpoints, Merkle proofs, decrypted media (init
+//! segment, fragments, HLS playlist, a streamed MP4 export, clips of it) and the evidence
+//! bundles (the session's, and a clip's). Documented in
 //! `openapi.json`, served at `/api/v1/openapi.json`.
 //!
 //! Owns the streaming of large responses: export and evidence are produced on a blocking
