@@ -235,7 +235,29 @@ pub struct RecordConfig {
     pub checkpoint_every_chunks: u64,
     /// ... or every T seconds, whichever comes first, and always at stop.
     pub checkpoint_every_secs: u64,
+    /// `manual`: the camera records when a client or the button says so. `continuous`:
+    /// it records from boot on, in segments of `segment_seconds` (engine/continuous.rs).
+    pub mode: RecordMode,
+    /// Length of one continuous segment (a session of its own), cut at the first
+    /// keyframe after it; 2..=86400.
+    pub segment_seconds: u64,
 }
+
+/// `[record] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordMode {
+    /// Sessions are started and stopped through the API or the record button.
+    Manual,
+    /// The camera records from boot on; a new session every `segment_seconds`.
+    Continuous,
+}
+
+/// Shortest continuous segment: below two seconds a segment would hold one or two chunks
+/// and the cut (a new session row, a signed manifest) would cost more than the video.
+pub const MIN_SEGMENT_SECONDS: u64 = 2;
+/// Longest continuous segment: a day.
+pub const MAX_SEGMENT_SECONDS: u64 = 86_400;
 
 impl Default for RecordConfig {
     fn default() -> Self {
@@ -245,6 +267,8 @@ impl Default for RecordConfig {
             zstd_level: 3,
             checkpoint_every_chunks: 10,
             checkpoint_every_secs: 10,
+            mode: RecordMode::Manual,
+            segment_seconds: 3600,
         }
     }
 }
@@ -715,6 +739,9 @@ impl Config {
         }
         if r.checkpoint_every_chunks == 0 || r.checkpoint_every_secs == 0 {
             return bad("record.checkpoint_every_*", "must be at least 1");
+        }
+        if !(MIN_SEGMENT_SECONDS..=MAX_SEGMENT_SECONDS).contains(&r.segment_seconds) {
+            return bad("record.segment_seconds", "must be 2..=86400 (seconds of one continuous segment)");
         }
         let p = &self.ports;
         let mut all = [p.pipeline, p.recorder, p.processor, p.storage, p.gateway];

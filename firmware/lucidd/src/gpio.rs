@@ -357,8 +357,19 @@ pub enum Toggled {
 }
 
 /// One press: stops whatever the camera records (started by the button or the API), or
-/// else creates a camera session and starts it. Blocking (commits to the store).
+/// else creates a camera session and starts it; in continuous mode, pauses or resumes
+/// continuous recording. Blocking (commits to the store).
 pub fn toggle(engine: &Arc<Engine>) -> ToggleResult {
+    // In continuous mode a press pauses and resumes the segments instead.
+    if engine.cfg.record.mode == crate::config::RecordMode::Continuous {
+        let st = engine.record_status();
+        if st.state == "recording" {
+            engine.pause_continuous()?;
+            return Ok(Toggled::Stopped(st.session.unwrap_or_default()));
+        }
+        let st = engine.resume_continuous()?;
+        return Ok(Toggled::Started(st.session.unwrap_or_default()));
+    }
     if let Some(sid) = engine.camera_session() {
         engine.stop_recording(&sid)?;
         return Ok(Toggled::Stopped(sid));
@@ -521,6 +532,30 @@ mod tests {
         c.video.bitrate_bps = 300_000;
         c.min_free_bytes = 1 << 20;
         Engine::open(c).unwrap()
+    }
+
+    /// In continuous mode a press pauses (the segment is sealed, none starts) and the next
+    /// resumes with a new segment.
+    #[test]
+    fn in_continuous_mode_the_button_pauses_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config {
+            data_dir: dir.path().to_owned(),
+            api_token: Some("test-token-0123456789".into()),
+            min_free_bytes: 1 << 20,
+            ..Config::default()
+        };
+        (c.video.width, c.video.height, c.video.fps, c.video.bitrate_bps) = (320, 240, 15, 300_000);
+        c.record.mode = crate::config::RecordMode::Continuous;
+        let engine = Engine::open(c).unwrap();
+        let first = engine.camera_session().expect("recording from the start");
+        assert_eq!(toggle(&engine).unwrap(), Toggled::Stopped(first.clone()));
+        assert_eq!(engine.record_status().state, "paused");
+        assert_eq!(engine.get(&first).unwrap().status.as_str(), "stopped");
+        let Toggled::Started(next) = toggle(&engine).unwrap() else { panic!("not resumed") };
+        assert_ne!(next, first);
+        assert_eq!(engine.record_status().state, "recording");
+        engine.shutdown();
     }
 
     #[tokio::test]

@@ -290,6 +290,12 @@ struct RunArgs {
     checkpoint_every_chunks: Option<u64>,
     #[arg(long, env = "LUCID_CHECKPOINT_EVERY_SECS")]
     checkpoint_every_secs: Option<u64>,
+    /// `manual` or `continuous` (record from boot on, in segments).
+    #[arg(long, env = "LUCID_RECORD_MODE")]
+    record_mode: Option<lucidd::config::RecordMode>,
+    /// Seconds of one continuous segment (2..=86400).
+    #[arg(long, env = "LUCID_SEGMENT_SECONDS")]
+    segment_seconds: Option<u64>,
     #[arg(long, env = "LUCID_MIN_FREE_BYTES")]
     min_free_bytes: Option<u64>,
     /// Delete closed, unlocked sessions that ended more than this many days ago.
@@ -365,6 +371,12 @@ fn build_config(a: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = a.checkpoint_every_secs {
         c.record.checkpoint_every_secs = v;
+    }
+    if let Some(v) = a.record_mode {
+        c.record.mode = v;
+    }
+    if let Some(v) = a.segment_seconds {
+        c.record.segment_seconds = v;
     }
     if let Some(v) = a.min_free_bytes {
         c.min_free_bytes = v;

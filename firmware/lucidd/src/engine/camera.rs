@@ -80,7 +80,8 @@ pub struct CameraRun {
     pub session_id: String,
     control: Arc<Control>,
     thread: Option<JoinHandle<RunOutcome>>,
-    started: Instant,
+    /// When the current session's part of this run began (a continuous cut moves it on).
+    pub(super) started: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -238,11 +239,23 @@ pub enum Probe {
 }
 
 /// Opens the recording pipeline (configured source and the encoder a recording would
-/// choose), encodes until a keyframe comes out, and closes it again. Refused while the
-/// camera is recording.
+/// choose), encodes until a keyframe comes out, and closes it again. While the camera
+/// records (continuous mode records from boot on) it cannot be opened twice: the
+/// recording's committed chunks are the proof instead.
 pub fn probe(engine: &Engine) -> std::result::Result<Probe, String> {
-    if lock(&engine.camera).is_some() {
-        return Err("the camera is recording".into());
+    if let Some(sid) = engine.camera_session() {
+        // The first chunk of a run is committed about one chunk duration after the start.
+        for _ in 0..50 {
+            let chunks = engine.get(&sid).map(|r| r.chunk_count).unwrap_or(0);
+            if chunks > 0 {
+                return Ok(Probe::Encoded(format!("the camera is recording session {sid}: {chunks} chunks committed")));
+            }
+            if engine.camera_session().as_deref() != Some(&sid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        return Err(format!("the camera is recording session {sid} but committed no chunk"));
     }
     let pipeline = match engine.cfg.source {
         #[cfg(target_os = "linux")]
@@ -329,10 +342,11 @@ pub(super) fn start(engine: &Arc<Engine>, sid: &str) -> Result<SessionRow> {
     // Media time continues across runs of one session, so its fragments concatenate.
     let pts_offset = if row.chunk_count > 0 { row.media_us + 1_000_000 / v.fps as u64 } else { 0 };
     let control = Arc::new(Control { state: Mutex::new(RunState::Recording), changed: Condvar::new() });
+    let segment_us = super::continuous::is_segment(&row).then(|| engine.cfg.record.segment_seconds * 1_000_000);
     let (e2, c2, s2) = (engine.clone(), control.clone(), sid.to_owned());
     let thread = std::thread::Builder::new()
         .name("lucid-camera".into())
-        .spawn(move || run(&e2, &s2, &c2, pipeline, chunker, pts_offset))
+        .spawn(move || run(&e2, &s2, &c2, pipeline, chunker, pts_offset, segment_us))
         .map_err(|e| EngineError::Internal(format!("spawn camera thread: {e}")))?;
     engine.camera_state.running.store(true, Relaxed);
     *cam = Some(CameraRun { session_id: sid.to_owned(), control, thread: Some(thread), started: Instant::now() });
@@ -439,8 +453,16 @@ pub(super) fn stop(engine: &Engine, sid: &str) -> Result<SessionRow> {
 /// Everything the run loop needs to turn one chunk into a committed log entry.
 struct Sink<'a> {
     engine: &'a Engine,
-    sid: &'a str,
+    /// The session chunks go to: the run's, or the continuous segment it was cut to.
+    sid: String,
     init_stored: bool,
+    /// Continuous recording: the segment length and the media time its segment began.
+    segment: Option<Segment>,
+}
+
+struct Segment {
+    len_us: u64,
+    start_media_us: Option<u64>,
 }
 
 impl Sink<'_> {
@@ -455,11 +477,13 @@ impl Sink<'_> {
     }
 
     fn commit(&mut self, chunker: &Chunker, chunk: MediaChunk) -> Result<()> {
+        self.maybe_cut(&chunk);
+        let sid = self.sid.as_str();
         if !self.init_stored
             && let Some(init) = chunker.init_segment()
         {
-            match self.engine.store.get_init(self.sid)? {
-                None => self.engine.store.put_init(self.sid, init)?,
+            match self.engine.store.get_init(sid)? {
+                None => self.engine.store.put_init(sid, init)?,
                 // A later run must produce the same codec setup, or the session's
                 // fragments would no longer play after its one init segment.
                 Some(old) if old != init => {
@@ -470,7 +494,7 @@ impl Sink<'_> {
                 Some(_) => {}
             }
             let codec = chunker.codec_string();
-            self.engine.update_row(self.sid, |r| {
+            self.engine.update_row(sid, |r| {
                 r.codec = codec;
                 Ok(())
             })?;
@@ -485,8 +509,31 @@ impl Sink<'_> {
             frames: chunk.frame_count,
             quality: None,
         };
-        self.engine.append(self.sid, &chunk.fragment, &info, None, None)?;
+        self.engine.append(sid, &chunk.fragment, &info, None, None)?;
         Ok(())
+    }
+
+    /// Continuous recording: once a segment holds `len_us` of media, `chunk` (which
+    /// starts with a keyframe, as every chunk does) opens the next segment. A failed or
+    /// postponed cut leaves the chunk in the current segment; recording goes on.
+    fn maybe_cut(&mut self, chunk: &MediaChunk) {
+        let Some(seg) = self.segment.as_mut() else { return };
+        let start = *seg.start_media_us.get_or_insert(chunk.media_start_us);
+        if chunk.media_start_us.saturating_sub(start) < seg.len_us {
+            return;
+        }
+        match self.engine.cut_segment(&self.sid, chunk.wall_start_us) {
+            Ok(Some(new)) => {
+                self.sid = new;
+                // The new segment gets the run's init segment and codec with its first chunk.
+                self.init_stored = false;
+                seg.start_media_us = Some(chunk.media_start_us);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(session = %self.sid, error = %e, "continuous segment cut failed; the segment goes on")
+            }
+        }
     }
 }
 
@@ -522,11 +569,13 @@ fn run(
     pipeline: Pipeline,
     mut chunker: Chunker,
     pts_offset: u64,
+    segment_us: Option<u64>,
 ) -> RunOutcome {
     let Pipeline { mut source, mut encoder, mut reopen, .. } = pipeline;
     let mut dropped_before = 0;
     let m = &engine.metrics;
-    let mut sink = Sink { engine, sid, init_stored: false };
+    let segment = segment_us.map(|len_us| Segment { len_us, start_media_us: None });
+    let mut sink = Sink { engine, sid: sid.to_owned(), init_stored: false, segment };
     let mut was_paused = false;
     let mut outcome = RunOutcome::default();
     let result: Result<()> = (|| {
@@ -626,6 +675,8 @@ fn run(
     })();
     outcome.dropped = dropped_before + source.dropped_frames();
     engine.camera_state.dropped.store(outcome.dropped, Relaxed);
+    // The session recorded last: a continuous cut may have moved the run on.
+    let sid = sink.sid.as_str();
     if let Err(e) = result {
         tracing::error!(session = %sid, error = %e, "recording stopped by an error");
         *lock(&engine.camera_state.last_error) = Some(e.to_string());

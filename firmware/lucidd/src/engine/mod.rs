@@ -18,8 +18,10 @@
 pub mod access;
 pub mod camera;
 pub mod clip;
+pub mod continuous;
 pub mod devlog;
 pub mod pipeline;
+pub mod recordings;
 pub mod retention;
 pub mod row;
 pub mod segments;
@@ -195,9 +197,10 @@ pub struct Engine {
     logs: Mutex<HashMap<String, Arc<Mutex<Log>>>>,
     /// One transition lock per session: every state change (create, start, pause,
     /// resume, stop, finalize, rename, delete, upload) holds it from its check to its
-    /// write, so two changes of one session never interleave. Never taken by the camera
-    /// thread (a stop holds it while joining that thread); the thread writes through the
-    /// open log's lock instead.
+    /// write, so two changes of one session never interleave. Never waited for by the
+    /// camera thread (a stop holds it while joining that thread; a continuous segment cut
+    /// only try-locks it, see `continuous`); the thread writes through the open log's lock
+    /// instead.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     camera: Mutex<Option<camera::CameraRun>>,
     pub camera_state: camera::CameraState,
@@ -216,6 +219,8 @@ pub struct Engine {
     retention_blocked: Mutex<Option<retention::Blocked>>,
     /// Dropping it ends the background retention thread.
     retention_runner: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// Continuous recording's pause flag (see `engine/continuous.rs`).
+    continuous: Mutex<continuous::ContinuousState>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -298,10 +303,13 @@ impl Engine {
             retention: Mutex::new(()),
             retention_blocked: Mutex::new(None),
             retention_runner: Mutex::new(None),
+            continuous: Mutex::new(continuous::ContinuousState::default()),
             cfg,
         });
         engine.recover()?;
         *lock(&engine.retention_runner) = retention::spawn(&engine);
+        // After recovery sealed the segment a crash left open: a new one starts.
+        engine.start_continuous_at_boot();
         Ok(engine)
     }
 
@@ -625,7 +633,7 @@ impl Engine {
     ) -> Result<Appended> {
         let t0 = Instant::now();
         // Before this session's log lock is taken: a retention pass reads every open log.
-        self.make_room(sid, payload.len() as u64)?;
+        self.make_room(sid, self.entry_estimate(sid, payload.len(), client_id, client_meta))?;
         let log = self.open_log(sid)?;
         let mut l = lock(&log);
         if l.deleted {
@@ -676,6 +684,20 @@ impl Engine {
         self.metrics.observe_chunk(out.took, true);
         self.maybe_checkpoint(&mut l, sid, false)?;
         Ok(out)
+    }
+
+    /// What appending `payload_len` bytes adds to the session's value log, at most: the
+    /// payload (compression only shrinks it), and for each part a sealed header and tag,
+    /// a record and the Merkle nodes it completes (`ENTRY_FIXED`), plus the client id, the
+    /// metadata and the session row the entry carries. Retention makes room for this much,
+    /// not just the payload: the store's accounting counts the whole entry, so a cap met
+    /// by the payload alone would be overshot by a few kB at every append.
+    fn entry_estimate(&self, sid: &str, payload_len: usize, client_id: Option<&str>, meta: Option<&Value>) -> u64 {
+        const ENTRY_FIXED: u64 = 4096;
+        let parts = payload_len.div_ceil(MAX_PART).max(1) as u64;
+        let row = self.get(sid).ok().and_then(|r| serde_json::to_vec(&r).ok()).map_or(0, |b| b.len());
+        let meta = meta.and_then(|m| serde_json::to_vec(m).ok()).map_or(0, |b| b.len());
+        payload_len as u64 + parts * (ENTRY_FIXED + meta as u64) + row as u64 + client_id.map_or(0, str::len) as u64
     }
 
     /// Seals every part and commits them with their Merkle nodes and the new row in one
@@ -1064,11 +1086,19 @@ impl Engine {
 
     /// Stops whatever is recording (shutdown path): the session is closed normally.
     pub fn shutdown(&self) {
-        let sid = lock(&self.camera).as_ref().map(|c| c.session_id.clone());
-        if let Some(sid) = sid
-            && let Err(e) = self.stop_recording(&sid)
-        {
-            tracing::error!(session = %sid, error = %e, "stop at shutdown failed");
+        // A continuous cut may move the camera to a new segment between reading its
+        // session and stopping it: the stop then finds the old one stopped, and the
+        // new one is stopped on the next round.
+        for _ in 0..10 {
+            let Some(sid) = self.camera_session() else { break };
+            match self.stop_recording(&sid) {
+                Ok(_) => break,
+                Err(EngineError::Transition { .. }) if self.camera_session().as_deref() != Some(&sid) => continue,
+                Err(e) => {
+                    tracing::error!(session = %sid, error = %e, "stop at shutdown failed");
+                    break;
+                }
+            }
         }
         self.tick();
     }

@@ -1,7 +1,8 @@
-//! The appliance's own routes on 8087, beyond the Lucid contract: device identity, signed
-//! manifests and checkpoints, Merkle proofs, decrypted media (init segment, fragments,
-//! HLS playlist, a streamed MP4 export, clips of it) and the evidence bundles (the
-//! session's, and a clip's). Documented in
+//! The appliance's own routes on 8087, beyond the Lucid contract: device identity, the
+//! record state and continuous recording's pause and resume, the recordings listing (the
+//! timeline), signed manifests and checkpoints, Merkle proofs, decrypted media (init
+//! segment, fragments, HLS playlist, a streamed MP4 export, clips of it) and the evidence
+//! bundles (the session's, and a clip's). Documented in
 //! `openapi.json`, served at `/api/v1/openapi.json`.
 //!
 //! Owns the streaming of large responses: export and evidence are produced on a blocking
@@ -16,7 +17,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
@@ -36,6 +37,10 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/device", get(device))
         .route("/api/v1/camera", get(camera).put(put_camera))
+        .route("/api/v1/record", get(record))
+        .route("/api/v1/record/pause", post(record_pause))
+        .route("/api/v1/record/resume", post(record_resume))
+        .route("/api/v1/recordings", get(recordings))
         .route("/api/v1/sessions/{id}/manifest", get(manifest))
         .route("/api/v1/sessions/{id}/checkpoint", get(checkpoint))
         .route("/api/v1/sessions/{id}/checkpoints", get(checkpoints))
@@ -95,7 +100,83 @@ async fn device(State(e): State<AppState>) -> axum::Json<Value> {
             // For showing times to people; every time the device records is UTC.
             "timezone": e.cfg.time.timezone,
         },
+        "record": e.record_status().to_json(),
     }))
+}
+
+/// The record state: mode (`manual` or `continuous`), `recording`/`paused`/`stopped`, the
+/// session the camera records now.
+async fn record(State(e): State<AppState>) -> axum::Json<Value> {
+    axum::Json(e.record_status().to_json())
+}
+
+/// Continuous mode: seals the current segment and starts none until resumed (or the
+/// daemon restarts). 409 in manual mode.
+async fn record_pause(State(e): State<AppState>) -> ApiResult<axum::Json<Value>> {
+    Ok(axum::Json(blocking(move || e.pause_continuous()).await?.to_json()))
+}
+
+/// Continuous mode: starts a new segment. 409 in manual mode, or while the camera records
+/// a session a client started.
+async fn record_resume(State(e): State<AppState>) -> ApiResult<axum::Json<Value>> {
+    Ok(axum::Json(blocking(move || e.resume_continuous()).await?.to_json()))
+}
+
+/// `from` and `to` of `GET /api/v1/recordings`: RFC 3339 (e.g. `2026-11-26T00:00:00Z`),
+/// both required. Taken as text so a bad value is a 400 naming it.
+#[derive(Debug, Deserialize)]
+struct RangeQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn range_bound(name: &str, v: Option<&str>) -> ApiResult<i64> {
+    let v = v.ok_or_else(|| {
+        ApiError::bad(format!("query parameter `{name}` is required (RFC 3339, e.g. 2026-11-26T00:00:00Z)"))
+    })?;
+    let t = crate::util::parse_rfc3339(v).ok_or_else(|| {
+        ApiError::bad(format!("`{name}` must be an RFC 3339 time such as 2026-11-26T00:00:00Z, not {v:?}"))
+    })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000).map_err(|_| ApiError::bad(format!("`{name}` is out of range")))
+}
+
+/// The camera sessions overlapping `[from, to)` and the gaps of the range no session
+/// covers (up to now): the web app's timeline. At most 31 days per request.
+async fn recordings(State(e): State<AppState>, LQuery(q): LQuery<RangeQuery>) -> ApiResult<axum::Json<Value>> {
+    let from = range_bound("from", q.from.as_deref())?;
+    let to = range_bound("to", q.to.as_deref())?;
+    let l = blocking(move || e.recordings(from, to)).await?;
+    let t = crate::util::micros_to_rfc3339;
+    let secs = |s: &crate::engine::recordings::Span| (s.end_us - s.start_us) as f64 / 1e6;
+    let recs: Vec<Value> = l
+        .recordings
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.row.id,
+                "name": r.row.name,
+                "start": t(r.span.start_us),
+                "end": t(r.span.end_us),
+                "duration_seconds": secs(&r.span),
+                "size_bytes": r.row.stored_bytes,
+                "locked": r.row.locked,
+                "continuous": r.continuous,
+                "status": r.row.status.as_str(),
+            })
+        })
+        .collect();
+    let gaps: Vec<Value> = l
+        .gaps
+        .iter()
+        .map(|g| json!({"start": t(g.start_us), "end": t(g.end_us), "duration_seconds": secs(g)}))
+        .collect();
+    Ok(axum::Json(json!({
+        "from": t(from),
+        "to": t(to),
+        "recordings": recs,
+        "gaps": gaps,
+        "truncated": l.truncated,
+    })))
 }
 
 /// The camera: settings in effect, live state, and the V4L2 devices this board has.

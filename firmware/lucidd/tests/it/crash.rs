@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use crate::gateway::{ffprobe_frames, lucidd_verify};
 use crate::harness::{Client, TOKEN};
 
-struct Proc {
-    child: Child,
-    base: String,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) base: String,
 }
 
 pub(crate) fn free_ports(n: usize) -> Vec<u16> {
@@ -24,6 +24,11 @@ pub(crate) fn free_ports(n: usize) -> Vec<u16> {
 }
 
 fn spawn(dir: &std::path::Path) -> Proc {
+    spawn_with(dir, &[])
+}
+
+/// `spawn` with extra environment variables (e.g. `LUCID_RECORD_MODE`).
+pub(crate) fn spawn_with(dir: &std::path::Path, env: &[(&str, &str)]) -> Proc {
     let p = free_ports(5);
     let child = Command::new(env!("CARGO_BIN_EXE_lucidd"))
         .args([
@@ -59,6 +64,7 @@ fn spawn(dir: &std::path::Path) -> Proc {
         ])
         .env("LUCID_API_TOKEN", TOKEN)
         .env_remove("JWT_SECRET_KEY")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -82,7 +88,7 @@ fn client() -> Client {
     Client { http: reqwest::blocking::Client::new(), token: Some(TOKEN.into()) }
 }
 
-fn get(p: &Proc, path: &str) -> Value {
+pub(crate) fn get(p: &Proc, path: &str) -> Value {
     let r = client().get(&format!("{}{path}", p.base));
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     r.json()

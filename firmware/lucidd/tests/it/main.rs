@@ -11,6 +11,7 @@ mod clock;
 mod compat;
 mod concurrency;
 mod conformance;
+mod continuous;
 mod crash;
 mod devlog;
 mod discovery;
