@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use lucidd::config::Config;
+use lucidd::config::{Config, RecordMode};
 use serde_json::json;
 
 use crate::harness::{Daemon, lucidd, test_config};
@@ -83,6 +83,10 @@ timezone = "Europe/Berlin"
 [time]
 servers = ["ntp.example.org", "10.0.0.1:123"]
 
+[record]
+mode = "continuous"
+segment_seconds = 600
+
 [[wifi]]
 ssid = "IEEE"
 psk = "password"
@@ -94,7 +98,7 @@ fn a_settings_file_is_applied_once_and_its_secrets_leave_the_card() {
     let card = card();
     std::fs::write(card.boot.join("lucid.toml"), LUCID_TOML).unwrap();
     let out = card.boot();
-    assert!(out.contains("lucid-settings: applied lucid.toml: admin_password, network.hostname, network.wifi, time.servers, time.timezone"), "{out}");
+    assert!(out.contains("lucid-settings: applied lucid.toml: admin_password, network.hostname, network.wifi, record.mode, record.segment_seconds, time.servers, time.timezone"), "{out}");
     assert!(!out.contains("admin password:"), "a password was given: none is generated: {out}");
 
     let left = card.file("lucid.toml");
@@ -109,6 +113,8 @@ fn a_settings_file_is_applied_once_and_its_secrets_leave_the_card() {
     let stored = std::fs::read_to_string(card.data.join("keys/admin-password")).unwrap();
     assert!(stored.starts_with("$pbkdf2-sha512$i=210000$"), "{stored}");
     assert_eq!(card.hostname(), "porch-cam");
+    let layered = Config::load_layered(Some(&card.image_config), None).unwrap();
+    assert_eq!((layered.record.mode, layered.record.segment_seconds), (RecordMode::Continuous, 600));
 
     // The next boot: the same file, nothing to do.
     let again = card.boot();
@@ -158,6 +164,8 @@ fn a_malformed_file_changes_nothing_and_is_reported_until_fixed() {
         ("hostname = \"Not A Label!\"\n", "network.hostname"),
         ("hostnmae = \"typo\"\n", "unknown field `hostnmae`"),
         ("[[wifi]]\nssid = \"Home\"\npsk = \"short\"\n", "8..=63"),
+        ("[record]\nmode = \"sometimes\"\n", "unknown variant `sometimes`"),
+        ("[record]\nsegment_seconds = 1\n", "record.segment_seconds"),
     ] {
         std::fs::write(card.boot.join("lucid.toml"), text).unwrap();
         let out = card.boot();
