@@ -7,13 +7,16 @@
 //! self-check), `verify` (the offline evidence check), `recipients` (the data key encrypted
 //! to age recipients, and `lucidd decrypt`), `gpio` (record LED and button on a Pi),
 //! `discovery` (host name and mDNS advertisement), `clock` (NTP, the clock's floor and
-//! whether its times can be trusted). `main.rs` is a thin CLI over these.
+//! whether its times can be trusted), `grow` (the data partition grown to the card at
+//! boot). `main.rs` is a thin CLI over these.
 
 pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod engine;
 pub mod gpio;
+#[cfg(target_os = "linux")]
+pub mod grow;
 pub mod http;
 #[cfg(target_os = "linux")]
 pub mod hwcheck;
