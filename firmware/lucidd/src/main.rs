@@ -432,7 +432,7 @@ fn main() -> ExitCode {
         Cmd::Bundle(cmd) => bundle_cmd(cmd),
         #[cfg(target_os = "linux")]
         Cmd::GrowData { disk, partition, mount } => {
-            let o = lucidd::grow::Options { disk, partition, mount, sysfs: "/sys/class/block".into() };
+            let o = lucidd::grow::Options::new(disk, partition, mount);
             match lucidd::grow::grow_data(&o, &mut |line| println!("lucid-grow: {line}")) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {

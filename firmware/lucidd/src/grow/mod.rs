@@ -35,8 +35,17 @@ pub struct Options {
     pub partition: u32,
     /// Where that partition's ext4 is mounted.
     pub mount: PathBuf,
-    /// The kernel's view of block devices (`/sys/class/block`); a test may point elsewhere.
+    /// The kernel's view of block devices (`/sys/class/block`) and where their nodes are
+    /// (`/dev`); a test points both elsewhere.
     pub sysfs: PathBuf,
+    pub dev: PathBuf,
+}
+
+impl Options {
+    /// The device's own paths for `--disk`, `--partition` and `--mount`.
+    pub fn new(disk: PathBuf, partition: u32, mount: PathBuf) -> Options {
+        Options { disk, partition, mount, sysfs: "/sys/class/block".into(), dev: "/dev".into() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +58,8 @@ pub enum GrowError {
     Ext4 { dev: PathBuf, source: Ext4Error },
     #[error("{}: {what} is {value}, expected {want}", path.display())]
     Unexpected { path: PathBuf, what: &'static str, value: u64, want: u64 },
+    #[error("{}: sector {lba} reads back other bytes than were written", disk.display())]
+    ReadBack { disk: PathBuf, lba: u64 },
     #[error("{}: no partition {number} known to the kernel", disk.display())]
     NoPartition { disk: PathBuf, number: u32 },
     #[error("{} is not the mount point of {}", mount.display(), dev.display())]
@@ -113,7 +124,7 @@ pub fn grow_data(o: &Options, log: &mut dyn FnMut(String)) -> Result<Outcome, Gr
     let disk_sectors = sysfs_u64(&sys_disk.join("size"))?;
     let part_name = partition_name(&sys_disk, &o.disk, o.partition)?;
     let sys_part = sys_disk.join(&part_name);
-    let dev = Path::new("/dev").join(&part_name);
+    let dev = o.dev.join(&part_name);
 
     let f = OpenOptions::new().read(true).write(true).open(&o.disk).map_err(io("opening", &o.disk))?;
     let table_err = |source| GrowError::Table { disk: o.disk.clone(), source };
@@ -139,12 +150,7 @@ pub fn grow_data(o: &Options, log: &mut dyn FnMut(String)) -> Result<Outcome, Gr
         f.write_all_at(&w.bytes, w.lba * SECTOR).map_err(io("writing", &o.disk))?;
         f.sync_all().map_err(io("flushing", &o.disk))?;
         if read_sector(&f, &o.disk, w.lba)? != w.bytes {
-            return Err(GrowError::Unexpected {
-                path: o.disk.clone(),
-                what: "a sector read back after writing",
-                value: w.lba,
-                want: w.lba,
-            });
+            return Err(GrowError::ReadBack { disk: o.disk.clone(), lba: w.lba });
         }
     }
     if !plan.writes.is_empty() {
@@ -281,4 +287,89 @@ fn ext4_resize(mount: &File, blocks: u64) -> std::io::Result<()> {
     // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 from the pointer, which is alive for the call.
     let r = unsafe { libc::ioctl(mount.as_raw_fd(), EXT4_IOC_RESIZE_FS as libc::Ioctl, &raw const n) };
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// The QEMU image's table, written by sfdisk (an independent writer) on a sparse file of
+    /// `size` bytes, with a fake sysfs that says what the kernel read at boot.
+    fn disk(dir: &Path, size: u64) -> Options {
+        let img = dir.join("vda");
+        File::create(&img).unwrap().set_len(size).unwrap();
+        let script = "label: dos\nunit: sectors\n2048,16384,c,*\n18432,131072,c\n149504,131072,c\n\
+                      280576,595968,f\n282624,131072,83\n415744,131072,83\n548864,327680,83\n";
+        let mut c =
+            Command::new("sfdisk").arg("-q").arg(&img).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        std::io::Write::write_all(&mut c.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+        let sys = dir.join("sys");
+        for (f, v) in [
+            ("vda/queue/logical_block_size", "512".to_owned()),
+            ("vda/size", (size / 512).to_string()),
+            ("vda/vda7/partition", "7".into()),
+            ("vda/vda7/start", "548864".into()),
+            ("vda/vda7/size", "327680".into()),
+            ("vda/vda6/partition", "6".into()),
+        ] {
+            std::fs::create_dir_all(sys.join(f).parent().unwrap()).unwrap();
+            std::fs::write(sys.join(f), format!("{v}\n")).unwrap();
+        }
+        std::fs::write(dir.join("vda7"), b"").unwrap();
+        let mut o = Options::new(img, 7, dir.to_owned());
+        (o.sysfs, o.dev) = (sys, dir.to_owned());
+        o
+    }
+
+    /// `sfdisk -d` of the disk: what another tool reads from the bytes written here.
+    fn dump(o: &Options) -> String {
+        String::from_utf8(Command::new("sfdisk").arg("-d").arg(&o.disk).output().unwrap().stdout).unwrap()
+    }
+
+    #[test]
+    fn writes_the_table_in_order_then_asks_the_kernel() {
+        if Command::new("sfdisk").arg("--version").output().is_err() {
+            eprintln!("skipped: no sfdisk (scripts/setup installs it)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let o = disk(dir.path(), 4 << 30);
+        let mut lines = Vec::new();
+        // A plain file takes no BLKPG: the run stops there, after the table is written.
+        let e = grow_data(&o, &mut |l| lines.push(l)).unwrap_err();
+        assert!(matches!(e, GrowError::Io { what: "BLKPG_RESIZE_PARTITION on", .. }), "{e}");
+        let writes: Vec<&String> = lines.iter().filter(|l| l.starts_with("write ")).collect();
+        assert_eq!(writes.len(), 3, "{lines:#?}");
+        assert!(writes[0].starts_with("write MBR: extended partition 4 -> sectors 280576..8388608"), "{lines:#?}");
+        assert!(writes[1].contains("link to partition 7"), "{lines:#?}");
+        assert!(writes[2].ends_with("partition 7 -> sectors 548864..8388608"), "{lines:#?}");
+        let d = dump(&o);
+        assert!(d.contains("vda4 : start=      280576, size=     8108032, type=f"), "{d}");
+        assert!(d.contains("vda7 : start=      548864, size=     7839744, type=83"), "{d}");
+        assert!(d.contains("vda6 : start=      415744, size=      131072, type=83"), "{d}");
+
+        // The kernel now knows (as BLKPG would have told it): the table is not written
+        // again, and the run goes on to the file system, which this file is not.
+        std::fs::write(o.sysfs.join("vda/vda7/size"), "7839744\n").unwrap();
+        lines.clear();
+        let e = grow_data(&o, &mut |l| lines.push(l)).unwrap_err();
+        assert!(matches!(e, GrowError::NotMounted { .. }), "{e}");
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert_eq!(dump(&o), d);
+    }
+
+    #[test]
+    fn refuses_a_disk_that_is_not_512_byte_sectors() {
+        if Command::new("sfdisk").arg("--version").output().is_err() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let o = disk(dir.path(), 1 << 30);
+        std::fs::write(o.sysfs.join("vda/queue/logical_block_size"), "4096\n").unwrap();
+        assert!(matches!(grow_data(&o, &mut |_| {}), Err(GrowError::Unexpected { value: 4096, .. })));
+        let o = Options { partition: 9, ..disk(dir.path(), 1 << 30) };
+        assert!(matches!(grow_data(&o, &mut |_| {}), Err(GrowError::NoPartition { number: 9, .. })));
+    }
 }
