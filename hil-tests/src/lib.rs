@@ -79,6 +79,17 @@ pub fn host_lucidd() -> Result<PathBuf> {
     bail!("no host lucidd: cargo build -p lucidd (or set LUCID_HOST_LUCIDD)")
 }
 
+/// How a QEMU device boots (`Device::from_env_with`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Boot<'a> {
+    /// QEMU's real-time clock at power-on (`-rtc base=`, e.g. `2001-01-01T00:00:00`): a
+    /// board whose clock is wrong.
+    pub rtc_base: Option<&'a str>,
+    /// The disk's size as `./scripts/qemu --disk-size` takes it (`4G`): the image as if
+    /// written to a card that large, so the first boot grows the data partition.
+    pub disk_size: Option<&'a str>,
+}
+
 /// A device under test: HTTP on five ports of `host`.
 pub struct Device {
     pub host: String,
@@ -106,22 +117,30 @@ impl Device {
     /// base=`, e.g. `2001-01-01T00:00:00`): a board whose clock is wrong at power-on.
     /// A real target's clock is what it is.
     pub fn from_env_rtc(name: &str, rtc_base: &str) -> Result<Device> {
-        Self::from_env_inner(name, &image_path(), &["-rtc".into(), format!("base={rtc_base}")])
+        Self::from_env_with(name, &Boot { rtc_base: Some(rtc_base), ..Boot::default() })
     }
 
     /// Like `from_env`, booting `image` (a variant's) in QEMU.
     pub fn from_env_image(name: &str, image: &Path) -> Result<Device> {
-        Self::from_env_inner(name, image, &[])
+        Self::from_env_inner(name, image, &[], None)
     }
 
-    fn from_env_inner(name: &str, image: &Path, extra: &[String]) -> Result<Device> {
+    /// Like `from_env` with the options of `boot` (a clock, a disk size); a real target
+    /// ignores them.
+    pub fn from_env_with(name: &str, boot: &Boot) -> Result<Device> {
+        let extra = boot.rtc_base.map(|b| vec!["-rtc".to_owned(), format!("base={b}")]).unwrap_or_default();
+        let size = boot.disk_size.map(xtask::qemu::parse_size).transpose()?;
+        Self::from_env_inner(name, &image_path(), &extra, size)
+    }
+
+    fn from_env_inner(name: &str, image: &Path, extra: &[String], disk_size: Option<u64>) -> Result<Device> {
         if let Some(addr) = remote_target() {
             let token =
                 std::env::var("LUCID_HIL_TOKEN").context("a real target needs LUCID_HIL_TOKEN (its API token)")?;
             return Ok(Device { host: addr, ports: [8083, 8084, 8085, 8086, 8087], token, qemu: None });
         }
         let disk = work_dir().join(format!("{name}.qcow2"));
-        xtask::qemu::overlay_for(&board()?, image, &disk)?;
+        xtask::qemu::overlay_for(&board()?, image, &disk, disk_size)?;
         Self::boot_qemu_with(name, &disk, "qcow2", extra)
     }
 

@@ -4,7 +4,10 @@
 //! notes), the signed session manifest, the evidence bundle with its verifier (with an
 //! optional pin on the signing device), clip evidence (a contiguous run of records with
 //! their inclusion proofs, `clip`), the check of an exported MP4 against verified
-//! evidence (`media`), and the signed OTA update bundle (`bundle`).
+//! evidence (`media`), and the signed OTA update bundle (`bundle`). One more byte format
+//! lives here because the daemon and the hil tests must write it identically and it is
+//! pure: the SD card's MBR/EBR partition table and the first-boot grow of the data
+//! partition (`mbr`).
 //!
 //! Architecture invariant: this crate does no IO (no files, sockets, clocks or threads)
 //! and compiles for every target (`./scripts/test` builds it for `wasm32-unknown-unknown`
@@ -34,6 +37,7 @@ pub mod clip;
 pub mod devlog;
 pub mod evidence;
 pub mod manifest;
+pub mod mbr;
 pub mod media;
 pub mod merkle;
 pub mod note;

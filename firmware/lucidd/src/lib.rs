@@ -8,13 +8,16 @@
 //! to age recipients, and `lucidd decrypt`), `gpio` (record LED and button on a Pi),
 //! `discovery` (host name and mDNS advertisement), `clock` (NTP, the clock's floor and
 //! whether its times can be trusted), `settings` (the owner's settings file on the boot
-//! partition), `password` (the admin password). `main.rs` is a thin CLI over these.
+//! partition), `password` (the admin password), `grow` (the data partition grown to the
+//! card at boot). `main.rs` is a thin CLI over these.
 
 pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod engine;
 pub mod gpio;
+#[cfg(target_os = "linux")]
+pub mod grow;
 pub mod http;
 #[cfg(target_os = "linux")]
 pub mod hwcheck;

@@ -95,6 +95,23 @@ enum Cmd {
     #[cfg(target_os = "linux")]
     #[command(subcommand)]
     Hw(HwCmd),
+    /// Grow the data partition to the end of the card, and its mounted ext4 with it. The
+    /// image's init runs it at every boot right after mounting /data: it does what is left
+    /// of a grow (none, all, or the rest of one a power cut stopped) and prints each step
+    /// as a `lucid-grow:` line (docs/image.md, "First boot").
+    #[cfg(target_os = "linux")]
+    GrowData {
+        /// The whole disk holding the partition (the image's init passes board.env's
+        /// LUCID_DATA_DISK: /dev/mmcblk0, /dev/vda).
+        #[arg(long, value_name = "DEVICE")]
+        disk: PathBuf,
+        /// The partition's number in the MBR (LUCID_DATA_PART: 7 in every image).
+        #[arg(long, value_name = "N")]
+        partition: u32,
+        /// Where its ext4 is mounted.
+        #[arg(long, value_name = "DIR")]
+        mount: PathBuf,
+    },
 }
 
 #[cfg(target_os = "linux")]
@@ -462,6 +479,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Bundle(cmd) => bundle_cmd(cmd),
+        #[cfg(target_os = "linux")]
+        Cmd::GrowData { disk, partition, mount } => {
+            let o = lucidd::grow::Options::new(disk, partition, mount);
+            match lucidd::grow::grow_data(&o, &mut |line| println!("lucid-grow: {line}")) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    println!("lucid-grow: failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         #[cfg(target_os = "linux")]
         Cmd::Hw(cmd) => {
             let r = match cmd {

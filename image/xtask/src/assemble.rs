@@ -18,6 +18,10 @@ use crate::deb::{DebCache, kernel_version};
 use crate::kmod::{self, Built};
 use crate::{copy_tree, run, run_output};
 
+/// The data partition: the last logical one (genimage_config), so the only one that can
+/// grow to the end of a larger card at boot (rcS, `lucidd grow-data`).
+pub const DATA_PARTITION: u32 = 7;
+
 pub struct Options {
     pub repo: PathBuf,
     pub board: String,
@@ -683,11 +687,14 @@ pub(crate) fn install_generated(
     std::fs::write(
         dir.join("etc/lucid/board.env"),
         format!(
-            "# Generated from board/{}.toml by the image tool.\nLUCID_BOARD={}\nLUCID_BOOTCTL_DEV={}\nLUCID_DATA_DEV={}\nLUCID_WATCHDOG_TIMEOUT={}\nLUCID_NET_IFACES=\"{}\"\nLUCID_NET_WAIT_SECS={}\n",
+            "# Generated from board/{}.toml by the image tool.\nLUCID_BOARD={}\nLUCID_BOOTCTL_DEV={}\nLUCID_DATA_DEV={}\nLUCID_DATA_DISK={}\nLUCID_DATA_PART={}\nLUCID_WATCHDOG_TIMEOUT={}\nLUCID_NET_IFACES=\"{}\"\nLUCID_NET_WAIT_SECS={}\n",
             board.name,
             board.name,
             board.part(1),
-            board.part(7),
+            board.part(DATA_PARTITION),
+            // `lucidd grow-data` grows the data partition to the end of this disk at boot.
+            board.boot.disk,
+            DATA_PARTITION,
             wd,
             ifaces,
             net_wait
@@ -698,7 +705,7 @@ pub(crate) fn install_generated(
         format!(
             "# Mounted by /etc/init.d/rcS; listed for reference and for `mount /data`.\n{} /boot/ctl vfat rw,noatime,sync 0 0\n{} /data ext4 noatime 0 0\n",
             board.part(1),
-            board.part(7)
+            board.part(DATA_PARTITION)
         ),
     )?;
     Ok(())

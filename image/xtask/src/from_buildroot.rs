@@ -338,7 +338,10 @@ mod tests {
         assert!(
             std::fs::read_to_string(target.join("etc/fstab")).unwrap().contains(&format!("{} /data ext4", b.part(7)))
         );
-        assert!(std::fs::read_to_string(etc.join("board.env")).unwrap().contains(&format!("LUCID_BOARD={name}\n")));
+        let env = std::fs::read_to_string(etc.join("board.env")).unwrap();
+        assert!(env.contains(&format!("LUCID_BOARD={name}\n")));
+        // What rcS hands `lucidd grow-data`: the whole disk and the data partition's number.
+        assert!(env.contains(&format!("LUCID_DATA_DISK={}\nLUCID_DATA_PART=7\n", b.boot.disk)), "{env}");
         assert!(target.join("data").is_dir() && target.join("boot/ctl").is_dir());
         assert_eq!(std::fs::read_link(target.join("var/log")).unwrap(), Path::new("../tmp"));
 

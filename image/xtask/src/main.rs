@@ -77,6 +77,10 @@ enum Cmd {
         /// First host port; the five services map to it and the next four.
         #[arg(long, env = "LUCID_QEMU_PORT_BASE", default_value_t = 18083)]
         port_base: u16,
+        /// Boot as if the image were written to a card of this size (`4G`, `512M`, bytes):
+        /// the overlay is that large, and the first boot grows the data partition to it.
+        #[arg(long, value_name = "SIZE", value_parser = qemu::parse_size)]
+        disk_size: Option<u64>,
     },
     /// Write an image to a removable card (checks, confirmation, progress, verify).
     Flash {
@@ -150,7 +154,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             from_buildroot::rootfs_files(&repo, &board, variant.as_deref(), &target, build, &repo.join(keys))?;
             println!("installed /etc/lucid (board {board}, build {build}) into {}", target.display());
         }
-        Cmd::Qemu { board, variant, image, port_base } => {
+        Cmd::Qemu { board, variant, image, port_base, disk_size } => {
             let b = board::load(&repo, &board, variant.as_deref())?;
             let image = image.unwrap_or_else(|| {
                 let name = assemble::out_name(&board, variant.as_deref(), 1);
@@ -158,7 +162,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             });
             let work = image.parent().unwrap_or(Path::new(".")).join("work");
             let disk = std::env::temp_dir().join(format!("lucid-qemu-{}.qcow2", std::process::id()));
-            qemu::overlay_for(&b, &image, &disk)?;
+            qemu::overlay_for(&b, &image, &disk, disk_size)?;
             eprintln!(
                 "xtask: booting {} (overlay {}); ports {}..{} -> 8083..8087; quit with Ctrl-A X",
                 image.display(),

@@ -22,18 +22,43 @@ pub fn overlay(image: &Path, disk: &Path) -> Result<()> {
     run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&image).arg(disk))
 }
 
-/// Grow a qcow2 overlay to the next power of two: QEMU's SD card model refuses other sizes
-/// (a real card's size is whatever it is; the partition table only uses the start).
-pub fn overlay_for(board: &Board, image: &Path, disk: &Path) -> Result<()> {
+/// The overlay for booting `image` on `board`, `disk_size` bytes large when given (as if the
+/// image were written to a card of that size: `./scripts/qemu --disk-size 4G`), else the
+/// image's size. QEMU's SD card model refuses sizes that are not a power of two, so an SD
+/// board's overlay is rounded up to one (a real card's size is whatever it is; the
+/// partition table only uses the start). A size below the image's is refused: the card
+/// would not hold it.
+pub fn overlay_for(board: &Board, image: &Path, disk: &Path, disk_size: Option<u64>) -> Result<()> {
     overlay(image, disk)?;
-    if board.qemu.as_ref().is_some_and(|q| q.drive == QemuDrive::Sd) {
-        let len = std::fs::metadata(image)?.len();
-        run(Command::new("qemu-img")
-            .args(["resize", "-q", "-f", "qcow2"])
-            .arg(disk)
-            .arg(len.next_power_of_two().to_string()))?;
+    let len = std::fs::metadata(image)?.len();
+    let size = disk_size.unwrap_or(len);
+    if size < len {
+        bail!("--disk-size {size} is smaller than the image {} ({len} bytes)", image.display());
+    }
+    let size =
+        if board.qemu.as_ref().is_some_and(|q| q.drive == QemuDrive::Sd) { size.next_power_of_two() } else { size };
+    if size != len {
+        run(Command::new("qemu-img").args(["resize", "-q", "-f", "qcow2"]).arg(disk).arg(size.to_string()))?;
     }
     Ok(())
+}
+
+/// A disk size as `qemu-img` spells one: bytes, or a number with a binary suffix (`K`, `M`,
+/// `G`, `T`; `KiB`... and `KB`... mean the same here, as they do to qemu-img).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().with_context(|| format!("disk size {s:?}: no number"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        u => bail!("disk size {s:?}: unknown unit {u:?} (K, M, G or T)"),
+    };
+    n.checked_mul(1 << shift).filter(|&b| b > 0).with_context(|| format!("disk size {s:?}: out of range"))
 }
 
 /// `qemu-system-aarch64` booting `disk` (qcow2) through the board's firmware (U-Boot), as the
@@ -126,6 +151,45 @@ pub fn monitor_path(disk: &Path) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_sizes_parse_as_qemu_img_reads_them() {
+        for (s, want) in
+            [("4G", 4u64 << 30), ("4GiB", 4 << 30), ("512M", 512 << 20), ("1t", 1 << 40), ("1048576", 1 << 20)]
+        {
+            assert_eq!(parse_size(s).unwrap(), want, "{s}");
+        }
+        for bad in ["", "G", "4X", "0", "-1G", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_overlay_takes_the_disk_size_rounded_for_an_sd_card() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("x.img");
+        std::fs::File::create(&image).unwrap().set_len(428 << 20).unwrap();
+        let size = |disk: &Path| {
+            // "virtual size: 4 GiB (4294967296 bytes)"
+            let out = Command::new("qemu-img").args(["info", "-U"]).arg(disk).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let line = text.lines().find(|l| l.starts_with("virtual size:")).unwrap().to_owned();
+            line.split('(').nth(1).unwrap().split(' ').next().unwrap().parse::<u64>().unwrap()
+        };
+        let virt = crate::board::load(&crate::repo_root(), "qemu-aarch64-virt", None).unwrap();
+        let pi = crate::board::load(&crate::repo_root(), "rpi3", Some("raspi3b")).unwrap();
+        let disk = dir.path().join("d.qcow2");
+        for (b, want, expect) in [
+            (&virt, None, 428 << 20),
+            (&virt, Some(3u64 << 30), 3 << 30),
+            (&pi, None, 512 << 20),
+            (&pi, Some(3 << 30), 4 << 30),
+        ] {
+            overlay_for(b, &image, &disk, want).unwrap();
+            assert_eq!(size(&disk), expect, "{} {want:?}", b.name);
+        }
+        assert!(overlay_for(&virt, &image, &disk, Some(1 << 20)).is_err(), "smaller than the image");
+    }
 
     #[test]
     fn command_forwards_the_five_ports_and_boots_u_boot() {

@@ -80,7 +80,9 @@ pub fn health_report(e: &Engine) -> (bool, Value) {
         "device_id": e.device_id,
         "services": {
             "store": {"status": if store_ok { "healthy" } else { "unhealthy" }, "path": e.store().path().display().to_string()},
-            "storage_space": {"status": if space_ok { "healthy" } else { "unhealthy" }, "available_space_bytes": free, "minimum_bytes": e.cfg.min_free_bytes},
+            // total_bytes: the data file system's size (statvfs), which grows with the card
+            // at first boot (`lucidd grow-data`); 0 when it cannot be measured.
+            "storage_space": {"status": if space_ok { "healthy" } else { "unhealthy" }, "available_space_bytes": free, "total_bytes": e.store().disk_space().1, "minimum_bytes": e.cfg.min_free_bytes},
             "camera": {
                 // Degraded: the last run failed, or a recording waits for an unplugged camera.
                 "status": if (cam_err.is_some() && recording.is_none()) || (recording.is_some() && !e.camera_state.connected.load(std::sync::atomic::Ordering::Relaxed)) { "degraded" } else { "healthy" },

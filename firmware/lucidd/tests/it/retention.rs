@@ -132,6 +132,9 @@ fn recording_past_the_store_cap_deletes_the_oldest_unlocked_sessions() {
     let h = health(&d);
     assert_eq!(h["status"], "healthy", "{h}");
     assert!(h["services"]["retention"]["accounted_bytes"].as_u64().unwrap() <= CAP, "{h}");
+    // The data file system's size beside its free space (what shows a grown card).
+    let space = &h["services"]["storage_space"];
+    assert!(space["total_bytes"].as_u64().unwrap() >= space["available_space_bytes"].as_u64().unwrap(), "{h}");
     // The value logs stay under the cap (checked above, every session). The redb file
     // still grows a little: it holds the device log, append-only by design (three events
     // and checkpoints per session), and grows in regions of a few hundred kB. So the whole
