@@ -50,6 +50,8 @@ pub enum SettingsError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Password(#[from] PasswordError),
+    #[error(transparent)]
+    Write(#[from] crate::keys::KeyError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SettingsError + '_ {
@@ -347,18 +349,10 @@ impl Status {
     }
 }
 
+/// Temp file, fsync, rename, fsync of the directory: a power cut leaves the old file or
+/// the new one. Private (0600) where the file system keeps modes; FAT does not.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SettingsError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
-    }
-    Ok(())
+    Ok(crate::keys::write_secret(path, bytes)?)
 }
 
 fn keys_of(t: &toml::Table) -> Vec<String> {
