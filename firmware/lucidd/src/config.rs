@@ -662,46 +662,51 @@ pub fn merge_tables(base: &mut toml::Table, over: &toml::Table) {
 }
 
 impl Config {
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        Self::from_table(Self::table_of_file(path)?, path)
-    }
-
-    /// The config file's table, before it becomes a `Config`.
-    pub fn table_of_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    fn table_of_file(path: &Path) -> Result<toml::Table, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         text.parse::<toml::Table>().map_err(|e| ConfigError::Parse { path: path.into(), msg: e.to_string() })
     }
 
-    /// `table` as a `Config`; `origin` names it in errors.
-    pub fn from_table(table: toml::Table, origin: &Path) -> Result<Config, ConfigError> {
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin.into(), msg: e.to_string() })
+    /// The image's config file (`file`, or the defaults) with the device's kept settings
+    /// (`<data_dir>/settings.toml`) over it; `data_dir` overrides the file's. What every
+    /// command runs on.
+    pub fn load_layered(file: Option<&Path>, data_dir: Option<&Path>) -> Result<Config, ConfigError> {
+        let dir = match data_dir {
+            Some(d) => d.to_path_buf(),
+            None => Self::with_kept(file, None, &toml::Table::new())?.data_dir,
+        };
+        Self::with_kept(file, Some(&dir), &Self::kept_settings(&dir)?)
     }
 
-    /// The image's config file (`file`, or the defaults) with the device's kept settings
-    /// (`<data_dir>/settings.toml`) over it; `data_dir` overrides the file's. The kept
-    /// settings may not move the data directory: they live in it.
-    pub fn load_layered(file: Option<&Path>, data_dir: Option<&Path>) -> Result<Config, ConfigError> {
+    /// The kept settings in `data_dir` (none yet: empty). They may not move the data
+    /// directory: they live in it.
+    pub fn kept_settings(data_dir: &Path) -> Result<toml::Table, ConfigError> {
+        let path = data_dir.join(SETTINGS_OVERLAY);
+        if !path.exists() {
+            return Ok(toml::Table::new());
+        }
+        let kept = Self::table_of_file(&path)?;
+        if kept.contains_key("data_dir") {
+            return Err(ConfigError::Parse { path, msg: "data_dir cannot be a kept setting".into() });
+        }
+        Ok(kept)
+    }
+
+    /// `file`'s config (or the defaults) with `kept` over it, in `data_dir` when given.
+    /// `lucidd settings` checks a settings file's result with this before keeping it.
+    pub fn with_kept(file: Option<&Path>, data_dir: Option<&Path>, kept: &toml::Table) -> Result<Config, ConfigError> {
         let mut table = match file {
             Some(p) => Self::table_of_file(p)?,
             None => toml::Table::new(),
         };
-        let origin = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("(defaults)"));
-        let dir = match data_dir {
-            Some(d) => d.to_path_buf(),
-            None => Self::from_table(table.clone(), &origin)?.data_dir,
-        };
-        let overlay = dir.join(SETTINGS_OVERLAY);
-        if overlay.exists() {
-            let over = Self::table_of_file(&overlay)?;
-            if over.contains_key("data_dir") {
-                return Err(ConfigError::Parse { path: overlay, msg: "data_dir cannot be a kept setting".into() });
-            }
-            merge_tables(&mut table, &over);
+        merge_tables(&mut table, kept);
+        let origin = file.unwrap_or(Path::new("(defaults)"));
+        let mut c: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin.into(), msg: e.to_string() })?;
+        if let Some(d) = data_dir {
+            c.data_dir = d.to_path_buf();
         }
-        let mut c = Self::from_table(table, &origin)?;
-        c.data_dir = dir;
         Ok(c)
     }
 

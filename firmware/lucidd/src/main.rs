@@ -417,23 +417,23 @@ fn build_config(a: &RunArgs) -> anyhow::Result<Config> {
 /// `lucidd settings`: one line per outcome on the console, which is where an owner with a
 /// serial cable or a screen looks; the rest see the status in the web app.
 fn settings_cmd(a: &RunArgs) -> anyhow::Result<()> {
-    use lucidd::settings;
+    use lucidd::settings::{self, State};
     let cfg = build_config(a)?;
     let status = settings::apply(a.config.as_deref(), &cfg)?;
-    match status.state.as_str() {
-        "applied" => {
+    match status.state {
+        State::Applied => {
             println!("lucid-settings: applied {}: {}", status.file, status.applied.join(", "));
             if !status.ignored.is_empty() {
                 println!("lucid-settings: ignored (not used by this device): {}", status.ignored.join(", "));
             }
         }
-        "rejected" => println!(
+        State::Rejected => println!(
             "lucid-settings: REJECTED {} (nothing changed): {}",
             status.file,
             status.error.as_deref().unwrap_or("")
         ),
-        "unchanged" => println!("lucid-settings: {} unchanged since {}", status.file, status.at),
-        _ => println!("lucid-settings: no settings file"),
+        State::Unchanged => println!("lucid-settings: {} unchanged since {}", status.file, status.at),
+        State::None => println!("lucid-settings: no settings file"),
     }
     // The config again: the file may have named the host.
     let cfg = build_config(a)?;

@@ -315,12 +315,26 @@ pub fn scrubbed(name: &str, text: &str, s: &Settings, when: &str) -> Option<Stri
     changed.then(|| doc.to_string())
 }
 
+/// What became of a settings file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// No settings file.
+    #[default]
+    None,
+    Applied,
+    /// The same file as last time: nothing to do.
+    Unchanged,
+    /// It did not parse or validate: nothing changed.
+    Rejected,
+}
+
 /// What `apply` found and did; also the status file's content.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// `applied`, `unchanged` (the same file as last time), `rejected` (nothing changed),
     /// or `none` (no settings file).
-    pub state: String,
+    pub state: State,
     /// The file it was about (`lucid.toml` or `custom.toml`).
     #[serde(default)]
     pub file: String,
@@ -372,7 +386,7 @@ pub fn apply(image_config: Option<&Path>, cfg: &Config) -> Result<Status, Settin
     // The first boot: the daemon has not made its data directory yet.
     std::fs::create_dir_all(&cfg.data_dir).map_err(io(&cfg.data_dir))?;
     let status = apply_file(image_config, &cfg.data_dir, &cfg.settings.dir)?;
-    if status.state == "unchanged" {
+    if status.state == State::Unchanged {
         return Ok(status);
     }
     write_atomic(&cfg.data_dir.join(STATUS), &serde_json::to_vec_pretty(&status).expect("status serialises"))?;
@@ -396,7 +410,7 @@ pub fn ensure_admin_password(cfg: &Config, hostname: &str) -> Result<Option<Stri
 }
 
 fn apply_file(image_config: Option<&Path>, data_dir: &Path, dir: &Path) -> Result<Status, SettingsError> {
-    let none = Status { state: "none".into(), at: now_rfc3339(), ..Status::default() };
+    let none = Status { state: State::None, at: now_rfc3339(), ..Status::default() };
     if dir.as_os_str().is_empty() {
         return Ok(none);
     }
@@ -406,7 +420,7 @@ fn apply_file(image_config: Option<&Path>, data_dir: &Path, dir: &Path) -> Resul
     let path = dir.join(name);
     let size = std::fs::metadata(&path).map_err(io(&path))?.len();
     let rejected = |e: SettingsError| Status {
-        state: "rejected".into(),
+        state: State::Rejected,
         file: name.into(),
         at: now_rfc3339(),
         error: Some(e.to_string()),
@@ -423,7 +437,8 @@ fn apply_file(image_config: Option<&Path>, data_dir: &Path, dir: &Path) -> Resul
     {
         // Applied (or rejected) before: a boot does not undo later changes, and a rejected
         // file is reported again until the owner fixes it.
-        return Ok(Status { state: if last.state == "rejected" { "rejected" } else { "unchanged" }.into(), ..last });
+        let state = if last.state == State::Rejected { State::Rejected } else { State::Unchanged };
+        return Ok(Status { state, ..last });
     }
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
@@ -437,23 +452,10 @@ fn apply_file(image_config: Option<&Path>, data_dir: &Path, dir: &Path) -> Resul
         Err(e) => return Ok(Status { digest, ..rejected(e) }),
     };
     // The kept settings so far with this file's over them must make a valid config.
-    let overlay_path = data_dir.join(SETTINGS_OVERLAY);
-    let mut kept = match std::fs::read_to_string(&overlay_path) {
-        Ok(t) => t.parse::<toml::Table>().unwrap_or_default(),
-        Err(_) => toml::Table::new(),
-    };
+    let mut kept = Config::kept_settings(data_dir)?;
     let new = overlay(&s);
     merge_tables(&mut kept, &new);
-    let mut table = match image_config {
-        Some(p) => Config::table_of_file(p)?,
-        None => toml::Table::new(),
-    };
-    merge_tables(&mut table, &kept);
-    let origin = path.clone();
-    if let Err(e) = Config::from_table(table, &origin).and_then(|mut c| {
-        c.data_dir = data_dir.to_path_buf();
-        c.validate().map(|_| c)
-    }) {
+    if let Err(e) = Config::with_kept(image_config, Some(data_dir), &kept).and_then(|c| c.validate()) {
         return Ok(Status { digest, ..rejected(SettingsError::Config(e)) });
     }
     // Keep, then take the secrets out of the card: a power cut between the two leaves the
@@ -471,7 +473,10 @@ fn apply_file(image_config: Option<&Path>, data_dir: &Path, dir: &Path) -> Resul
         path.display(),
         now_rfc3339()
     );
-    write_atomic(&overlay_path, format!("{header}{}", toml::to_string(&kept).expect("table serialises")).as_bytes())?;
+    write_atomic(
+        &data_dir.join(SETTINGS_OVERLAY),
+        format!("{header}{}", toml::to_string(&kept).expect("table serialises")).as_bytes(),
+    )?;
     let left = match scrubbed(name, &text, &s, &now_rfc3339()) {
         Some(clean) => {
             write_atomic(&path, clean.as_bytes())?;
@@ -485,7 +490,7 @@ fn apply_file(image_config: Option<&Path>, data_dir: &Path, dir: &Path) -> Resul
     }
     let applied: Vec<String> = applied.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
     Ok(Status {
-        state: "applied".into(),
+        state: State::Applied,
         file: name.into(),
         digest: blake3::hash(left.as_bytes()).to_hex().to_string(),
         at: now_rfc3339(),
@@ -522,11 +527,7 @@ mod tests {
         let text = include_str!("../../../image/bootctl/lucid.toml.example");
         let s = parse(FILE, text).unwrap();
         assert!(s.hostname.is_some() && s.admin.is_some() && s.timezone.is_some() && s.wifi.len() == 1);
-        let mut c = Config::default();
-        let mut t = toml::Table::new();
-        merge_tables(&mut t, &overlay(&s));
-        c.network = Config::from_table(t, Path::new("example")).unwrap().network;
-        c.validate().unwrap();
+        Config::with_kept(None, None, &overlay(&s)).unwrap().validate().unwrap();
     }
 
     #[test]

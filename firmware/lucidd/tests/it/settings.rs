@@ -11,8 +11,6 @@
 //!   `lucid-password.txt`, which changing the password deletes;
 //! - Raspberry Pi Imager's `custom.toml`.
 
-use std::path::Path;
-
 use lucidd::config::{Config, RecordMode};
 use serde_json::json;
 
@@ -71,10 +69,6 @@ impl Card {
     }
 }
 
-fn exists(p: &Path) -> bool {
-    p.exists()
-}
-
 const LUCID_TOML: &str = r#"# Porch camera, written on my laptop.
 hostname = "porch-cam"
 admin_password = "correct horse battery"
@@ -107,7 +101,7 @@ fn a_settings_file_is_applied_once_and_its_secrets_leave_the_card() {
     // IEEE 802.11i's test vector (SSID "IEEE", "password"): what wpa_passphrase prints.
     assert!(left.contains("psk_hash = \"f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e\""), "{left}");
     assert!(left.contains("# Porch camera, written on my laptop."), "the owner's comments stay:\n{left}");
-    assert!(!exists(&card.boot.join("lucid-password.txt")));
+    assert!(!card.boot.join("lucid-password.txt").exists());
     let kept = std::fs::read_to_string(card.data.join("settings.toml")).unwrap();
     assert!(!kept.contains("correct horse") && kept.contains("porch-cam"), "{kept}");
     let stored = std::fs::read_to_string(card.data.join("keys/admin-password")).unwrap();
@@ -217,7 +211,7 @@ fn without_a_password_one_is_generated_shown_once_and_its_file_goes_when_changed
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["generated_password_file_removed"], true);
-    assert!(!exists(&boot.join("lucid-password.txt")), "the card no longer holds a password");
+    assert!(!boot.join("lucid-password.txt").exists(), "the card no longer holds a password");
 }
 
 #[test]
