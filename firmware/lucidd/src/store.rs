@@ -905,9 +905,9 @@ impl Store {
                 }
             }
         };
-        let mut out = vec![0u8; loc.1 as usize];
-        self.vlog
-            .read(&vlog::file_name(sid), loc.0, &mut out)
+        let out = self
+            .vlog
+            .read_vec(&vlog::file_name(sid), loc.0, loc.1 as usize)
             .map_err(|e| StoreError::Corrupt { key: format!("vlog/{sid}@{}", loc.0), msg: e.to_string() })?;
         Ok(Some(out))
     }

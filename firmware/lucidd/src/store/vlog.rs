@@ -44,6 +44,14 @@ pub trait VlogBackend: Send + Sync + 'static {
     /// Length of the file, 0 when it does not exist.
     fn len(&self, name: &str) -> io::Result<u64>;
     fn read(&self, name: &str, offset: u64, out: &mut [u8]) -> io::Result<()>;
+    /// `len` bytes at `offset` in a new buffer. The default zero-fills then reads; a file
+    /// backend reads straight into the allocation (export reads every chunk through here,
+    /// and zeroing 500 KB before overwriting it cost a tenth of its time).
+    fn read_vec(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        self.read(name, offset, &mut out)?;
+        Ok(out)
+    }
     /// Writes at `offset`, creating the file (and making its name durable) if needed.
     fn write(&self, name: &str, offset: u64, data: &[u8]) -> io::Result<()>;
     /// `fdatasync`: what was written is on the medium when this returns.
@@ -129,6 +137,37 @@ impl VlogBackend for FsVlog {
     }
     fn read(&self, name: &str, offset: u64, out: &mut [u8]) -> io::Result<()> {
         self.existing(name)?.read_exact_at(out, offset)
+    }
+    fn read_vec(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        let f = self.existing(name)?;
+        let mut out = Vec::<u8>::with_capacity(len);
+        while out.len() < len {
+            let filled = out.len();
+            let spare = &mut out.spare_capacity_mut()[..len - filled];
+            // SAFETY: pread writes at most `spare.len()` bytes into memory `out` owns and
+            // reads nothing from it; the descriptor is open while `f` lives.
+            let n = unsafe {
+                libc::pread(
+                    f.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    (offset + filled as u64) as libc::off_t,
+                )
+            };
+            match n {
+                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "value log ends inside an entry")),
+                n if n < 0 => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+                // SAFETY: the kernel initialised these `n` bytes right after the old length.
+                n => unsafe { out.set_len(filled + n as usize) },
+            }
+        }
+        Ok(out)
     }
     fn write(&self, name: &str, offset: u64, data: &[u8]) -> io::Result<()> {
         let f = self.file(name, true)?.expect("created");
@@ -334,4 +373,24 @@ pub(crate) fn seal_header(entry: &mut [u8]) {
     entry[..4].copy_from_slice(&MAGIC);
     entry[4..8].copy_from_slice(&n.to_le_bytes());
     entry[8..24].copy_from_slice(&d);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_vec_reads_what_read_reads_and_refuses_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsVlog::new(dir.path().join("vlog")).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        fs.write("s.vlog", 0, &data).unwrap();
+        let mut want = vec![0u8; 200_000];
+        fs.read("s.vlog", 50_000, &mut want).unwrap();
+        assert_eq!(fs.read_vec("s.vlog", 50_000, 200_000).unwrap(), want);
+        assert_eq!(&want[..], &data[50_000..250_000]);
+        let e = fs.read_vec("s.vlog", 250_000, 50_001).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(fs.read_vec("missing.vlog", 0, 1).is_err());
+    }
 }
