@@ -241,6 +241,10 @@ pub struct RecordConfig {
     /// Length of one continuous segment (a session of its own), cut at the first
     /// keyframe after it; 2..=86400.
     pub segment_seconds: u64,
+    /// Continuous mode: how long after the camera stopped by itself (it failed, was
+    /// missing at boot, or a client stopped a segment) a new segment is tried; doubled
+    /// after each failed try, up to 30 times this. 1..=3600.
+    pub restart_secs: u64,
 }
 
 /// `[record] mode`.
@@ -269,6 +273,7 @@ impl Default for RecordConfig {
             checkpoint_every_secs: 10,
             mode: RecordMode::Manual,
             segment_seconds: 3600,
+            restart_secs: 10,
         }
     }
 }
@@ -747,6 +752,9 @@ impl Config {
         }
         if !(MIN_SEGMENT_SECONDS..=MAX_SEGMENT_SECONDS).contains(&r.segment_seconds) {
             return bad("record.segment_seconds", "must be 2..=86400 (seconds of one continuous segment)");
+        }
+        if !(1..=3600).contains(&r.restart_secs) {
+            return bad("record.restart_secs", "must be 1..=3600 (seconds before continuous recording is tried again)");
         }
         let p = &self.ports;
         let mut all = [p.pipeline, p.recorder, p.processor, p.storage, p.gateway];

@@ -16,12 +16,17 @@
 //! Each segment is sealed like a stopped session, with its own manifest, and verifies
 //! on its own.
 //!
+//! A keeper thread (`spawn_keeper`) starts a new segment whenever the camera stopped
+//! without a pause: it failed, was missing at boot, or a client stopped a segment. It
+//! tries every `[record] restart_secs`, doubling after each failure (at most 30 times
+//! that), and reports the failures in the record state and `/health`.
+//!
 //! Media time continues across the segments of one camera run (it is the fragments' own
 //! decode time, which cannot change without remuxing): a segment's first chunk starts
 //! where the previous segment's last chunk ended, not at zero.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -39,6 +44,12 @@ const CONTINUOUS: &str = "continuous";
 pub struct ContinuousState {
     paused: bool,
     paused_at: Option<String>,
+    /// Failed starts since the last segment began (boot or keeper).
+    failures: u32,
+    /// Why the last start failed; cleared when a segment starts.
+    last_error: Option<String>,
+    /// Segments the keeper started after the camera had stopped by itself.
+    restarts: u64,
 }
 
 /// What `GET /api/v1/record` and `/api/v1/device` report.
@@ -51,17 +62,63 @@ pub struct RecordStatus {
     pub session: Option<String>,
     pub segment_seconds: u64,
     pub paused_at: Option<String>,
+    /// Continuous mode: failed starts in a row, and why the last one failed.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    /// Continuous mode: segments started again after the camera stopped by itself.
+    pub restarts: u64,
 }
 
 impl RecordStatus {
     pub fn to_json(&self) -> Value {
         json!({
-            "mode": match self.mode { RecordMode::Manual => "manual", RecordMode::Continuous => "continuous" },
+            "mode": self.mode_name(),
             "state": self.state,
             "session_id": self.session,
             "segment_seconds": self.segment_seconds,
             "paused_at": self.paused_at,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "restarts": self.restarts,
         })
+    }
+
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            RecordMode::Manual => "manual",
+            RecordMode::Continuous => "continuous",
+        }
+    }
+
+    /// Continuous mode with the camera neither recording nor paused: recording has
+    /// stopped without anyone asking (the keeper is trying again).
+    pub fn interrupted(&self) -> bool {
+        self.mode == RecordMode::Continuous && self.state == "stopped"
+    }
+}
+
+/// Starts the keeper thread of continuous recording (module doc); `None` in manual mode.
+/// Dropping the returned sender stops it, as does the engine going away.
+pub(super) fn spawn_keeper(engine: &Arc<Engine>) -> Option<mpsc::Sender<()>> {
+    if engine.cfg.record.mode != RecordMode::Continuous {
+        return None;
+    }
+    let (tx, rx) = mpsc::channel::<()>();
+    let weak = Arc::downgrade(engine);
+    let base = Duration::from_secs(engine.cfg.record.restart_secs);
+    let spawned = std::thread::Builder::new().name("lucid-continuous".into()).spawn(move || {
+        let mut wait = base;
+        while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
+            let Some(e) = weak.upgrade() else { break };
+            wait = if e.keep_recording() { (wait * 2).min(base * 30) } else { base };
+        }
+    });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the continuous-recording keeper; a stopped camera stays stopped");
+            None
+        }
     }
 }
 
@@ -100,6 +157,9 @@ impl Engine {
             session,
             segment_seconds: self.cfg.record.segment_seconds,
             paused_at: st.paused_at.clone(),
+            failures: st.failures,
+            last_error: st.last_error.clone(),
+            restarts: st.restarts,
         }
     }
 
@@ -122,8 +182,51 @@ impl Engine {
         match self.start_segment() {
             Ok(row) => tracing::info!(session = %row.id, name = %row.name, "continuous recording started"),
             Err(e) => {
-                tracing::error!(error = %e, "continuous recording could not start");
+                tracing::error!(error = %e, "continuous recording could not start; the keeper tries again");
                 *lock(&self.camera_state.last_error) = Some(e.to_string());
+                let mut st = lock(&self.continuous);
+                st.failures += 1;
+                st.last_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// One keeper pass: when continuous recording is neither running nor paused, starts a
+    /// segment. Returns whether a start was tried and failed (the keeper then waits
+    /// longer).
+    fn keep_recording(self: &Arc<Self>) -> bool {
+        if self.cfg.record.mode != RecordMode::Continuous || lock(&self.continuous).paused {
+            return false;
+        }
+        if self.camera_session().is_some() {
+            return false;
+        }
+        match self.start_segment() {
+            Ok(row) => {
+                let mut st = lock(&self.continuous);
+                // A resume or pause may have raced the start: a pause that came first
+                // has no segment to stop, so this one is stopped below.
+                let paused = st.paused;
+                st.failures = 0;
+                st.last_error = None;
+                st.restarts += 1;
+                drop(st);
+                tracing::info!(session = %row.id, name = %row.name, "continuous recording started again");
+                if paused && let Err(e) = self.stop_current_segment() {
+                    tracing::warn!(error = %e, "could not stop a segment started while pausing");
+                }
+                false
+            }
+            // A resume (or a client's session) got the camera first: nothing failed.
+            Err(_) if self.camera_session().is_some() => false,
+            Err(e) => {
+                // The camera's error is what /health and the LED (blinking) show.
+                *lock(&self.camera_state.last_error) = Some(e.to_string());
+                let mut st = lock(&self.continuous);
+                st.failures = st.failures.saturating_add(1);
+                tracing::warn!(error = %e, failures = st.failures, "continuous recording could not start again");
+                st.last_error = Some(e.to_string());
+                true
             }
         }
     }
@@ -180,6 +283,8 @@ impl Engine {
         let mut st = lock(&self.continuous);
         st.paused = false;
         st.paused_at = None;
+        st.failures = 0;
+        st.last_error = None;
         drop(st);
         tracing::info!("continuous recording resumed");
         Ok(self.record_status())

@@ -221,6 +221,8 @@ pub struct Engine {
     retention_runner: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     /// Continuous recording's pause flag (see `engine/continuous.rs`).
     continuous: Mutex<continuous::ContinuousState>,
+    /// Stops the continuous-recording keeper when dropped (continuous mode only).
+    continuous_keeper: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -304,12 +306,14 @@ impl Engine {
             retention_blocked: Mutex::new(None),
             retention_runner: Mutex::new(None),
             continuous: Mutex::new(continuous::ContinuousState::default()),
+            continuous_keeper: Mutex::new(None),
             cfg,
         });
         engine.recover()?;
         *lock(&engine.retention_runner) = retention::spawn(&engine);
         // After recovery sealed the segment a crash left open: a new one starts.
         engine.start_continuous_at_boot();
+        *lock(&engine.continuous_keeper) = continuous::spawn_keeper(&engine);
         Ok(engine)
     }
 

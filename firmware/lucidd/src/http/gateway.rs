@@ -71,10 +71,20 @@ pub fn health_report(e: &Engine) -> (bool, Value) {
     // Appends refused because only locked or recording sessions are left to delete: the
     // device still answers (200), but records nothing until room is made.
     let blocked = e.retention_blocked();
+    let record = e.record_status();
+    // Continuous recording that stopped by itself (its keeper is retrying) degrades the
+    // device as a blocked store does: it answers, but does not record.
+    let interrupted = record.interrupted().then(|| {
+        format!(
+            "continuous recording is not running: {}",
+            record.last_error.as_deref().unwrap_or("the camera stopped; starting a new segment")
+        )
+    });
+    let reason = blocked.clone().or(interrupted.clone());
     let r = &e.cfg.retention;
     let body = json!({
-        "status": if !healthy { "unhealthy" } else if blocked.is_some() { "degraded" } else { "healthy" },
-        "reason": blocked,
+        "status": if !healthy { "unhealthy" } else if reason.is_some() { "degraded" } else { "healthy" },
+        "reason": reason,
         "timestamp": now_rfc3339(),
         "version": VERSION,
         "device_id": e.device_id,
@@ -101,6 +111,17 @@ pub fn health_report(e: &Engine) -> (bool, Value) {
                 "max_store_bytes": r.max_store_bytes,
                 "keep_free_percent": r.keep_free_percent,
                 "max_age_days": r.max_age_days,
+            },
+            // Manual or continuous, recording/paused/stopped, failed starts (GET /api/v1/record).
+            "record": {
+                "status": if interrupted.is_some() { "degraded" } else { "healthy" },
+                "reason": interrupted,
+                "mode": record.mode_name(),
+                "state": record.state,
+                "session_id": record.session,
+                "failures": record.failures,
+                "last_error": record.last_error,
+                "restarts": record.restarts,
             },
             "signer": {"status": "healthy", "epoch": e.epoch()},
             // Informational: recording goes on with an unsynchronized clock, and the

@@ -366,3 +366,58 @@ fn after_a_crash_the_open_segment_is_recovered_and_a_new_one_starts() {
     b.child.kill().unwrap();
     b.child.wait().unwrap();
 }
+
+/// The keeper (engine/continuous.rs): continuous recording that stopped without a pause
+/// starts again by itself, and while it cannot, `/health` says so (degraded, with the
+/// camera's error) and the keeper keeps trying with a growing wait.
+#[test]
+fn continuous_recording_starts_again_after_a_stop_and_reports_a_missing_camera() {
+    let mut cfg = continuous_config(tempfile::tempdir().unwrap().path(), 60);
+    cfg.record.restart_secs = 1;
+    let d = Daemon::start_with(tempfile::tempdir().unwrap(), cfg);
+    let c = d.client();
+    let first = c.get(&gw(&d, "/api/v1/record")).json()["session_id"].as_str().unwrap().to_owned();
+    wait("the first segment's chunks", 20, &mut || d.engine.get(&first).unwrap().chunk_count >= 1);
+
+    // A client stops the segment (not a pause): a new one follows within a few seconds.
+    let r = c.post(&gw(&d, &format!("/api/v1/sessions/{first}/stop")));
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait("a new segment after the stop", 15, &mut || d.engine.camera_session().is_some_and(|s| s != first));
+    let st = c.get(&gw(&d, "/api/v1/record")).json();
+    assert_eq!(
+        (st["state"].as_str(), st["restarts"].as_u64(), st["failures"].as_u64()),
+        (Some("recording"), Some(1), Some(0)),
+        "{st}"
+    );
+    let h = c.get(&gw(&d, "/health")).json();
+    assert_eq!(h["status"], "healthy", "{h}");
+    assert_eq!(h["services"]["record"]["state"], "recording", "{h}");
+
+    // A paused recorder is left alone: no segment starts, and paused is no fault.
+    assert_eq!(c.post(&gw(&d, "/api/v1/record/pause")).status, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(d.engine.camera_session(), None);
+    assert_eq!(c.get(&gw(&d, "/health")).json()["services"]["record"]["status"], "healthy");
+    drop(d);
+
+    // A camera that is not there: the daemon serves, degraded, and keeps trying.
+    let mut cfg = continuous_config(tempfile::tempdir().unwrap().path(), 60);
+    cfg.record.restart_secs = 1;
+    cfg.source = lucidd::config::SourceKind::V4l2;
+    cfg.camera.device = "/dev/lucid-no-such-camera".into();
+    let d = Daemon::start_with(tempfile::tempdir().unwrap(), cfg);
+    let c = d.client();
+    let h = c.get(&gw(&d, "/health"));
+    assert_eq!(h.status, 200, "degraded still answers 200: {}", h.text());
+    let h = h.json();
+    assert_eq!(h["status"], "degraded", "{h}");
+    let rec = &h["services"]["record"];
+    assert_eq!((rec["status"].as_str(), rec["state"].as_str()), (Some("degraded"), Some("stopped")), "{h}");
+    assert!(rec["last_error"].as_str().is_some_and(|e| e.starts_with("camera: ")), "{h}");
+    assert!(h["reason"].as_str().is_some_and(|r| r.starts_with("continuous recording is not running")), "{h}");
+    // Tries at boot, then after 1 s and 2 s more: three failures within about 4 s.
+    wait("the keeper's retries", 15, &mut || {
+        c.get(&gw(&d, "/api/v1/record")).json()["failures"].as_u64().unwrap_or(0) >= 3
+    });
+    assert!(segments(&d).is_empty(), "a refused start leaves no segment behind");
+}
