@@ -60,6 +60,9 @@ enum Section {
     ManifestSig,
     /// Optional: the data key as an age file to the device's recipients.
     Recipients,
+    /// Optional: the session head's inclusion proof in the device log
+    /// ([`DeviceHeadFile`]).
+    DeviceHead,
     Init,
     Checkpoints,
     Records,
@@ -69,12 +72,13 @@ enum Section {
 }
 
 impl Section {
-    const ALL: [Section; 10] = [
+    const ALL: [Section; 11] = [
         Section::Version,
         Section::Vkey,
         Section::Manifest,
         Section::ManifestSig,
         Section::Recipients,
+        Section::DeviceHead,
         Section::Init,
         Section::Checkpoints,
         Section::Records,
@@ -94,6 +98,7 @@ impl Section {
             Section::Manifest => 1 << 20,
             Section::ManifestSig => 256,
             Section::Recipients => MAX_RECIPIENTS_FILE,
+            Section::DeviceHead => 64 << 10,
             Section::Init | Section::Chunks => MAX_SEALED_CHUNK as u64,
             Section::Checkpoints => 64 << 10,
             Section::Records => MAX_RECORD,
@@ -109,6 +114,7 @@ impl Section {
             Section::Manifest => "lucid-evidence/manifest.json",
             Section::ManifestSig => "lucid-evidence/manifest.json.sig",
             Section::Recipients => "lucid-evidence/recipients.age",
+            Section::DeviceHead => "lucid-evidence/device-head.json",
             Section::Init => "lucid-evidence/init.mp4",
             Section::Checkpoints => "lucid-evidence/checkpoints/",
             Section::Records => "lucid-evidence/records/",
@@ -153,6 +159,37 @@ fn parse_path(path: &str) -> Option<(Section, u64)> {
         }
     }
     None
+}
+
+/// `device-head.json`: the event that put this manifest into the device log (its
+/// `SessionHead`, at the manifest's `device_log_index`), a device checkpoint signed at or
+/// after it, and the RFC 9162 inclusion proof of the event in that checkpoint's tree. With
+/// it the bundle proves on its own that the device logged this manifest as the head of
+/// its session; whether a later head exists needs the device log itself (`lucidd verify
+/// --device-evidence`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceHeadFile {
+    /// The event's index in the device log.
+    pub index: u64,
+    /// The encoded event, lowercase hex (`lucid_core::devlog::Event::encode`).
+    pub event: String,
+    /// A device checkpoint note (origin `lucid/<device id>`) whose size exceeds `index`.
+    pub checkpoint: String,
+    /// The inclusion proof, leaf to root, lowercase hex.
+    pub proof: Vec<String>,
+}
+
+/// The longest inclusion proof a device head may carry: a tree of 2^64 events.
+const MAX_PROOF: usize = 64;
+
+/// Where the session head sits in the device log, as proven by `device-head.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceHeadStanding {
+    /// The `SessionHead` event's index.
+    pub index: u64,
+    /// The size of the signed device checkpoint it was proven against.
+    pub checkpoint_size: u64,
 }
 
 /// Why a bundle could not be written.
@@ -252,6 +289,14 @@ impl<W: Write> EvidenceWriter<W> {
         self.append(Section::Recipients, 0, age_file)
     }
 
+    /// Adds the session head's inclusion proof in the device log, after the recipients
+    /// (if any) and before the init segment.
+    pub fn device_head(&mut self, file: &DeviceHeadFile) -> Result<(), EvidenceError> {
+        let json = serde_json::to_vec_pretty(file)
+            .map_err(|e| EvidenceError::BadEntry { what: "device head", reason: e.to_string() })?;
+        self.append(Section::DeviceHead, 0, &json)
+    }
+
     /// Adds the plaintext init segment (camera sessions only).
     pub fn init_segment(&mut self, init: &[u8]) -> Result<(), EvidenceError> {
         self.append(Section::Init, 0, init)
@@ -322,6 +367,9 @@ pub enum VerifyError {
     /// tar record: data hidden where tar tools do not look.
     #[error("data after the end of the archive, at byte {offset}")]
     DataAfterEnd { offset: u64 },
+    /// `device-head.json` does not prove that the device logged this manifest.
+    #[error("device-head.json: {reason}")]
+    BadDeviceHead { reason: String },
     /// The manifest's log is longer than a bundle may be ([`MAX_LOG_SIZE`]).
     #[error("manifest declares {chunk_count} chunks, over the {max} chunk limit")]
     LogTooLarge { chunk_count: u64, max: u64 },
@@ -564,6 +612,9 @@ pub struct EvidenceReport {
     /// cannot pass for the real one, because a wrong key opens no chunk (every chunk is
     /// AEAD-sealed and its plaintext digest is in its signed record).
     pub recipients_age: Option<Vec<u8>>,
+    /// The head's place in the device log, when the bundle carries `device-head.json`
+    /// (bundles made before it do not).
+    pub device_head: Option<DeviceHeadStanding>,
 }
 
 /// Verifies a bundle read from `r`, streaming: chunks are checked as they arrive and
@@ -801,6 +852,7 @@ struct Verification {
     signature: Option<[u8; 64]>,
     head: Option<Head>,
     recipients: Option<Vec<u8>>,
+    device_head: Option<DeviceHeadStanding>,
     init_seen: bool,
     checkpoints: Vec<Checkpoint>,
     /// The text of the last checkpoint only (it must be the manifest's final one): the
@@ -831,6 +883,7 @@ impl Verification {
             Section::Manifest => self.manifest_bytes.is_some(),
             Section::ManifestSig => self.signature.is_some(),
             Section::Recipients => self.recipients.is_some(),
+            Section::DeviceHead => self.device_head.is_some(),
             Section::Init => self.init_seen,
             Section::Checkpoints => self.checkpoints.binary_search_by_key(&n, |c| c.size).is_ok(),
             Section::Records => self.records.binary_search_by_key(&n, |r| r.index).is_ok(),
@@ -887,6 +940,7 @@ impl Verification {
                 }
                 self.recipients = Some(data);
             }
+            Section::DeviceHead => self.device_head = Some(check_device_head(self.head(), &data)?),
             Section::Init => {
                 if self.head().init_blake3 != Some(*blake3::hash(&data).as_bytes()) {
                     return Err(VerifyError::InitSegmentMismatch);
@@ -1043,8 +1097,64 @@ impl Verification {
             manifest: head.manifest,
             records: self.records,
             recipients_age: self.recipients,
+            device_head: self.device_head,
         })
     }
+}
+
+/// Checks `device-head.json` against the verified manifest: a device checkpoint signed by
+/// the manifest's key for this device's log, the event at the manifest's
+/// `device_log_index` being this manifest's `SessionHead` (session, generation, tree size,
+/// root, SHA-256 of the signed manifest), and its inclusion in that checkpoint.
+fn check_device_head(head: &Head, data: &[u8]) -> Result<DeviceHeadStanding, VerifyError> {
+    use crate::devlog::{self, EventKind};
+    let bad = |reason: String| VerifyError::BadDeviceHead { reason };
+    let file: DeviceHeadFile = serde_json::from_slice(data).map_err(|e| bad(format!("not the expected JSON: {e}")))?;
+    let m = &head.manifest;
+    let (Some(generation), Some(logged_at)) = (m.generation, m.device_log_index) else {
+        return Err(bad("the manifest has no generation or device_log_index to place it".into()));
+    };
+    if file.index != logged_at {
+        return Err(bad(format!("event {} is not the manifest's device_log_index {logged_at}", file.index)));
+    }
+    let cp = head.verifier.verify_checkpoint(&file.checkpoint).map_err(|e| bad(format!("device checkpoint: {e}")))?;
+    let origin = devlog::device_origin(&m.device_id);
+    if cp.origin != origin {
+        return Err(bad(format!("checkpoint origin {:?} is not {origin:?}", cp.origin)));
+    }
+    let event = hex::decode(&file.event, devlog::MAX_EVENT).ok_or_else(|| bad("event is not lowercase hex".into()))?;
+    let decoded = devlog::Event::decode(&event).map_err(|e| bad(format!("event: {e}")))?;
+    let EventKind::SessionHead { session_id, generation: g, tree_size, root, manifest_digest } = decoded.kind else {
+        return Err(bad(format!("event {} is not a session head", file.index)));
+    };
+    let differs = if session_id != m.session_id {
+        Some("session")
+    } else if g != generation {
+        Some("generation")
+    } else if tree_size != m.tree_size {
+        Some("tree size")
+    } else if root != head.root {
+        Some("root")
+    } else if manifest_digest != head.manifest_sha256 {
+        Some("manifest (SHA-256)")
+    } else {
+        None
+    };
+    if let Some(what) = differs {
+        return Err(bad(format!("the head event names another {what} than this manifest")));
+    }
+    if file.proof.len() > MAX_PROOF {
+        return Err(bad(format!("a proof of {} hashes", file.proof.len())));
+    }
+    let proof = file
+        .proof
+        .iter()
+        .map(|h| hex::decode_32(h).ok_or_else(|| bad("a proof hash is not 64 lowercase hex digits".into())))
+        .collect::<Result<Vec<_>, _>>()?;
+    merkle::verify_inclusion(&devlog::event_leaf(&event), file.index, cp.size, &proof, &cp.root).map_err(|e| {
+        bad(format!("event {} is not included in the device checkpoint of size {}: {e}", file.index, cp.size))
+    })?;
+    Ok(DeviceHeadStanding { index: file.index, checkpoint_size: cp.size })
 }
 
 /// Why a chunk of verified evidence did not open (`lucidd decrypt`).
@@ -1150,6 +1260,88 @@ mod tests {
             check_plaintext(&report.records[3], b"other"),
             Err(OpenError::PlaintextMismatch { index: 3 })
         ));
+    }
+
+    /// `device-head.json` (issue #10): a bundle proves by itself that the device logged
+    /// its manifest as the session's head, in a device checkpoint signed at or after it.
+    /// Every part that could be swapped is refused: another event, index, generation or
+    /// manifest, a proof that does not lead to the checkpoint, a checkpoint of another key
+    /// or another log.
+    #[test]
+    fn device_head_proves_the_manifest_was_logged() {
+        use crate::devlog::{self, Event, EventKind};
+        let f = fixture();
+        let mut man = f.manifest();
+        (man.generation, man.device_log_index) = (Some(2), Some(3));
+        let signed = manifest::sign_manifest(&man, &f.signer).unwrap();
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &signed.bytes).as_ref().try_into().unwrap();
+        let root = hex::decode_32(&man.root).unwrap();
+        let created = EventKind::SessionCreated { session_id: "sess-1".into(), kind: man.kind };
+        let head = |generation, tree_size| EventKind::SessionHead {
+            session_id: "sess-1".into(),
+            generation,
+            tree_size,
+            root,
+            manifest_digest: digest,
+        };
+        // Events 0..6: created, an older head, another session, this head (3), more.
+        let kinds = [
+            created.clone(),
+            head(1, 12),
+            EventKind::SessionCreated { session_id: "sess-2".into(), kind: man.kind },
+            head(2, 20),
+            EventKind::SessionCreated { session_id: "sess-3".into(), kind: man.kind },
+            EventKind::SessionCreated { session_id: "sess-4".into(), kind: man.kind },
+        ];
+        let events: Vec<Vec<u8>> =
+            kinds.iter().map(|k| Event { at_us: 1, kind: k.clone() }.encode().unwrap()).collect();
+        let leaves: Vec<_> = events.iter().map(|e| devlog::event_leaf(e)).collect();
+        let tree = MerkleTree::from_leaves(&leaves);
+        let origin = devlog::device_origin(&man.device_id);
+        let checkpoint = |signer: &Signer, origin: &str, size: u64| {
+            note::sign_checkpoint(&Checkpoint { origin: origin.into(), size, root: tree.root(size).unwrap() }, signer)
+                .unwrap()
+        };
+        let file = |index: u64, size: u64| DeviceHeadFile {
+            index,
+            event: hex::encode(&events[index as usize]),
+            checkpoint: checkpoint(&f.signer, &origin, size),
+            proof: tree.inclusion_proof(index, size).unwrap().iter().map(|h| hex::encode(h)).collect(),
+        };
+        let bundle = |d: &DeviceHeadFile| f.bundle_with(&signed, Some(d));
+        for size in [4, 6] {
+            let r = verify_evidence(&bundle(&file(3, size))[..]).unwrap();
+            assert_eq!(r.device_head, Some(DeviceHeadStanding { index: 3, checkpoint_size: size }));
+        }
+        let refused = |d: DeviceHeadFile, why: &str| {
+            let err = verify_evidence(&bundle(&d)[..]).unwrap_err();
+            assert!(matches!(&err, VerifyError::BadDeviceHead { reason } if reason.contains(why)), "{why}: {err}");
+        };
+        // The older generation's head, at its own index and with a good proof.
+        refused(file(1, 6), "device_log_index");
+        refused(DeviceHeadFile { index: 3, ..file(1, 6) }, "generation");
+        refused(DeviceHeadFile { index: 3, ..file(2, 6) }, "not a session head");
+        let mut d = file(3, 6);
+        d.proof[1] = hex::encode(&[7; 32]);
+        refused(d, "not included");
+        refused(DeviceHeadFile { checkpoint: checkpoint(&f.signer, &origin, 3), ..file(3, 6) }, "not included");
+        let stranger = Signer::from_pkcs8("lucid-other", &Fixture::fresh_pkcs8()).unwrap();
+        refused(DeviceHeadFile { checkpoint: checkpoint(&stranger, &origin, 6), ..file(3, 6) }, "device checkpoint");
+        refused(DeviceHeadFile { checkpoint: checkpoint(&f.signer, "lucid/elsewhere", 6), ..file(3, 6) }, "origin");
+        refused(DeviceHeadFile { event: "zz".into(), ..file(3, 6) }, "hex");
+        let mut d = file(3, 6);
+        d.proof = vec![hex::encode(&[0; 32]); 65];
+        refused(d, "65 hashes");
+        // A manifest from before the device log cannot be placed.
+        let old = f.bundle_with(&f.signed_manifest(), Some(&file(3, 6)));
+        let err = verify_evidence(&old[..]).unwrap_err();
+        assert!(matches!(&err, VerifyError::BadDeviceHead { reason } if reason.contains("no generation")), "{err}");
+        // Placed after the init segment: out of order.
+        let mut e = entries(&bundle(&file(3, 6)));
+        let at = find(&e, Section::DeviceHead.path());
+        let moved = e.remove(at);
+        e.insert(at + 1, moved);
+        assert!(matches!(verify_entries(&e), Err(VerifyError::OutOfOrder { .. })));
     }
 
     #[test]

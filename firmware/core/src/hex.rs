@@ -27,6 +27,16 @@ pub(crate) fn decode_32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Parses an even number of lowercase hex digits, at most `max` bytes' worth; `None` for
+/// anything else.
+pub(crate) fn decode(s: &str, max: usize) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    if bytes.len() % 2 != 0 || bytes.len() / 2 > max {
+        return None;
+    }
+    bytes.chunks_exact(2).map(|pair| Some((nibble(pair[0])? << 4) | nibble(pair[1])?)).collect()
+}
+
 fn nibble(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),

@@ -183,7 +183,19 @@ impl Fixture {
 
     /// The bundle as the daemon would write it.
     pub fn bundle(&self) -> Vec<u8> {
-        let mut w = EvidenceWriter::new(Vec::new(), &self.signer.vkey(), &self.signed_manifest()).unwrap();
+        self.bundle_with(&self.signed_manifest(), None)
+    }
+
+    /// The bundle of this session under another manifest, with a device head if given.
+    pub fn bundle_with(
+        &self,
+        manifest: &crate::SignedManifest,
+        device_head: Option<&crate::evidence::DeviceHeadFile>,
+    ) -> Vec<u8> {
+        let mut w = EvidenceWriter::new(Vec::new(), &self.signer.vkey(), manifest).unwrap();
+        if let Some(d) = device_head {
+            w.device_head(d).unwrap();
+        }
         if self.camera {
             w.init_segment(&self.init).unwrap();
         }

@@ -675,6 +675,14 @@ fn verify_session(
             age_file.len()
         );
     }
+    if let Some(h) = r.device_head {
+        println!(
+            "logged       generation {} is the session head at device-log event {}, proven in the signed device checkpoint of size {}",
+            m.generation.unwrap_or(0),
+            h.index,
+            h.checkpoint_size
+        );
+    }
     if let Some(device) = device_evidence {
         match lucidd::verify::verify_standing(&r, device) {
             Ok(st) => println!(

@@ -1446,6 +1446,9 @@ impl Engine {
         if let Some(age_file) = &row.recipients_age {
             w.recipients(&B64.decode(age_file).map_err(internal)?).map_err(internal)?;
         }
+        if let Some(file) = self.device_head_file(&signed.bytes)? {
+            w.device_head(&file).map_err(internal)?;
+        }
         if let Some(init) = self.store.get_init(sid)? {
             w.init_segment(&init).map_err(internal)?;
         }
@@ -1463,6 +1466,27 @@ impl Engine {
         }
         w.finish().map_err(internal)?;
         Ok(())
+    }
+
+    /// The session head's inclusion proof against the newest device checkpoint, for the
+    /// manifest `man`; `None` for a manifest from before the device log (no
+    /// `device_log_index`).
+    fn device_head_file(&self, man: &[u8]) -> Result<Option<lucid_core::evidence::DeviceHeadFile>> {
+        let v: Value = serde_json::from_slice(man).map_err(internal)?;
+        let Some(index) = v.get("device_log_index").and_then(Value::as_u64) else { return Ok(None) };
+        let Some((size, checkpoint)) = self.device_checkpoint()? else { return Ok(None) };
+        let event = self
+            .device_entries(index, Some(index + 1))?
+            .pop()
+            .ok_or_else(|| internal(format!("device log event {index} is missing")))?
+            .1;
+        let (_, _, proof, _) = self.device_inclusion(index, Some(size))?;
+        Ok(Some(lucid_core::evidence::DeviceHeadFile {
+            index,
+            event: crate::util::hex(&event),
+            checkpoint,
+            proof: proof.iter().map(|h| crate::util::hex(h)).collect(),
+        }))
     }
 
     fn manifest_tree_size(&self, man: &[u8]) -> Result<u64> {

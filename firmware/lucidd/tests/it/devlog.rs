@@ -159,6 +159,12 @@ fn an_older_manifest_or_a_deleted_session_fails_against_the_device_log() {
     std::fs::write(tmp.path().join("first.tar"), first).unwrap();
     let (ok, out) = crate::gateway::lucidd_verify(&tmp.path().join("first.tar"));
     assert!(ok, "{out}");
+    // ... and proves on its own that the device logged it as the session's head then
+    // (device-head.json: the head event's inclusion in a device checkpoint).
+    assert!(out.contains("logged       generation 1 is the session head at device-log event"), "{out}");
+    std::fs::write(tmp.path().join("second.tar"), second).unwrap();
+    let (ok, out) = crate::gateway::lucidd_verify(&tmp.path().join("second.tar"));
+    assert!(ok && out.contains("logged       generation 2 is the session head"), "{out}");
     // ... but against a later device log it is not the final word.
     let (code, _, err) = verify_standing(first, second_device);
     assert_eq!(code, 1);
