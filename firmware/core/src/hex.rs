@@ -31,7 +31,7 @@ pub(crate) fn decode_32(s: &str) -> Option<[u8; 32]> {
 /// anything else.
 pub(crate) fn decode(s: &str, max: usize) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
-    if bytes.len() % 2 != 0 || bytes.len() / 2 > max {
+    if !bytes.len().is_multiple_of(2) || bytes.len() / 2 > max {
         return None;
     }
     bytes.chunks_exact(2).map(|pair| Some((nibble(pair[0])? << 4) | nibble(pair[1])?)).collect()
