@@ -422,7 +422,9 @@ pub struct NetworkConfig {
     pub wifi: Vec<WifiNetwork>,
     /// The wireless interface wpa_supplicant drives.
     pub wifi_interface: String,
-    /// The wpa_supplicant binary; a device without it reports Wi-Fi "unavailable".
+    /// The wpa_supplicant binary; empty (the default): `/sbin/wpa_supplicant` (Debian's
+    /// package) or `/usr/sbin/wpa_supplicant` (Buildroot's). A device without it reports
+    /// Wi-Fi "unavailable".
     pub wpa_supplicant: PathBuf,
     /// The DHCP client run on the wireless interface once associated (busybox udhcpc).
     pub udhcpc: PathBuf,
@@ -439,7 +441,7 @@ impl Default for NetworkConfig {
             mdns: true,
             wifi: Vec::new(),
             wifi_interface: "wlan0".into(),
-            wpa_supplicant: "/usr/sbin/wpa_supplicant".into(),
+            wpa_supplicant: PathBuf::new(),
             udhcpc: "/sbin/udhcpc".into(),
             udhcpc_script: "/usr/share/udhcpc/default.script".into(),
             wifi_run_dir: "/run/lucid/wifi".into(),

@@ -266,15 +266,26 @@ fn kill_stale(pid_file: &Path) {
     let _ = std::fs::remove_file(pid_file);
 }
 
-/// Why Wi-Fi cannot run here, if it cannot.
-fn unavailable(cfg: &NetworkConfig) -> Option<String> {
+/// Where wpa_supplicant is looked for when `[network] wpa_supplicant` is empty: Debian's
+/// package, then Buildroot's.
+const WPA_SUPPLICANT_PATHS: [&str; 2] = ["/sbin/wpa_supplicant", "/usr/sbin/wpa_supplicant"];
+
+/// The wpa_supplicant to run, or why Wi-Fi cannot run here.
+fn available(cfg: &NetworkConfig) -> Result<PathBuf, String> {
     if !Path::new("/sys/class/net").join(&cfg.wifi_interface).exists() {
-        return Some(format!("no interface {}", cfg.wifi_interface));
+        return Err(format!("no interface {}", cfg.wifi_interface));
+    }
+    if cfg.wpa_supplicant.as_os_str().is_empty() {
+        return WPA_SUPPLICANT_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| format!("no wpa_supplicant in {}", WPA_SUPPLICANT_PATHS.join(" or ")));
     }
     if !cfg.wpa_supplicant.is_file() {
-        return Some(format!("no wpa_supplicant at {}", cfg.wpa_supplicant.display()));
+        return Err(format!("no wpa_supplicant at {}", cfg.wpa_supplicant.display()));
     }
-    None
+    Ok(cfg.wpa_supplicant.clone())
 }
 
 struct Running {
@@ -300,12 +311,13 @@ pub async fn supervise(wifi: Arc<Wifi>, cfg: NetworkConfig, hostname: String) {
             written = None;
             wifi.set_status(WifiStatus::new("disabled", &iface, None));
             Duration::from_secs(3600)
-        } else if let Some(why) = unavailable(&cfg) {
+        } else if let Err(why) = available(&cfg) {
             running = None;
             written = None;
             wifi.set_status(WifiStatus::new("unavailable", &iface, Some(why)));
             Duration::from_secs(10)
         } else {
+            let wpa_supplicant = available(&cfg).unwrap_or_default();
             let mut wait = Duration::from_secs(2);
             if written.as_ref() != Some(&nets) {
                 let text = render_conf(&ctrl_dir, &nets);
@@ -351,7 +363,7 @@ pub async fn supervise(wifi: Arc<Wifi>, cfg: NetworkConfig, hostname: String) {
                 } else if running.is_none() {
                     kill_stale(&pid_file);
                     let _ = std::fs::remove_file(ctrl_dir.join(&iface));
-                    let child = Command::new(&cfg.wpa_supplicant)
+                    let child = Command::new(&wpa_supplicant)
                         .args(["-i", &iface, "-D", "nl80211", "-c"])
                         .arg(&conf)
                         .arg("-P")
@@ -370,7 +382,7 @@ pub async fn supervise(wifi: Arc<Wifi>, cfg: NetworkConfig, hostname: String) {
                             wifi.set_status(WifiStatus::new(
                                 "unavailable",
                                 &iface,
-                                Some(format!("cannot start {}: {e}", cfg.wpa_supplicant.display())),
+                                Some(format!("cannot start {}: {e}", wpa_supplicant.display())),
                             ));
                             wait = backoff;
                             backoff = (backoff * 2).min(Duration::from_secs(30));
