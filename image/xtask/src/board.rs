@@ -694,7 +694,7 @@ mod tests {
         let n = load(&repo(), "qemu-aarch64-virt", Some("network")).unwrap();
         let pkgs: Vec<&str> = n.rootfs.packages.iter().map(|p| p.package.as_str()).collect();
         assert_eq!(pkgs, ["wpasupplicant", "hostapd"]);
-        assert_eq!(n.kernel.extra_modules, ["mac80211_hwsim"]);
+        assert_eq!(n.kernel.extra_modules, ["mac80211_hwsim", "ctr", "ccm"]);
         assert_eq!(n.kernel.module_options["mac80211_hwsim"], "radios=2");
         assert!(n.console_shell);
         let hook = &n.rootfs.files["etc/lucid/rc.d/50-hil-ap"];
