@@ -7,7 +7,9 @@
 //!     with an address from the pool and a signal, and /health says so too;
 //! (2) the access point goes away (hostapd killed through the console shell): the client
 //!     reports it lost the network;
-//! (3) the access point comes back: the client rejoins by itself and has an address again.
+//! (3) the access point comes back: the client rejoins by itself and has an address again;
+//! (4) `PUT /api/v1/network` with a wrong passphrase takes it off the network for good (15 s
+//!     watched), and with the right one brings it back.
 //!
 //! Timings of each step are printed. QEMU only: it edits the card and drives the AP.
 
@@ -107,13 +109,32 @@ fn joins_the_access_point_from_the_settings_file_and_rejoins_after_it_returns() 
     q.wait_console("ap-started=0", 1, Duration::from_secs(20)).unwrap();
     let (n, rejoined) = wait_wifi(&dev, "connected again with a lease", connected_with_lease);
     println!(
-        "hil network: AP back; rejoined in {rejoined:?}: {} signal {} dBm (group {:?})",
-        n["wifi"]["ipv4"],
-        n["wifi"]["signal_dbm"],
-        t0.elapsed()
+        "hil network: AP back; rejoined in {rejoined:?}: {} signal {} dBm",
+        n["wifi"]["ipv4"], n["wifi"]["signal_dbm"]
     );
+    // (4) The admin gives a wrong passphrase (PUT, applied at once): the device leaves
+    // the network and cannot join it again; the right one brings it back.
+    let put = |body: &str| {
+        let (code, b) = http("PUT", &dev.gateway("/api/v1/network"), Some(&dev.token), Some(body)).unwrap();
+        assert_eq!(code, 200, "PUT /api/v1/network: {}", String::from_utf8_lossy(&b));
+        assert!(!String::from_utf8_lossy(&b).contains("passphrase"), "a passphrase in the answer");
+    };
+    put(r#"{"wifi": [{"ssid": "lucid-hil", "psk": "wrong-passphrase", "country": "DE"}]}"#);
+    let (n, left) = wait_wifi(&dev, "off the network", |w| w["state"] != "connected");
+    println!("hil network: wrong passphrase PUT; the client reports {} after {left:?}", n["wifi"]["state"]);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(15) {
+        let w = network(&dev)["wifi"].clone();
+        assert_ne!(w["state"], "connected", "joined with a wrong passphrase: {w}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    put(&format!(r#"{{"wifi": [{{"ssid": "lucid-hil", "psk": "{passphrase}", "country": "DE"}}]}}"#));
+    let (n, back) = wait_wifi(&dev, "connected again after the right passphrase", connected_with_lease);
+    println!("hil network: right passphrase PUT; connected again in {back:?}: {}", n["wifi"]["ipv4"]);
+
     // The console carries lucidd's log and the settings report: never the passphrase.
     let c = dev.qemu.as_ref().unwrap().console();
-    assert!(!c.contains(passphrase), "the passphrase on the console (lucidd's log)");
+    assert!(!c.contains(passphrase) && !c.contains("wrong-passphrase"), "a passphrase on the console (lucidd's log)");
+    println!("hil network: group {:?}", t0.elapsed());
     dev.qemu.as_mut().unwrap().kill();
 }
