@@ -413,7 +413,7 @@ impl Default for HttpConfig {
     }
 }
 
-/// `[network]`: how the device names itself on the LAN.
+/// `[network]`: how the device names itself on the LAN, and the Wi-Fi it joins (`wifi`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
@@ -421,14 +421,36 @@ pub struct NetworkConfig {
     pub hostname: String,
     /// Answer `<hostname>.local` and advertise `_http._tcp` and `_lucid._tcp` over mDNS.
     pub mdns: bool,
-    /// Wi-Fi networks from the owner's settings file (`settings`), PSKs already hashed.
-    /// Kept and validated; joining them is not built yet (issue 11, "Network").
+    /// Wi-Fi networks from the owner's settings file (`settings`) or
+    /// `PUT /api/v1/network`, PSKs already hashed; `wifi` joins them when the list is not
+    /// empty and `wifi_interface` exists.
     pub wifi: Vec<WifiNetwork>,
+    /// The wireless interface wpa_supplicant drives.
+    pub wifi_interface: String,
+    /// The wpa_supplicant binary; empty (the default): `/sbin/wpa_supplicant` (Debian's
+    /// package) or `/usr/sbin/wpa_supplicant` (Buildroot's). A device without it reports
+    /// Wi-Fi "unavailable".
+    pub wpa_supplicant: PathBuf,
+    /// The DHCP client run on the wireless interface once associated (busybox udhcpc).
+    pub udhcpc: PathBuf,
+    /// udhcpc's script (the image's, which also writes the DHCP time servers).
+    pub udhcpc_script: PathBuf,
+    /// Where the generated wpa_supplicant config (0600) and its control socket live.
+    pub wifi_run_dir: PathBuf,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        NetworkConfig { hostname: String::new(), mdns: true, wifi: Vec::new() }
+        NetworkConfig {
+            hostname: String::new(),
+            mdns: true,
+            wifi: Vec::new(),
+            wifi_interface: "wlan0".into(),
+            wpa_supplicant: PathBuf::new(),
+            udhcpc: "/sbin/udhcpc".into(),
+            udhcpc_script: "/usr/share/udhcpc/default.script".into(),
+            wifi_run_dir: "/run/lucid/wifi".into(),
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 //! `discovery` (host name and mDNS advertisement), `clock` (NTP, the clock's floor and
 //! whether its times can be trusted), `settings` (the owner's settings file on the boot
 //! partition), `password` (the admin password), `grow` (the data partition grown to the
-//! card at boot). `main.rs` is a thin CLI over these.
+//! card at boot), `wifi` (the Wi-Fi client: wpa_supplicant and udhcpc on the wireless
+//! interface, supervised). `main.rs` is a thin CLI over these.
 
 pub mod clock;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod store;
 pub mod update;
 pub mod util;
 pub mod verify;
+pub mod wifi;
 
 use std::sync::Arc;
 
@@ -59,6 +61,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let timekeeper = tokio::spawn(keep_time(engine.clone()));
     let gpio = gpio::spawn(&engine.cfg.gpio, engine.clone());
     let advertiser = advertise(&engine).await;
+    let wifi = tokio::spawn(wifi::supervise(engine.wifi.clone(), engine.cfg.network.clone(), engine.hostname()));
     let ticker = {
         let e = engine.clone();
         tokio::spawn(async move {
@@ -102,6 +105,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let served = http::serve(engine.clone(), stop).await;
     ticker.abort();
     timekeeper.abort();
+    // Dropping the supervisor's future stops wpa_supplicant and udhcpc with it.
+    wifi.abort();
+    let _ = wifi.await;
     if let Err(e) = clock::save_now(&engine.cfg.data_dir) {
         tracing::warn!(error = %e, "cannot save the last known time");
     }

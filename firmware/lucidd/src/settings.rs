@@ -78,15 +78,29 @@ struct TimeIn {
     servers: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One Wi-Fi network as an owner gives it: in `lucid.toml`'s `[[wifi]]` and in the body
+/// of `PUT /api/v1/network`. Not `Debug`: it may hold a passphrase.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WifiIn {
-    ssid: String,
-    psk: Option<String>,
-    psk_hash: Option<String>,
-    country: Option<String>,
+pub struct WifiIn {
+    pub ssid: String,
+    pub psk: Option<String>,
+    pub psk_hash: Option<String>,
+    pub country: Option<String>,
     #[serde(default)]
-    hidden: bool,
+    pub hidden: bool,
+}
+
+impl std::fmt::Debug for WifiIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WifiIn")
+            .field("ssid", &self.ssid)
+            .field("psk_set", &self.psk.is_some())
+            .field("psk_hash_set", &self.psk_hash.is_some())
+            .field("country", &self.country)
+            .field("hidden", &self.hidden)
+            .finish()
+    }
 }
 
 /// The keys of `[record]` an owner may set here (the rest are the image's business).
@@ -145,6 +159,38 @@ fn wifi_in(file: &str, w: WifiIn) -> Result<(WifiNetwork, Option<String>), Setti
     };
     net.validate().map_err(|m| invalid(file, &key, m))?;
     Ok((net, w.psk))
+}
+
+/// `n` with its passphrase, if one was given, turned into the PSK wpa_supplicant takes.
+fn hashed(n: &WifiNetwork, passphrase: Option<&str>) -> WifiNetwork {
+    let mut n = n.clone();
+    if let Some(p) = passphrase {
+        n.psk_hash = wpa_psk(&n.ssid, p);
+    }
+    n
+}
+
+/// Networks as an owner gives them (`origin` names where, for errors), validated like the
+/// settings file's and with passphrases hashed: what `[network] wifi` keeps.
+pub fn wifi_networks(origin: &str, input: Vec<WifiIn>) -> Result<Vec<WifiNetwork>, SettingsError> {
+    if input.len() > crate::config::MAX_WIFI_NETWORKS {
+        return Err(invalid(origin, "wifi", format!("at most {} networks", crate::config::MAX_WIFI_NETWORKS)));
+    }
+    input.into_iter().map(|w| wifi_in(origin, w).map(|(n, p)| hashed(&n, p.as_deref()))).collect()
+}
+
+/// Writes the kept settings (`<data_dir>/settings.toml`, atomically, 0600) with a header
+/// naming what wrote them. The one writer: `lucidd settings` and `PUT /api/v1/network`.
+pub fn keep(data_dir: &Path, kept: &toml::Table, source: &str) -> Result<(), SettingsError> {
+    let header = format!(
+        "# The device's kept settings: written by {source} on {}.\n\
+         # Layered over the image's config; the web app changes them too.\n",
+        now_rfc3339()
+    );
+    write_atomic(
+        &data_dir.join(SETTINGS_OVERLAY),
+        format!("{header}{}", toml::to_string(kept).expect("table serialises")).as_bytes(),
+    )
 }
 
 /// Parses `lucid.toml` (`name` = FILE) or Imager's `custom.toml` (`name` = IMAGER_FILE).
@@ -245,17 +291,7 @@ pub fn overlay(s: &Settings) -> toml::Table {
         section("network", "hostname", h.clone().into());
     }
     if !s.wifi.is_empty() {
-        let nets: Vec<WifiNetwork> = s
-            .wifi
-            .iter()
-            .map(|(n, pass)| {
-                let mut n = n.clone();
-                if let Some(p) = pass {
-                    n.psk_hash = wpa_psk(&n.ssid, p);
-                }
-                n
-            })
-            .collect();
+        let nets: Vec<WifiNetwork> = s.wifi.iter().map(|(n, pass)| hashed(n, pass.as_deref())).collect();
         section("network", "wifi", toml::Value::try_from(nets).expect("networks serialise"));
     }
     if let Some(tz) = &s.timezone {
@@ -467,16 +503,7 @@ fn apply_file(image_config: Option<&Path>, data_dir: &Path, dir: &Path) -> Resul
         };
         password::store(data_dir, &hash)?;
     }
-    let header = format!(
-        "# The device's kept settings: written by `lucidd settings` from {} on {}.\n\
-         # Layered over the image's config; the web app changes them too.\n",
-        path.display(),
-        now_rfc3339()
-    );
-    write_atomic(
-        &data_dir.join(SETTINGS_OVERLAY),
-        format!("{header}{}", toml::to_string(&kept).expect("table serialises")).as_bytes(),
-    )?;
+    keep(data_dir, &kept, &format!("`lucidd settings` from {}", path.display()))?;
     let left = match scrubbed(name, &text, &s, &now_rfc3339()) {
         Some(clean) => {
             write_atomic(&path, clean.as_bytes())?;

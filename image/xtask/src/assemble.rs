@@ -135,6 +135,16 @@ pub fn build(o: &Options) -> Result<Outputs> {
     // Root file system.
     let rootdir = work.join("rootfs");
     build_rootfs(o, &board, &busybox, &rootdir, &lucid_toml, &release, keys.as_ref().map(|k| k.1.as_path()))?;
+    let added = crate::dynlink::install(&cache, &board.rootfs, &rootdir)?;
+    if !added.files.is_empty() {
+        eprintln!(
+            "xtask: rootfs: {} from packages, {} shared objects ({}), {} KiB in all",
+            added.files.join(", "),
+            added.libraries.len(),
+            added.libraries.join(", "),
+            added.bytes / 1024
+        );
+    }
     let rootfs = work.join("rootfs.squashfs");
     run(Command::new("mksquashfs").arg(&rootdir).arg(&rootfs).args([
         "-noappend",
@@ -632,6 +642,14 @@ fn build_rootfs(
     }
     std::fs::copy(&o.lucidd, dir.join("usr/bin/lucidd"))?;
     set_mode(&dir.join("usr/bin/lucidd"), 0o755)?;
+    for (path, text) in &board.rootfs.files {
+        let dest = dir.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap())?;
+        std::fs::write(&dest, text)?;
+        if path.trim_start_matches('/').starts_with("etc/lucid/rc.d/") {
+            set_mode(&dest, 0o755)?;
+        }
+    }
     if board.console_shell {
         // Test variant: busybox init runs a shell on the console (respawned on exit).
         let inittab = dir.join("etc/inittab");

@@ -197,6 +197,27 @@ pub struct Rootfs {
     /// mksquashfs compressor (the kernel must have it built in).
     pub compression: String,
     pub hostname: String,
+    /// Files and directories taken from Debian arm64 packages (wpa_supplicant, Wi-Fi
+    /// firmware). Dynamically linked programs among them get the loader and their
+    /// `NEEDED` closure from `libraries` (see `dynlink`).
+    #[serde(default)]
+    pub packages: Vec<PackageFiles>,
+    /// The packages `dynlink` searches for shared libraries; a `NEEDED` library in none of
+    /// them fails the build.
+    #[serde(default)]
+    pub libraries: Vec<String>,
+    /// Extra files written into the root, path -> text (a test variant's rcS hook in
+    /// `etc/lucid/rc.d/`, which rcS runs before lucidd; those are made executable).
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+/// Paths (files or whole directories, as in the package) to take from one package.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageFiles {
+    pub package: String,
+    pub paths: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -658,6 +679,27 @@ mod tests {
         assert!(b.console_shell, "the hil camera group decodes on the device through the console");
         assert!(!base.console_shell, "production boards have no console shell");
         assert!(base.kernel.out_of_tree.is_empty() && base.kernel.module_options.is_empty());
+    }
+
+    #[test]
+    fn pi_boards_carry_wpa_supplicant_and_the_radio_firmware_and_the_network_variant_an_ap() {
+        for name in ["rpi3", "rpi4", "rpi5"] {
+            let b = load(&repo(), name, None).unwrap();
+            let pkgs: Vec<&str> = b.rootfs.packages.iter().map(|p| p.package.as_str()).collect();
+            assert_eq!(pkgs, ["wpasupplicant", "firmware-brcm80211"], "{name}");
+            assert!(b.rootfs.libraries.iter().any(|l| l == "libc6"), "{name}: the loader's package");
+        }
+        let q = load(&repo(), "qemu-aarch64-virt", None).unwrap();
+        assert!(q.rootfs.packages.is_empty() && q.rootfs.files.is_empty(), "the plain test board stays static-only");
+        let n = load(&repo(), "qemu-aarch64-virt", Some("network")).unwrap();
+        let pkgs: Vec<&str> = n.rootfs.packages.iter().map(|p| p.package.as_str()).collect();
+        assert_eq!(pkgs, ["wpasupplicant", "hostapd"]);
+        assert_eq!(n.kernel.extra_modules, ["mac80211_hwsim", "ctr", "ccm"]);
+        assert_eq!(n.kernel.module_options["mac80211_hwsim"], "radios=2");
+        assert!(n.console_shell);
+        let hook = &n.rootfs.files["etc/lucid/rc.d/50-hil-ap"];
+        assert!(hook.contains("hostapd -B") && hook.contains("udhcpd"), "{hook}");
+        assert!(n.rootfs.files["etc/lucid/hostapd.conf"].contains("interface=wlan1"));
     }
 
     /// The QEMU board with `extra` merged on top, deserialized and validated.

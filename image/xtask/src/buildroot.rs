@@ -105,6 +105,20 @@ pub fn check(repo: &Path) -> Vec<String> {
                 p.push(format!("{at}: the board loads {:?}: BR2_PACKAGE_RPI_FIRMWARE", b.boot.firmware_files));
             }
         }
+        // A board whose Debian build carries wpa_supplicant has Wi-Fi: the Buildroot build
+        // must carry it too, with the radio's firmware.
+        if b.rootfs.packages.iter().any(|p| p.package == "wpasupplicant") {
+            for k in [
+                "BR2_PACKAGE_WPA_SUPPLICANT",
+                "BR2_PACKAGE_WPA_SUPPLICANT_NL80211",
+                "BR2_PACKAGE_BRCMFMAC_SDIO_FIRMWARE_RPI",
+                "BR2_PACKAGE_BRCMFMAC_SDIO_FIRMWARE_RPI_WIFI",
+            ] {
+                if get(k).is_none() {
+                    p.push(format!("{at}: board/{name}.toml carries wpa_supplicant: {k}"));
+                }
+            }
+        }
         if b.hardware.encoder == Encoder::V4l2M2m && !is_pi {
             p.push(format!("{at}: a hardware encoder board must build the Raspberry Pi kernel"));
         }

@@ -4,13 +4,15 @@
 //! Modules: `board` (manifests), `deb` (Debian packages), `assemble` (the SD image),
 //! `qemu` (boot the test board), `flash` (write a card safely), `buildroot` (check the
 //! BR2_EXTERNAL tree), `from_buildroot` (the same image from Buildroot's outputs),
-//! `kmod` (out-of-tree kernel modules for the Debian kernel). Only this crate runs the
+//! `kmod` (out-of-tree kernel modules for the Debian kernel), `dynlink` (Debian programs
+//! with their shared libraries in the root file system). Only this crate runs the
 //! external image tools.
 
 pub mod assemble;
 pub mod board;
 pub mod buildroot;
 pub mod deb;
+pub mod dynlink;
 pub mod flash;
 pub mod from_buildroot;
 pub mod kmod;

@@ -211,6 +211,9 @@ pub struct Engine {
     devlog: Mutex<()>,
     /// Whether the wall clock can be trusted (see `clock`); written by `run`'s poller.
     pub clock: crate::clock::Clock,
+    /// The Wi-Fi networks to join and the state of the client (see `wifi`); supervised
+    /// by `run`, changed by `PUT /api/v1/network`.
+    pub wifi: Arc<crate::wifi::Wifi>,
     /// Serializes retention passes (see `engine/retention.rs`). Taken before any session
     /// lock; a pass only try-locks a session's transition lock, and an append calls it
     /// before taking its own log's lock.
@@ -302,6 +305,7 @@ impl Engine {
             segments: segments::SegmentCache::new(segments::DEFAULT_BUDGET),
             devlog: Mutex::new(()),
             clock: crate::clock::Clock::new(cfg.time.set_clock),
+            wifi: Arc::new(crate::wifi::Wifi::new(&cfg.network)),
             retention: Mutex::new(()),
             retention_blocked: Mutex::new(None),
             retention_runner: Mutex::new(None),

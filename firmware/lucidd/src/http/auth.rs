@@ -60,8 +60,10 @@ pub const VIEWER_WRITES: &[(&str, &str)] = &[("POST", "/api/v1/sessions/{id}/sha
 
 /// Reads only an admin may make.
 /// The settings report may quote a line of the owner's file (a parse error), which may
-/// hold a secret they mistyped.
-pub const ADMIN_READS: &[(&str, &str)] = &[("GET", "/api/v1/tokens"), ("GET", "/api/v1/settings")];
+/// hold a secret they mistyped. The network report names the device's addresses and the
+/// networks it joins (SSIDs, never a PSK): a map of the owner's premises.
+pub const ADMIN_READS: &[(&str, &str)] =
+    &[("GET", "/api/v1/tokens"), ("GET", "/api/v1/settings"), ("GET", "/api/v1/network")];
 
 /// Routes a share URL (`?exp=…&sig=…`, signed for the `{id}` in the path) opens.
 /// A clip is part of the export, so it is opened by the same share URL.

@@ -128,6 +128,15 @@ pub fn health_report(e: &Engine) -> (bool, Value) {
             // device log says when it was synchronized.
             "clock": e.clock.status(),
             "gpio": crate::gpio::status(),
+            // Informational: a device records whether or not its Wi-Fi is up. The full
+            // report (interfaces, networks) is GET /api/v1/network (admin).
+            "network": {
+                "wifi": e.wifi.status().state,
+                "ssid": e.wifi.status().ssid,
+                "signal_dbm": e.wifi.status().signal_dbm,
+                "ipv4": e.wifi.status().ipv4,
+                "reason": e.wifi.status().reason,
+            },
             // The owner's settings file: applied, unchanged, rejected or none. Why one
             // was rejected is in GET /api/v1/settings (admin): the message may quote it.
             "settings": crate::settings::Status::load(&e.cfg.data_dir).map(|s| json!({"state": s.state, "file": s.file, "at": s.at})),

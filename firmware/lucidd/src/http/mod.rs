@@ -14,6 +14,7 @@ pub mod appliance;
 pub mod auth;
 pub mod device_log;
 pub mod gateway;
+pub mod network;
 pub mod page;
 pub mod pipeline;
 pub mod processor;
@@ -486,7 +487,8 @@ pub fn routers(engine: &AppState) -> Vec<(&'static str, u16, Router)> {
                         .merge(appliance::router())
                         .merge(device_log::router())
                         .merge(update::router())
-                        .merge(tokens::router()),
+                        .merge(tokens::router())
+                        .merge(network::router()),
                     engine,
                 ),
             ),

@@ -18,6 +18,7 @@ mod discovery;
 mod faults;
 mod gateway;
 mod inputs;
+mod network;
 mod pipeline;
 mod processor;
 mod recipients;

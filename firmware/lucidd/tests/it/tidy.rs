@@ -41,7 +41,7 @@ fn openapi_documents_every_gateway_route() {
             .unwrap();
     let paths = doc["paths"].as_object().unwrap();
     let mut undocumented = Vec::new();
-    for file in ["gateway.rs", "appliance.rs", "update.rs", "tokens.rs"] {
+    for file in ["gateway.rs", "appliance.rs", "update.rs", "tokens.rs", "network.rs"] {
         let src = std::fs::read_to_string(repo_root().join("firmware/lucidd/src/http").join(file)).unwrap();
         for line in src.lines() {
             let Some(rest) = line.trim().strip_prefix(".route(\"") else { continue };
