@@ -135,6 +135,7 @@ pub fn build(o: &Options) -> Result<Outputs> {
     // Root file system.
     let rootdir = work.join("rootfs");
     build_rootfs(o, &board, &busybox, &rootdir, &lucid_toml, &release, keys.as_ref().map(|k| k.1.as_path()))?;
+    install_rootfs_modules(&board, &kdir, &kver, &rootdir, &out_of_tree)?;
     let added = crate::dynlink::install(&cache, &board.rootfs, &rootdir)?;
     if !added.files.is_empty() {
         eprintln!(
@@ -484,6 +485,11 @@ fn bundle(
 /// are skipped; unknown ones fail the build. `extra` are the out-of-tree modules built
 /// for this kernel (kmod.rs): they resolve like the kernel's own, their lines made here.
 pub fn resolve_modules(board: &Board, kdir: &Path, extra: &[Built]) -> Result<ModuleSet> {
+    resolve_module_list(board, &board.load_list(), kdir, extra)
+}
+
+/// [`resolve_modules`] for any list of the board's modules (the root's `rootfs_modules`).
+pub fn resolve_module_list(board: &Board, list: &[String], kdir: &Path, extra: &[Built]) -> Result<ModuleSet> {
     let dep = std::fs::read_to_string(kdir.join("modules.dep"))?;
     let builtin = std::fs::read_to_string(kdir.join("modules.builtin")).unwrap_or_default();
     let norm = |s: &str| s.replace('-', "_");
@@ -509,8 +515,8 @@ pub fn resolve_modules(board: &Board, kdir: &Path, extra: &[Built]) -> Result<Mo
     let builtins: std::collections::HashSet<String> = builtin.lines().map(stem).collect();
     let mut load = Vec::new();
     let mut files = Vec::new();
-    for m in board.load_list() {
-        let n = norm(&m);
+    for m in list {
+        let n = norm(m);
         if let Some((file, deps)) = table.get(&n) {
             load.push(m.clone());
             for f in deps.iter().chain(std::iter::once(file)) {
@@ -556,6 +562,17 @@ pub(crate) fn build_initramfs(
     std::fs::copy(repo.join("image/initramfs/init"), dir.join("init"))?;
     set_mode(&dir.join("init"), 0o755)?;
     let set = resolve_modules(board, kdir, extra)?;
+    install_modules(board, &set, kdir, kver, dir)?;
+    std::fs::write(dir.join("etc/modules"), set.load.join("\n") + "\n")?;
+    // Each slot's root device, for /init when the command line names none (Pi tryboot:
+    // the slot comes from the partition the firmware booted, see image/initramfs/init).
+    std::fs::write(dir.join("etc/lucid-roots"), format!("a={}\nb={}\n", board.part(5), board.part(6)))?;
+    Ok(())
+}
+
+/// Copies a module set under `dir`/lib/modules/`kver` with its `modules.dep`, and the
+/// board's module options to `dir`/etc/modprobe.d (initramfs and root alike).
+fn install_modules(board: &Board, set: &ModuleSet, kdir: &Path, kver: &str, dir: &Path) -> Result<()> {
     let mdir = dir.join("lib/modules").join(kver);
     for f in &set.files {
         let dest = mdir.join(f);
@@ -563,20 +580,37 @@ pub(crate) fn build_initramfs(
         let src = set.sources.get(f).cloned().unwrap_or_else(|| kdir.join(f));
         std::fs::copy(&src, &dest).with_context(|| format!("module {}", src.display()))?;
     }
+    std::fs::create_dir_all(&mdir)?;
     for f in ["modules.builtin", "modules.order"] {
         if kdir.join(f).exists() {
             std::fs::copy(kdir.join(f), mdir.join(f))?;
         }
     }
     std::fs::write(mdir.join("modules.dep"), &set.dep)?;
-    std::fs::write(dir.join("etc/modules"), set.load.join("\n") + "\n")?;
     if !board.kernel.module_options.is_empty() {
         std::fs::create_dir_all(dir.join("etc/modprobe.d"))?;
         std::fs::write(dir.join("etc/modprobe.d/lucid.conf"), modprobe_conf(board))?;
     }
-    // Each slot's root device, for /init when the command line names none (Pi tryboot:
-    // the slot comes from the partition the firmware booted, see image/initramfs/init).
-    std::fs::write(dir.join("etc/lucid-roots"), format!("a={}\nb={}\n", board.part(5), board.part(6)))?;
+    Ok(())
+}
+
+/// The root's `[kernel] rootfs_modules` (board.rs): their files and `modules.dep` under
+/// its /lib/modules/KVER, and /etc/lucid/modules, the list rcS loads in order once the
+/// root (and the firmware in it) is mounted. Nothing when the board names none.
+pub(crate) fn install_rootfs_modules(
+    board: &Board,
+    kdir: &Path,
+    kver: &str,
+    root: &Path,
+    extra: &[Built],
+) -> Result<()> {
+    if board.kernel.rootfs_modules.is_empty() {
+        return Ok(());
+    }
+    let set = resolve_module_list(board, &board.kernel.rootfs_modules, kdir, extra)?;
+    install_modules(board, &set, kdir, kver, root)?;
+    std::fs::create_dir_all(root.join("etc/lucid"))?;
+    std::fs::write(root.join("etc/lucid/modules"), set.load.join("\n") + "\n")?;
     Ok(())
 }
 

@@ -104,8 +104,14 @@ pub struct Kernel {
     /// the board's `modules`.
     #[serde(default)]
     pub extra_modules: Vec<String>,
-    /// Module parameters, e.g. `vivid = "n_devs=1"`: written as `options` lines to the
-    /// initramfs's /etc/modprobe.d/lucid.conf, which busybox modprobe reads.
+    /// Loaded by rcS once the root file system is mounted, in order, with their
+    /// dependencies installed under the root's /lib/modules: drivers whose firmware
+    /// lives in the root (the Pi's Wi-Fi, `brcmfmac`), which the initramfs cannot see.
+    #[serde(default)]
+    pub rootfs_modules: Vec<String>,
+    /// Module parameters, e.g. `vivid = "n_devs=1"`: written as `options` lines to
+    /// /etc/modprobe.d/lucid.conf of the initramfs (and of the root, when it loads
+    /// modules), which busybox modprobe reads.
     #[serde(default)]
     pub module_options: std::collections::BTreeMap<String, String>,
     /// Modules the kernel package lacks, built from its `linux-source` (kmod.rs).
@@ -413,11 +419,19 @@ impl Board {
                 return bad(format!("kernel.extra_modules repeats {m}, already in kernel.modules"));
             }
         }
+        for m in &k.rootfs_modules {
+            if loaded(m) {
+                return bad(format!("kernel.rootfs_modules repeats {m}, which the initramfs loads already"));
+            }
+        }
+        let in_root = |m: &str| k.rootfs_modules.iter().any(|r| norm(r) == norm(m));
         for (m, opts) in &k.module_options {
-            // The root has no module tree: a module the initramfs does not load is never
-            // loaded, so options for it are a typo or a forgotten list entry.
-            if !loaded(m) {
-                return bad(format!("kernel.module_options.{m}: {m} is not in kernel.modules or kernel.extra_modules"));
+            // Only listed modules are ever loaded (nothing loads on demand), so options
+            // for another one are a typo or a forgotten list entry.
+            if !loaded(m) && !in_root(m) {
+                return bad(format!(
+                    "kernel.module_options.{m}: {m} is not in kernel.modules, kernel.extra_modules or kernel.rootfs_modules"
+                ));
             }
             if opts.trim().is_empty() || opts.contains(['\n', '\r', '#']) {
                 return bad(format!("kernel.module_options.{m} must be one line of name=value words"));
@@ -450,9 +464,9 @@ impl Board {
                     o.name, o.config
                 ));
             }
-            if !loaded(&o.name) {
+            if !loaded(&o.name) && !in_root(&o.name) {
                 return bad(format!(
-                    "kernel.out_of_tree.{0}: {0} is built but not in kernel.modules or kernel.extra_modules; the root has no module tree, so it would never load",
+                    "kernel.out_of_tree.{0}: {0} is built but not in kernel.modules, kernel.extra_modules or kernel.rootfs_modules; nothing loads modules on demand, so it would never load",
                     o.name
                 ));
             }
@@ -688,13 +702,15 @@ mod tests {
             let pkgs: Vec<&str> = b.rootfs.packages.iter().map(|p| p.package.as_str()).collect();
             assert_eq!(pkgs, ["wpasupplicant", "firmware-brcm80211"], "{name}");
             assert!(b.rootfs.libraries.iter().any(|l| l == "libc6"), "{name}: the loader's package");
+            assert_eq!(b.kernel.rootfs_modules, ["brcmfmac"], "{name}: loaded where its firmware is");
         }
         let q = load(&repo(), "qemu-aarch64-virt", None).unwrap();
         assert!(q.rootfs.packages.is_empty() && q.rootfs.files.is_empty(), "the plain test board stays static-only");
         let n = load(&repo(), "qemu-aarch64-virt", Some("network")).unwrap();
         let pkgs: Vec<&str> = n.rootfs.packages.iter().map(|p| p.package.as_str()).collect();
         assert_eq!(pkgs, ["wpasupplicant", "hostapd"]);
-        assert_eq!(n.kernel.extra_modules, ["mac80211_hwsim", "ctr", "ccm"]);
+        assert_eq!(n.kernel.rootfs_modules, ["mac80211_hwsim", "ctr", "ccm"]);
+        assert!(n.kernel.extra_modules.is_empty(), "the radios load from the root, as on a Pi");
         assert_eq!(n.kernel.module_options["mac80211_hwsim"], "radios=2");
         assert!(n.console_shell);
         let hook = &n.rootfs.files["etc/lucid/rc.d/50-hil-ap"];
@@ -723,6 +739,8 @@ mod tests {
             (format!("{ok}[kernel.module_options]\nvivid = \"n_devs=1\"\n"), "not in kernel.modules"),
             (format!("{ok}[kernel.module_options]\nvicodec = \"a=1\\nb=2\"\n"), "one line"),
             ("[kernel]\nextra_modules = [\"ext4\"]\n".to_owned(), "repeats ext4"),
+            ("[kernel]\nrootfs_modules = [\"ext4\"]\n".to_owned(), "the initramfs loads already"),
+            ("[kernel]\nrootfs_modules = [\"x\"]\n[kernel.module_options]\ny = \"a=1\"\n".to_owned(), "kernel.rootfs_modules"),
             (
                 "[kernel]\nextra_modules = [\"a\"]\nout_of_tree = [{ name = \"a\", source = \"d\", config = \"CONFIG_A\" }, { name = \"a\", source = \"e\", config = \"CONFIG_A\" }]\n".to_owned(),
                 "twice",
