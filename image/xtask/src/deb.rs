@@ -25,7 +25,16 @@ impl DebCache {
 
     /// `name` with `:arm64` unless it is an `Architecture: all` package.
     fn qualified(name: &str) -> String {
-        if name.contains(':') || name == "raspi-firmware" { name.to_owned() } else { format!("{name}:arm64") }
+        if name.contains(':') || Self::arch_all(name) { name.to_owned() } else { format!("{name}:arm64") }
+    }
+
+    /// Whether apt knows `name` as an `Architecture: all` package (firmware, for example:
+    /// raspi-firmware, firmware-brcm80211), which `name:arm64` does not find.
+    fn arch_all(name: &str) -> bool {
+        Command::new("apt-cache")
+            .args(["show", "--no-all-versions", name])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "Architecture: all"))
     }
 
     /// The real package behind a metapackage (its first `linux-image-*` dependency).
