@@ -103,23 +103,12 @@ pub(super) fn spawn_keeper(engine: &Arc<Engine>) -> Option<mpsc::Sender<()>> {
     if engine.cfg.record.mode != RecordMode::Continuous {
         return None;
     }
-    let (tx, rx) = mpsc::channel::<()>();
-    let weak = Arc::downgrade(engine);
     let base = Duration::from_secs(engine.cfg.record.restart_secs);
-    let spawned = std::thread::Builder::new().name("lucid-continuous".into()).spawn(move || {
-        let mut wait = base;
-        while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
-            let Some(e) = weak.upgrade() else { break };
-            wait = if e.keep_recording() { (wait * 2).min(base * 30) } else { base };
-        }
-    });
-    match spawned {
-        Ok(_) => Some(tx),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the continuous-recording keeper; a stopped camera stays stopped");
-            None
-        }
-    }
+    let mut wait = base;
+    super::spawn_runner(engine, "lucid-continuous", base, "a stopped camera stays stopped", move |e| {
+        wait = if e.keep_recording() { (wait * 2).min(base * 30) } else { base };
+        wait
+    })
 }
 
 /// Whether `row` is a continuous segment.
@@ -183,12 +172,19 @@ impl Engine {
             Ok(row) => tracing::info!(session = %row.id, name = %row.name, "continuous recording started"),
             Err(e) => {
                 tracing::error!(error = %e, "continuous recording could not start; the keeper tries again");
-                *lock(&self.camera_state.last_error) = Some(e.to_string());
-                let mut st = lock(&self.continuous);
-                st.failures += 1;
-                st.last_error = Some(e.to_string());
+                self.note_start_failure(&e);
             }
         }
+    }
+
+    /// Records a failed segment start: the camera's error (what /health and the blinking
+    /// LED show) and the record state's failure count, which it returns.
+    fn note_start_failure(&self, e: &EngineError) -> u32 {
+        *lock(&self.camera_state.last_error) = Some(e.to_string());
+        let mut st = lock(&self.continuous);
+        st.failures = st.failures.saturating_add(1);
+        st.last_error = Some(e.to_string());
+        st.failures
     }
 
     /// One keeper pass: when continuous recording is neither running nor paused, starts a
@@ -220,12 +216,8 @@ impl Engine {
             // A resume (or a client's session) got the camera first: nothing failed.
             Err(_) if self.camera_session().is_some() => false,
             Err(e) => {
-                // The camera's error is what /health and the LED (blinking) show.
-                *lock(&self.camera_state.last_error) = Some(e.to_string());
-                let mut st = lock(&self.continuous);
-                st.failures = st.failures.saturating_add(1);
-                tracing::warn!(error = %e, failures = st.failures, "continuous recording could not start again");
-                st.last_error = Some(e.to_string());
+                let failures = self.note_start_failure(&e);
+                tracing::warn!(error = %e, failures, "continuous recording could not start again");
                 true
             }
         }

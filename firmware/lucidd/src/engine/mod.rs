@@ -1522,6 +1522,36 @@ impl From<merkle::MerkleError> for NodeError {
     }
 }
 
+/// Starts an engine background thread named `name`: it waits `first`, then calls `pass`,
+/// which returns how long to wait before the next call. It holds the engine weakly, so it
+/// never keeps a dropped engine (and its store) alive, and it ends when the returned
+/// sender is dropped (the engine keeps it). `None`, logged with `without`, when the thread
+/// cannot start.
+pub(crate) fn spawn_runner(
+    engine: &Arc<Engine>,
+    name: &str,
+    first: std::time::Duration,
+    without: &'static str,
+    mut pass: impl FnMut(&Arc<Engine>) -> std::time::Duration + Send + 'static,
+) -> Option<std::sync::mpsc::Sender<()>> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let weak = Arc::downgrade(engine);
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
+        let mut wait = first;
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
+            let Some(e) = weak.upgrade() else { break };
+            wait = pass(&e);
+        }
+    });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::error!(error = %e, thread = name, "cannot start a background thread; {without}");
+            None
+        }
+    }
+}
+
 /// Decrypts chunks of one session.
 pub struct ChunkReader<'a> {
     engine: &'a Engine,

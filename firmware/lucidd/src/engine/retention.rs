@@ -362,29 +362,16 @@ impl Engine {
     }
 }
 
-/// Starts the background runner: a thread that calls `Engine::enforce_retention` every
-/// `[retention] interval_ms`. It holds the engine weakly, so it never keeps a dropped
-/// engine (and its store) alive, and it ends when the returned sender is dropped (the
-/// engine keeps it).
+/// Starts the background runner (`super::spawn_runner`): `Engine::enforce_retention`
+/// every `[retention] interval_ms`.
 pub(crate) fn spawn(engine: &Arc<Engine>) -> Option<mpsc::Sender<()>> {
-    let (tx, rx) = mpsc::channel::<()>();
-    let weak = Arc::downgrade(engine);
     let every = Duration::from_millis(engine.cfg.retention.interval_ms);
-    let spawned = std::thread::Builder::new().name("lucid-retention".into()).spawn(move || {
-        while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-            let Some(e) = weak.upgrade() else { break };
-            if let Err(err) = e.enforce_retention() {
-                tracing::warn!(error = %err, "retention pass failed");
-            }
+    super::spawn_runner(engine, "lucid-retention", every, "only appends will make room", move |e| {
+        if let Err(err) = e.enforce_retention() {
+            tracing::warn!(error = %err, "retention pass failed");
         }
-    });
-    match spawned {
-        Ok(_) => Some(tx),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the retention thread; only appends will make room");
-            None
-        }
-    }
+        every
+    })
 }
 
 #[cfg(test)]
