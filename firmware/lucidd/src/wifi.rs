@@ -354,10 +354,11 @@ pub async fn supervise(wifi: Arc<Wifi>, cfg: NetworkConfig, hostname: String) {
                 {
                     tracing::warn!(%code, "wpa_supplicant exited; restarting after {backoff:?}");
                     running = None;
-                    let mut s =
-                        WifiStatus::new("disconnected", &iface, Some(format!("wpa_supplicant exited ({code})")));
-                    s.reason = Some(format!("wpa_supplicant exited ({code}); restarting"));
-                    wifi.set_status(s);
+                    wifi.set_status(WifiStatus::new(
+                        "disconnected",
+                        &iface,
+                        Some(format!("wpa_supplicant exited ({code}); restarting")),
+                    ));
                     wait = backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 } else if running.is_none() {
